@@ -1,0 +1,71 @@
+"""The criterion interface: turn a weight (and input statistics) into an N:M pruned weight."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+import torch
+from torch import Tensor
+
+from ..nm import nm_mask
+
+Statistic = Literal["none", "diag", "gram"]
+
+
+@dataclass
+class InputStats:
+    """Running statistics of one linear's inputs X (tokens x in), accumulated in float32.
+
+    ``sq_norm`` is sum_t x_t^2 per input feature (diag of X^T X); ``gram`` is X^T X itself.
+    """
+
+    count: int = 0
+    sq_norm: Tensor | None = None
+    gram: Tensor | None = None
+
+    def add(self, x: Tensor, statistic: Statistic) -> None:
+        x = x.reshape(-1, x.shape[-1]).float()
+        self.count += x.shape[0]
+        if statistic == "gram":
+            g = x.t() @ x
+            self.gram = g if self.gram is None else self.gram.add_(g)
+        elif statistic == "diag":
+            s = x.pow(2).sum(0)
+            self.sq_norm = s if self.sq_norm is None else self.sq_norm.add_(s)
+
+    @property
+    def diag(self) -> Tensor:
+        if self.sq_norm is not None:
+            return self.sq_norm
+        if self.gram is not None:
+            return self.gram.diagonal()
+        raise ValueError("no input statistics were collected: is the calibration set empty?")
+
+
+class Criterion:
+    """Base class. A criterion names the input statistic it needs and prunes one weight.
+
+    Score-based criteria only implement `scores` (higher = more important); the N:M mask then
+    comes from `nm.nm_mask`. Criteria that also update the kept weights (SparseGPT) override
+    `prune_weight`. Weights are float32 in (out, in) layout.
+    """
+
+    name: ClassVar[str]
+    statistic: ClassVar[Statistic] = "none"
+
+    def scores(self, weight: Tensor, stats: InputStats | None) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no per-weight scores")
+
+    @property
+    def score_based(self) -> bool:
+        return type(self).scores is not Criterion.scores
+
+    @torch.no_grad()
+    def prune_weight(self, weight: Tensor, stats: InputStats | None, level: int, m: int) -> tuple[Tensor, Tensor]:
+        """Return (pruned weight, keep-mask), both (out, in), with ``level`` zeros per group."""
+        keep = nm_mask(self.scores(weight, stats), level, m)
+        return weight * keep, keep
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"

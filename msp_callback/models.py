@@ -1,0 +1,132 @@
+"""Finding decoder blocks and their linears in any causal LM, and loading models.
+
+The rule is generic, with no per-architecture table: the decoder blocks are the largest
+``nn.ModuleList`` whose entries all share one class and contain linear layers (``model.layers``
+in Llama/Qwen2/Gemma3, ``model.decoder.layers`` in OPT, ``transformer.h`` in GPT-2). Embeddings
+and the LM head sit outside that list and are never pruned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .nm import is_conv1d
+
+log = logging.getLogger(__name__)
+
+
+class ModelStructureError(ValueError):
+    """The model does not have the structure pruning needs."""
+
+
+def is_prunable_linear(module: nn.Module) -> bool:
+    return isinstance(module, nn.Linear) or (is_conv1d(module) and getattr(module, "weight", None) is not None)
+
+
+def _weight_shape_out_in(module: nn.Module) -> tuple[int, int]:
+    shape = tuple(module.weight.shape)
+    return (shape[1], shape[0]) if is_conv1d(module) else (shape[0], shape[1])
+
+
+def find_blocks(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of ``model`` (see the module docstring for the rule)."""
+    best: tuple[int, nn.ModuleList] | None = None
+    for _, module in model.named_modules():
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(child) for child in module}) != 1:
+            continue
+        if not any(is_prunable_linear(m) for m in module[0].modules()):
+            continue
+        size = sum(p.numel() for p in module.parameters())
+        if best is None or size > best[0]:
+            best = (size, module)
+    if best is None:
+        raise ModelStructureError(
+            f"found no decoder blocks in {type(model).__name__}: pruning needs an nn.ModuleList of "
+            "identical blocks that contain nn.Linear (or GPT-2 Conv1D) layers, as in a transformers "
+            "causal LM (model.layers, transformer.h, ...). Pass a causal language model."
+        )
+    return best[1]
+
+
+def block_linears(block: nn.Module) -> dict[str, nn.Module]:
+    """The prunable linears of one block, by name relative to the block, in module order."""
+    return {name: m for name, m in block.named_modules() if name and is_prunable_linear(m)}
+
+
+def fingerprint(model: nn.Module) -> dict[str, Any]:
+    """What identifies a model's prunable structure: architecture, block count, linear shapes."""
+    blocks = find_blocks(model)
+    shapes = [
+        f"{i}.{name}:{_weight_shape_out_in(m)}"
+        for i, block in enumerate(blocks)
+        for name, m in block_linears(block).items()
+    ]
+    config = getattr(model, "config", None)
+    architectures = getattr(config, "architectures", None) or [type(model).__name__]
+    return {
+        "architecture": architectures[0],
+        "num_blocks": len(blocks),
+        "linears_per_block": len(block_linears(blocks[0])),
+        "shape_digest": hashlib.sha1("\n".join(shapes).encode()).hexdigest()[:16],
+    }
+
+
+@dataclass
+class SparsityStats:
+    """Measured zeros, in percent, over the block linears and over all parameters."""
+
+    pruned_linears: float
+    overall: float
+    per_block: list[float]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"pruned_linears_pct": self.pruned_linears, "overall_pct": self.overall, "per_block_pct": self.per_block}
+
+
+@torch.no_grad()
+def measure_sparsity(model: nn.Module) -> SparsityStats:
+    """Count exact zeros in the effective (masked) weights of the block linears, and over all
+    parameters (a parametrized layer counts its masked weight, not its stored original)."""
+    per_block, zeros, total = [], 0, 0
+    seen: set[int] = set()
+    for block in find_blocks(model):
+        block_zeros = block_total = 0
+        for module in block_linears(block).values():
+            weight = module.weight  # effective weight, masked if parametrized
+            block_zeros += int((weight == 0).sum())
+            block_total += weight.numel()
+            seen.update(id(p) for p in module.parameters() if p.shape == weight.shape)
+        per_block.append(100.0 * block_zeros / block_total)
+        zeros, total = zeros + block_zeros, total + block_total
+    other = [p for p in model.parameters() if id(p) not in seen]
+    other_zeros = sum(int((p == 0).sum()) for p in other)
+    all_params = total + sum(p.numel() for p in other)
+    return SparsityStats(100.0 * zeros / total, 100.0 * (zeros + other_zeros) / all_params, per_block)
+
+
+# ---------------------------------------------------------------------------- loading
+def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32):
+    """Load ``(model, tokenizer)``: a packaged name (see `packaged.PACKAGED_MODELS`), a local
+    directory, or a hub id where a hub is reachable."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .packaged import PACKAGED_MODELS, ensure_packaged_model
+
+    path: str | Path = name_or_path
+    if name_or_path in PACKAGED_MODELS:
+        path = ensure_packaged_model(name_or_path)
+    log.info("loading %s", path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model.eval()
+    find_blocks(model)  # fail early, clearly, on a model we cannot prune
+    return model, tokenizer

@@ -1,0 +1,164 @@
+"""N:M math and the mask parametrization.
+
+Conventions (as in the paper): a group is M consecutive *input* weights of one output row, and
+level N is the number of weights *pruned* in every group. Scores are always given in
+(out, in) layout; GPT-2's ``Conv1D`` stores (in, out) and is transposed on the way in and out.
+
+Ranks are computed once per weight (one sort); the mask for any level 0..M is then a comparison,
+``ranks >= level``, which is what lets a search try many levels per block cheaply.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import torch
+from torch import Tensor, nn
+from torch.nn.utils import parametrize
+
+
+class NMPatternError(ValueError):
+    """A weight or mask does not follow the N:M pattern it should."""
+
+
+# ---------------------------------------------------------------------------- layout
+def is_conv1d(module: nn.Module) -> bool:
+    """GPT-2 style ``Conv1D``: a linear whose weight is stored as (in, out). (Checked by class
+    name through the MRO: parametrize subclasses it, and transformers need not be imported.)"""
+    return any(cls.__name__ == "Conv1D" for cls in type(module).__mro__)
+
+
+def to_out_in(module: nn.Module, tensor: Tensor) -> Tensor:
+    """View a weight-shaped tensor of ``module`` in (out, in) layout."""
+    return tensor.t() if is_conv1d(module) else tensor
+
+
+def from_out_in(module: nn.Module, tensor: Tensor) -> Tensor:
+    """Inverse of `to_out_in`: back to the module's own weight layout."""
+    return tensor.t() if is_conv1d(module) else tensor
+
+
+def check_divisible(in_features: int, m: int, name: str = "layer") -> None:
+    if in_features % m:
+        divisors = [d for d in (2, 4, 8, 16, 32) if in_features % d == 0]
+        raise NMPatternError(
+            f"{name}: input width {in_features} is not divisible by M={m}, so it cannot be split "
+            f"into groups of {m}; choose an M that divides it (this model allows M in {divisors})"
+        )
+
+
+# ---------------------------------------------------------------------------- ranks and masks
+def group_ranks(scores: Tensor, m: int) -> Tensor:
+    """Rank of every entry inside its group of ``m`` along the last dim: 0 = least important.
+
+    Ties keep their left-to-right order (stable sort), so the result is deterministic.
+    Returns an int16 tensor shaped like ``scores`` (out, in).
+    """
+    out_features, in_features = scores.shape
+    check_divisible(in_features, m)
+    grouped = scores.reshape(out_features, in_features // m, m)
+    order = grouped.argsort(dim=-1, stable=True)
+    ranks = torch.empty_like(order)
+    positions = torch.arange(m, device=scores.device).expand_as(order)
+    ranks.scatter_(-1, order, positions)
+    return ranks.reshape(out_features, in_features).to(torch.int16)
+
+
+def mask_from_ranks(ranks: Tensor, level: int) -> Tensor:
+    """Keep-mask (True = kept) pruning the ``level`` lowest-ranked entries of every group."""
+    return ranks >= level
+
+
+def nm_mask(scores: Tensor, level: int, m: int) -> Tensor:
+    """Keep-mask in (out, in) layout with exactly ``level`` zeros in every group of ``m``."""
+    return mask_from_ranks(group_ranks(scores, m), level)
+
+
+def zeros_per_group(tensor: Tensor, m: int) -> Tensor:
+    """Number of zero (or False) entries in each group, shape (out, in // m)."""
+    out_features, in_features = tensor.shape
+    check_divisible(in_features, m)
+    return (tensor == 0).reshape(out_features, in_features // m, m).sum(-1)
+
+
+def check_pattern(tensor: Tensor, level: int, m: int, name: str = "weight", exact: bool = False) -> None:
+    """Raise `NMPatternError` at the first group with fewer (or, if ``exact``, other) than
+    ``level`` zeros. ``tensor`` is in (out, in) layout; a weight may have extra zeros."""
+    zeros = zeros_per_group(tensor, m)
+    bad = zeros != level if exact else zeros < level
+    if bool(bad.any()):
+        row, group = (int(v) for v in bad.nonzero()[0])
+        raise NMPatternError(
+            f"{name}: row {row}, group {group} (inputs {group * m}..{group * m + m - 1}) has "
+            f"{int(zeros[row, group])} zeros, expected {'exactly' if exact else 'at least'} "
+            f"{level} of {m}"
+        )
+
+
+# ---------------------------------------------------------------------------- parametrization
+class NMMask(nn.Module):
+    """Parametrization ``weight -> weight * mask`` with a bool ``mask`` buffer (True = kept).
+
+    Pruned weights read as exact zeros whatever the optimizer does to the stored original, and
+    the mask travels with ``state_dict`` and ``.to()``.
+    """
+
+    def __init__(self, mask: Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, weight: Tensor) -> Tensor:
+        return weight * self.mask
+
+
+def mask_of(module: nn.Module) -> Tensor | None:
+    """The installed N:M keep-mask of ``module`` (module layout), or None."""
+    if not parametrize.is_parametrized(module, "weight"):
+        return None
+    for p in module.parametrizations["weight"]:
+        if isinstance(p, NMMask):
+            return p.mask
+    return None
+
+
+def install_mask(module: nn.Module, mask: Tensor) -> None:
+    """Install (or update in place) the N:M mask of one module; ``mask`` in module layout."""
+    if tuple(mask.shape) != tuple(module.weight.shape):
+        raise NMPatternError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(module.weight.shape)}")
+    current = mask_of(module)
+    if current is not None:
+        current.copy_(mask)
+    else:
+        parametrize.register_parametrization(module, "weight", NMMask(mask.to(module.weight.device)))
+
+
+def install_masks(modules: dict[str, nn.Module], masks: dict[str, Tensor]) -> None:
+    """Install masks on several modules, keyed by the same names."""
+    missing = set(masks) - set(modules)
+    if missing:
+        raise KeyError(f"masks for unknown layers: {sorted(missing)[:5]}")
+    for name, mask in masks.items():
+        install_mask(modules[name], mask)
+
+
+def masked_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
+    """Every (name, module) carrying an `NMMask`."""
+    for name, module in model.named_modules():
+        if mask_of(module) is not None:
+            yield name, module
+
+
+def remove_masks(model: nn.Module, bake: bool = True) -> int:
+    """Remove every N:M parametrization. ``bake=True`` keeps the masked weights (zeros written
+    into plain parameters); ``bake=False`` restores the stored originals. Returns the count."""
+    count = 0
+    for _, module in list(masked_modules(model)):
+        parametrize.remove_parametrizations(module, "weight", leave_parametrized=bake)
+        count += 1
+    return count
+
+
+def bake(model: nn.Module) -> nn.Module:
+    """Turn every masked layer into a plain one with zeros in its weight (in place)."""
+    remove_masks(model, bake=True)
+    return model

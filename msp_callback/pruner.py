@@ -1,0 +1,92 @@
+"""The framework-free engine: prune a model to a `SparsityPlan` with a criterion.
+
+All criteria run on the one sequential driver in `calibration`: each block is pruned using the
+inputs produced by the already-pruned blocks before it, as in SparseGPT and Wanda. Masks are
+installed with `torch.nn.utils.parametrize` so later training keeps the pattern.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from .calibration import BlockInputs, CalibrationError, collect_input_stats, walk_blocks
+from .criteria import Criterion, get_criterion
+from .models import block_linears, find_blocks, fingerprint
+from .nm import check_divisible, from_out_in, install_mask, masked_modules, to_out_in
+from .plan import SparsityPlan
+
+log = logging.getLogger(__name__)
+
+
+def check_model_fits(model: nn.Module, m: int) -> None:
+    """Every block linear's input width must split into groups of M."""
+    for i, block in enumerate(find_blocks(model)):
+        for name, module in block_linears(block).items():
+            check_divisible(to_out_in(module, module.weight).shape[1], m, f"block {i} {name}")
+
+
+@torch.no_grad()
+def prune_block(block: nn.Module, level: int, m: int, criterion: Criterion, inputs: BlockInputs | None, install: bool = True) -> None:
+    """Prune every linear of one block at ``level`` of ``m`` (in place) and install its masks."""
+    linears = block_linears(block)
+    if level == 0:  # nothing to prune: all-True masks keep the block trainable and updatable
+        if install:
+            for module in linears.values():
+                install_mask(module, torch.ones_like(module.weight, dtype=torch.bool))
+        return
+    stats = (
+        collect_input_stats(block, linears, inputs, criterion.statistic)
+        if inputs is not None
+        else {name: None for name in linears}
+    )
+    for name, module in linears.items():
+        weight = to_out_in(module, module.weight.data).float()
+        pruned, keep = criterion.prune_weight(weight, stats[name], level, m)
+        module.weight.data.copy_(from_out_in(module, pruned).to(module.weight.dtype))
+        if install:
+            install_mask(module, from_out_in(module, keep))
+
+def prune(
+    model: nn.Module,
+    plan: SparsityPlan,
+    calibration: Sequence[Tensor] | None = None,
+    criterion: str | Criterion | None = None,
+    install: bool = True,
+    progress: bool = True,
+) -> nn.Module:
+    """Prune ``model`` in place to ``plan``'s per-block levels and return it.
+
+    Args:
+        calibration: batches of token ids (B, T); required unless the criterion needs no inputs.
+        criterion: overrides ``plan.criterion`` (a name from the registry or an instance).
+        install: install mask parametrizations (True) or only write zeros into the weights.
+    """
+    criterion = get_criterion(criterion or plan.criterion)
+    plan.check_model(fingerprint(model))
+    check_model_fits(model, plan.m)
+    if any(True for _ in masked_modules(model)):
+        raise RuntimeError(
+            "the model already carries N:M masks; call msp_callback.nm.remove_masks(model) "
+            "(bake=True keeps their zeros) before pruning it again"
+        )
+    log.info("pruning with %s: %s", criterion.name, plan.describe())
+
+    def visit(index: int, block: nn.Module, inputs: BlockInputs | None) -> None:
+        prune_block(block, plan.levels[index], plan.m, criterion, inputs, install)
+
+    if criterion.statistic == "none":
+        for index, block in enumerate(tqdm(find_blocks(model), desc=f"prune ({criterion.name})", disable=not progress)):
+            visit(index, block, None)
+    else:
+        if calibration is None or len(calibration) == 0:
+            raise CalibrationError(
+                f"criterion {criterion.name!r} needs calibration batches and none were given: pass "
+                "calibration=[token-id tensors] (see msp_callback.data.sample_calibration)"
+            )
+        walk_blocks(model, calibration, visit, desc=f"prune ({criterion.name})", progress=progress)
+    return model

@@ -1,0 +1,135 @@
+"""One end-to-end pruning job: load, sample data, plan, prune, evaluate, report.
+
+This is what ``msp prune`` runs; it strings the framework-free pieces together and returns a
+JSON-ready result. Calibration text and evaluation text never overlap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import data
+from .allocation import make_plan
+from .evaluate import perplexity
+from .files import atomic_write_text
+from .models import load_causal_lm, measure_sparsity
+from .plan import SparsityPlan, nm_string, parse_nm
+from .pruner import prune
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PruneSettings:
+    """Everything one pruning job needs; defaults are the embedded real-model run."""
+
+    model: str = "smollm2-135m"
+    sparsity: str = "3:4"
+    criterion: str = "wanda"
+    allocation: str = "uniform"
+    calib_corpus: str = "c4"
+    eval_corpus: str = "wikipedia"
+    calib_samples: int = 16
+    calib_seqlen: int = 512
+    eval_seqlen: int = 1024
+    eval_windows: int | None = 40
+    eval_batch_size: int = 1
+    bos: str = "auto"  # auto: a BOS per window when the tokenizer adds one itself
+    seed: int = 0
+    plan: str | None = None  # apply this plan file instead of making one
+    dense_eval: bool = True
+    progress: bool = True
+    extra: dict[str, Any] = field(default_factory=dict)  # allocation settings (search, ...)
+
+
+def _bos_id(tokenizer, bos: str) -> int | None:
+    if bos not in ("auto", "yes", "no"):
+        raise ValueError(f"bos must be auto, yes or no, got {bos!r}")
+    wanted = data.wants_bos(tokenizer) if bos == "auto" else bos == "yes"
+    if wanted and tokenizer.bos_token_id is None:
+        raise ValueError("--bos yes, but the tokenizer has no BOS token")
+    return tokenizer.bos_token_id if wanted else None
+
+
+def load_texts(settings: PruneSettings, tokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token streams for calibration and evaluation, disjoint even from one corpus."""
+    calib_docs = data.load_corpus(settings.calib_corpus)
+    if settings.eval_corpus == settings.calib_corpus:
+        eval_docs = data.split_documents(calib_docs, "evaluation")
+        calib_docs = data.split_documents(calib_docs, "calibration")
+    else:
+        eval_docs = data.load_corpus(settings.eval_corpus)
+    return data.tokenize(tokenizer, calib_docs), data.tokenize(tokenizer, eval_docs)
+
+
+def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
+    """Run the job; returns (result dict, plan). The model is discarded afterwards."""
+    start = time.perf_counter()
+    n, m = parse_nm(settings.sparsity)
+    model, tokenizer = load_causal_lm(settings.model)
+    bos_id = _bos_id(tokenizer, settings.bos)
+    calib_tokens, eval_tokens = load_texts(settings, tokenizer)
+    calibration = data.sample_calibration(calib_tokens, settings.calib_samples, settings.calib_seqlen, settings.seed, bos_id)
+    windows = data.evaluation_windows(eval_tokens, settings.eval_seqlen, settings.eval_windows, bos_id)
+    log.info("calibration: %d x %d tokens of %s; evaluation: %d x %d tokens of %s",
+             len(calibration), settings.calib_seqlen, settings.calib_corpus, windows.shape[0], windows.shape[1], settings.eval_corpus)
+
+    def ppl(desc: str) -> float:
+        return perplexity(model, windows, settings.eval_batch_size, progress=settings.progress, desc=desc)
+
+    dense_ppl = ppl("dense perplexity") if settings.dense_eval else None
+    if dense_ppl is not None:
+        log.info("dense perplexity: %.3f", dense_ppl)
+
+    if settings.plan:
+        plan = SparsityPlan.load(settings.plan)
+        plan.criterion = settings.criterion
+    else:
+        plan = make_plan(settings.allocation, model, n, m, settings.criterion,
+                         calibration=calibration, seed=settings.seed, **settings.extra)
+    plan.metadata.update(settings=asdict(settings))
+
+    t0 = time.perf_counter()
+    prune(model, plan, calibration, progress=settings.progress)
+    prune_seconds = time.perf_counter() - t0
+    pruned_ppl = ppl("pruned perplexity")
+    stats = measure_sparsity(model)
+    log.info("pruned perplexity at %s (%s, %s): %.3f", nm_string(n, m), settings.criterion, plan.allocation, pruned_ppl)
+    result = {
+        "model": settings.model,
+        "criterion": plan.criterion,
+        "allocation": plan.allocation,
+        "sparsity": nm_string(plan.target, plan.m),
+        "levels": plan.levels,
+        "dense_ppl": dense_ppl,
+        "pruned_ppl": pruned_ppl,
+        "measured_sparsity": stats.as_dict(),
+        "eval_tokens": int(windows.numel()),
+        "eval_corpus": settings.eval_corpus,
+        "eval_windows": int(windows.shape[0]),
+        "eval_seqlen": settings.eval_seqlen,
+        "calib_corpus": settings.calib_corpus,
+        "calib_samples": settings.calib_samples,
+        "calib_seqlen": settings.calib_seqlen,
+        "seed": settings.seed,
+        "prune_seconds": prune_seconds,
+        "seconds": time.perf_counter() - start,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+    return result, plan
+
+
+def write_outputs(result: dict[str, Any], plan: SparsityPlan, output: str | Path | None, json_path: str | Path | None) -> None:
+    if output:
+        plan.save(Path(output) / "plan.json")
+        log.info("plan written to %s", Path(output) / "plan.json")
+    if json_path:
+        atomic_write_text(json_path, json.dumps(result, indent=2))

@@ -1,0 +1,45 @@
+"""Block discovery and end-to-end pruning on every supported architecture."""
+
+import pytest
+import torch
+from torch import nn
+
+from msp_callback.models import ModelStructureError, block_linears, find_blocks, fingerprint, measure_sparsity
+from msp_callback.nm import check_pattern, to_out_in
+from msp_callback.plan import SparsityPlan
+from msp_callback.pruner import prune
+
+from .conftest import ARCHITECTURES, token_batches, tiny_model
+
+EXPECTED_LINEARS = {"llama": 7, "qwen2": 7, "gemma3": 7, "opt": 6, "gpt2": 4}
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+@pytest.mark.parametrize("criterion", ["magnitude", "wanda", "sparsegpt"])
+def test_prune_every_architecture(arch, criterion):
+    model = tiny_model(arch)
+    blocks = find_blocks(model)
+    assert len(blocks) == 3
+    assert len(block_linears(blocks[0])) == EXPECTED_LINEARS[arch]
+    plan = SparsityPlan(m=4, target=2, levels=[4, 0, 2], criterion=criterion, fingerprint=fingerprint(model))
+    batch = token_batches(1, seed=5)[0]
+    prune(model, plan, token_batches(2), progress=False)
+    for i, block in enumerate(blocks):
+        for name, module in block_linears(block).items():
+            check_pattern(to_out_in(module, module.weight), plan.levels[i], 4, f"{arch} {i} {name}")
+    stats = measure_sparsity(model)
+    assert stats.per_block[0] == 100.0 and stats.per_block[2] == pytest.approx(50.0)
+    assert abs(stats.pruned_linears - 50.0) < 1e-9
+    assert torch.isfinite(model(input_ids=batch).logits).all()
+
+
+def test_no_decoder_blocks():
+    with pytest.raises(ModelStructureError, match="found no decoder blocks in Sequential"):
+        find_blocks(nn.Sequential(nn.Embedding(10, 8), nn.Linear(8, 10)))
+
+
+def test_fingerprint_tells_models_apart():
+    assert fingerprint(tiny_model("llama")) == fingerprint(tiny_model("llama", seed=1))
+    llama, qwen2, opt = (fingerprint(tiny_model(a)) for a in ("llama", "qwen2", "opt"))
+    assert llama["architecture"] != qwen2["architecture"]  # same shapes, other architecture
+    assert llama["shape_digest"] != opt["shape_digest"]
