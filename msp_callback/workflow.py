@@ -79,7 +79,7 @@ def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
     calibration = data.sample_calibration(calib_tokens, settings.calib_samples, settings.calib_seqlen, settings.seed, bos_id)
     windows = data.evaluation_windows(eval_tokens, settings.eval_seqlen, settings.eval_windows, bos_id)
     log.info("calibration: %d x %d tokens of %s; evaluation: %d x %d tokens of %s",
-             len(calibration), settings.calib_seqlen, settings.calib_corpus, windows.shape[0], windows.shape[1], settings.eval_corpus)
+             settings.calib_samples, settings.calib_seqlen, settings.calib_corpus, windows.shape[0], windows.shape[1], settings.eval_corpus)
 
     def ppl(desc: str) -> float:
         return perplexity(model, windows, settings.eval_batch_size, progress=settings.progress, desc=desc)
