@@ -7,13 +7,18 @@ plan whose levels meet the budget exactly. The search-based and sensitivity-base
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
-from .models import find_blocks, fingerprint
+from .calibration import BlockInputs, CalibrationError, collect_input_stats, walk_blocks
+from .criteria import get_criterion
+from .models import block_linears, find_blocks, fingerprint
+from .nm import to_out_in
 from .plan import SparsityPlan
+from .search.evolution import round_to_budget, trace_levels
 
 Allocation = Callable[..., SparsityPlan]
 ALLOCATIONS: dict[str, Allocation] = {}
@@ -31,6 +36,85 @@ def register_allocation(name: str) -> Callable[[Allocation], Allocation]:
 def uniform(model: nn.Module, n: int, m: int, criterion: str, **_: Any) -> SparsityPlan:
     """Every block at level N: the baseline MSP improves on."""
     return SparsityPlan.uniform(n, m, len(find_blocks(model)), criterion=criterion, fingerprint=fingerprint(model))
+
+
+def _require(calibration: Sequence[Tensor] | None, allocation: str) -> Sequence[Tensor]:
+    if not calibration:
+        raise CalibrationError(f"allocation {allocation!r} needs calibration batches and none were given")
+    return calibration
+
+
+@torch.no_grad()
+def outlier_ratios(model: nn.Module, calibration: Sequence[Tensor], threshold: float = 5.0, progress: bool = True) -> list[float]:
+    """OWL's layerwise outlier ratio: the fraction of a block's Wanda scores |W| * ||X|| above
+    ``threshold`` times their mean (dense model, dense inputs)."""
+    wanda, ratios = get_criterion("wanda"), []
+
+    def visit(index: int, block: nn.Module, inputs: BlockInputs) -> None:
+        linears = block_linears(block)
+        stats = collect_input_stats(block, linears, inputs, wanda.statistic)
+        scores = torch.cat([wanda.scores(to_out_in(mod, mod.weight).float(), stats[name]).flatten()
+                            for name, mod in linears.items()])
+        ratios.append(float((scores > threshold * scores.mean()).float().mean()))
+
+    walk_blocks(model, calibration, visit, desc="outlier ratios", progress=progress)
+    return ratios
+
+
+@register_allocation("owl")
+def owl(model: nn.Module, n: int, m: int, criterion: str, calibration: Sequence[Tensor] | None = None,
+        owl_lambda: float = 0.2, owl_threshold: float = 5.0, progress: bool = True, **_: Any) -> SparsityPlan:
+    """Outlier-weighed layerwise sparsity (Yin et al., 2024): sparsity in [target - lambda,
+    target + lambda], lower for blocks with more outliers, rounded to levels of M on budget.
+
+    OWL's published lambda of 0.08 is finer than one level at M=4 (0.25) and would give the
+    uniform plan there; the default 0.2 lets levels move by one step either way."""
+    ratios = outlier_ratios(model, _require(calibration, "owl"), owl_threshold, progress)
+    low, high = min(ratios), max(ratios)
+    spread = [(r - low) / (high - low) * 2 * owl_lambda if high > low else 0.0 for r in ratios]
+    mean = sum(spread) / len(spread)
+    targets = [(n / m - (s - mean)) * m for s in spread]
+    plan = SparsityPlan(m=m, target=n, levels=round_to_budget(targets, n, m, importance=ratios),
+                        criterion=criterion, allocation="owl", fingerprint=fingerprint(model))
+    plan.metadata.update(outlier_ratios=ratios, owl_lambda=owl_lambda, owl_threshold=owl_threshold)
+    return plan
+
+
+def block_traces(model: nn.Module, calibration: Sequence[Tensor], progress: bool = True, **kwargs: Any) -> list[float]:
+    from .sensitivity import fisher_traces
+
+    return fisher_traces(model, calibration, progress=progress, **kwargs).block_traces
+
+
+@register_allocation("fisher")
+def fisher(model: nn.Module, n: int, m: int, criterion: str, calibration: Sequence[Tensor] | None = None,
+           traces: Sequence[float] | None = None, trace_strength: float = 1.0, progress: bool = True,
+           **_: Any) -> SparsityPlan:
+    """Levels from Fisher traces alone, no search: higher trace, lower level (`trace_levels`)."""
+    traces = list(traces) if traces is not None else block_traces(model, _require(calibration, "fisher"), progress)
+    plan = SparsityPlan(m=m, target=n, levels=trace_levels(traces, n, m, trace_strength), criterion=criterion,
+                        allocation="fisher", fingerprint=fingerprint(model))
+    plan.metadata.update(traces=traces, trace_strength=trace_strength)
+    return plan
+
+
+@register_allocation("msp")
+def msp(model: nn.Module, n: int, m: int, criterion: str, calibration: Sequence[Tensor] | None = None,
+        fitness_windows: Tensor | None = None, search: Any = None, seed: int = 0, progress: bool = True,
+        traces: Sequence[float] | None = None, **_: Any) -> SparsityPlan:
+    """The MSP evolutionary search (see `search.runner.search_plan`)."""
+    from .search.runner import SearchSettings, search_plan
+
+    calibration = _require(calibration, "msp")
+    settings = search or SearchSettings()
+    if fitness_windows is None:
+        fitness_windows = torch.cat(list(calibration))
+    if settings.init == "trace" and traces is None:
+        traces = block_traces(model, calibration, progress)
+    plan = search_plan(model, n, m, criterion, calibration, fitness_windows, settings, traces, seed, progress)
+    if traces is not None:
+        plan.metadata["traces"] = list(traces)
+    return plan
 
 
 def make_plan(allocation: str, model: nn.Module, n: int, m: int, criterion: str, **context: Any) -> SparsityPlan:

@@ -56,6 +56,16 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--bos", default=d.bos, choices=["auto", "yes", "no"], help="start each window with BOS; auto = if the tokenizer does (default: %(default)s)")
     g.add_argument("--seed", type=int, default=d.seed, help="seed for calibration sampling and search (default: %(default)s)")
     g.add_argument("--no-dense-eval", action="store_true", help="skip the dense perplexity")
+    s = p.add_argument_group("search (--allocation msp)")
+    s.add_argument("--population", type=int, default=d.population, help="individuals per generation (default: %(default)s)")
+    s.add_argument("--generations", type=int, default=d.generations, help="generations after the initial one (default: %(default)s)")
+    s.add_argument("--mutation-rate", type=float, default=d.mutation_rate, help="probability an offspring mutates (default: %(default)s)")
+    s.add_argument("--init", default=d.init, choices=["random", "sensitivity", "trace"],
+                   help="initial population: random (Alg. 2), sensitivity (Alg. 3, front fifth of blocks below "
+                        "target), trace (from measured Fisher traces) (default: %(default)s)")
+    s.add_argument("--fitness-samples", type=int, default=d.fitness_samples, help="fitness windows, drawn from the calibration corpus (default: %(default)s)")
+    s.add_argument("--fitness-seqlen", type=int, default=d.fitness_seqlen, help="tokens per fitness window (default: %(default)s)")
+    s.add_argument("--resume", action="store_true", help="continue the search from OUTPUT/search_checkpoint.json (written every generation)")
     o = p.add_argument_group("output")
     o.add_argument("--output", default=None, help="folder for plan.json (default: runs/<model>-<N>of<M>-<criterion>-<allocation>)")
     o.add_argument("--json", default=None, help="write the machine-readable result here")
@@ -78,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     settings.dense_eval = not args.no_dense_eval
     settings.progress = not args.quiet
     output = args.output or f"runs/{settings.model.replace('/', '_')}-{settings.sparsity.replace(':', 'of')}-{settings.criterion}-{settings.allocation}"
+    settings.checkpoint = f"{output}/search_checkpoint.json"
     try:
         result, plan = run_prune(settings)
     except (ValueError, RuntimeError) as err:  # our errors say what to fix

@@ -22,6 +22,7 @@ from .files import atomic_write_text
 from .models import load_causal_lm, measure_sparsity
 from .plan import SparsityPlan, nm_string, parse_nm
 from .pruner import prune
+from .search.runner import SearchSettings, search_summary
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,15 @@ class PruneSettings:
     bos: str = "auto"  # auto: a BOS per window when the tokenizer adds one itself
     seed: int = 0
     plan: str | None = None  # apply this plan file instead of making one
+    # search (allocation msp): see search.runner.SearchSettings
+    population: int = 20
+    generations: int = 20
+    mutation_rate: float = 0.5
+    init: str = "sensitivity"
+    fitness_samples: int = 4  # fitness split: windows drawn from the calibration corpus
+    fitness_seqlen: int = 512
+    checkpoint: str | None = None
+    resume: bool = False
     dense_eval: bool = True
     progress: bool = True
     extra: dict[str, Any] = field(default_factory=dict)  # allocation settings (search, ...)
@@ -92,8 +102,14 @@ def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
         plan = SparsityPlan.load(settings.plan)
         plan.criterion = settings.criterion
     else:
-        plan = make_plan(settings.allocation, model, n, m, settings.criterion,
-                         calibration=calibration, seed=settings.seed, **settings.extra)
+        search = SearchSettings(population=settings.population, generations=settings.generations,
+                                mutation_rate=settings.mutation_rate, init=settings.init,
+                                checkpoint=settings.checkpoint, resume=settings.resume)
+        fitness_windows = torch.cat(data.sample_calibration(
+            calib_tokens, settings.fitness_samples, settings.fitness_seqlen, settings.seed + 1, bos_id))
+        plan = make_plan(settings.allocation, model, n, m, settings.criterion, calibration=calibration,
+                         fitness_windows=fitness_windows, search=search, seed=settings.seed,
+                         progress=settings.progress, **settings.extra)
     plan.metadata.update(settings=asdict(settings))
 
     t0 = time.perf_counter()
@@ -121,6 +137,7 @@ def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
         "seed": settings.seed,
         "prune_seconds": prune_seconds,
         "seconds": time.perf_counter() - start,
+        **search_summary(plan),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }

@@ -2,6 +2,7 @@
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -14,6 +15,14 @@ from msp_callback.plan import SparsityPlan
 from msp_callback.pruner import prune
 
 pytestmark = pytest.mark.real
+
+
+@pytest.fixture(scope="module", autouse=True)
+def all_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

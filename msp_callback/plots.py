@@ -1,0 +1,38 @@
+"""Figures as PNG files. Each function takes data and a path, writes the PNG and returns the path.
+
+Figures are drawn on a standalone Agg canvas (no pyplot), so nothing global such as the
+matplotlib backend is touched and no window is ever opened.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+
+def _save(fig: Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(fig)
+    fig.savefig(path, dpi=120)
+    return path
+
+
+def plot_sensitivity(result_or_traces: Any | Sequence[float], path: str | Path, title: str | None = None) -> Path:
+    """Bar chart of the Fisher trace per block on a log axis, as in the paper's Figure 3.
+
+    Takes a `SensitivityResult` (anything with ``block_traces``) or a sequence of traces."""
+    traces = [float(v) for v in getattr(result_or_traces, "block_traces", result_or_traces)]
+    fig = Figure(figsize=(max(4.0, 0.25 * len(traces) + 2.0), 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.bar(range(len(traces)), traces, color="tab:blue")
+    ax.set_yscale("log")
+    ax.set_xlabel("block")
+    ax.set_ylabel("Fisher trace")
+    ax.set_title(title or "Layer-wise sensitivity (trace of the Fisher information)")
+    ax.set_xlim(-0.6, len(traces) - 0.4)
+    return _save(fig, path)

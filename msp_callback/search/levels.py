@@ -1,0 +1,105 @@
+"""The level cache: any block at any level in one tensor write, no re-pruning.
+
+Built once from the dense model on the calibration batches (one pass of the shared driver, each
+block fed the *dense* outputs of the block before it):
+
+- score-based criteria (magnitude, Wanda): the per-group ranks of every linear's scores, so the
+  weight for level L is ``dense * (ranks >= L)``;
+- weight-updating criteria (SparseGPT): the pruned weight for every level 1..M-1 of every linear.
+
+Using dense-model inputs for every block is the documented approximation that makes the search
+fast; the final plan is then applied with the criterion properly (sequentially) by `pruner.prune`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..calibration import BlockInputs, collect_input_stats, walk_blocks
+from ..criteria import Criterion, get_criterion
+from ..models import block_linears, find_blocks
+from ..nm import from_out_in, group_ranks, mask_from_ranks, masked_modules, to_out_in
+
+log = logging.getLogger(__name__)
+
+
+class LevelCache:
+    """Dense weights plus what gives each linear's pruned weight at any level 0..M."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        criterion: str | Criterion,
+        m: int,
+        calibration: Sequence[Tensor] | None,
+        progress: bool = True,
+    ):
+        if any(True for _ in masked_modules(model)):
+            raise RuntimeError("build the level cache on the dense model (it carries N:M masks)")
+        self.criterion = get_criterion(criterion)
+        self.m = m
+        self.blocks = find_blocks(model)
+        self.linears = [block_linears(b) for b in self.blocks]
+        self.dense = [{n: mod.weight.detach().clone() for n, mod in lin.items()} for lin in self.linears]
+        self.ranks: list[dict[str, Tensor]] = [{} for _ in self.blocks]
+        self.pruned: list[dict[str, dict[int, Tensor]]] = [{} for _ in self.blocks]
+        self.current = [0] * len(self.blocks)  # level each block's weights hold now
+
+        if self.criterion.statistic == "none":
+            for i in range(len(self.blocks)):
+                self._fill(i, None)
+        else:
+            if not calibration:
+                raise ValueError(f"criterion {self.criterion.name!r} needs calibration batches for the level cache")
+            walk_blocks(model, calibration, lambda i, block, inputs: self._fill(i, inputs),
+                        desc="level cache", progress=progress)
+
+    @torch.no_grad()
+    def _fill(self, index: int, inputs: BlockInputs | None) -> None:
+        linears = self.linears[index]
+        stats = (collect_input_stats(self.blocks[index], linears, inputs, self.criterion.statistic)
+                 if inputs is not None else {name: None for name in linears})
+        for name, module in linears.items():
+            weight = to_out_in(module, self.dense[index][name]).float()
+            if self.criterion.score_based:
+                self.ranks[index][name] = group_ranks(self.criterion.scores(weight, stats[name]), self.m)
+            else:
+                self.pruned[index][name] = {
+                    level: from_out_in(module, self.criterion.prune_weight(weight.clone(), stats[name], level, self.m)[0])
+                    .to(module.weight.dtype)
+                    for level in range(1, self.m)
+                }
+
+    def weight(self, index: int, name: str, level: int) -> Tensor:
+        """Weight (module layout) of linear ``name`` in block ``index`` at ``level``."""
+        dense = self.dense[index][name]
+        if level == 0:
+            return dense
+        if level == self.m:
+            return torch.zeros_like(dense)
+        if self.criterion.score_based:
+            module = self.linears[index][name]
+            return dense * from_out_in(module, mask_from_ranks(self.ranks[index][name], level))
+        return self.pruned[index][name][level]
+
+    @torch.no_grad()
+    def apply(self, levels: Sequence[int]) -> int:
+        """Write the weights for ``levels`` into the model, touching only blocks whose level
+        changed since the last call. Returns the number of blocks rewritten."""
+        if len(levels) != len(self.blocks):
+            raise ValueError(f"{len(levels)} levels for {len(self.blocks)} blocks")
+        changed = 0
+        for index, level in enumerate(levels):
+            if level != self.current[index]:
+                for name, module in self.linears[index].items():
+                    module.weight.data.copy_(self.weight(index, name, level))
+                self.current[index] = level
+                changed += 1
+        return changed
+
+    def restore_dense(self) -> None:
+        self.apply([0] * len(self.blocks))

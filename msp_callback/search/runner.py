@@ -1,0 +1,115 @@
+"""Run the MSP search on a model: level cache + fitness + evolution, checkpointed every generation."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from ..files import atomic_write_text
+from ..models import fingerprint
+from ..plan import PlanError, SparsityPlan
+from .evolution import EvolutionarySearch
+from .fitness import PerplexityFitness
+from .levels import LevelCache
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SearchSettings:
+    """The search's knobs; defaults as in the paper (20 individuals x 20 generations, rate 0.5)."""
+
+    population: int = 20
+    generations: int = 20
+    mutation_rate: float = 0.5
+    init: str = "sensitivity"  # random | sensitivity (Algorithm 3) | trace (measured Fisher traces)
+    trace_strength: float = 1.0
+    fitness_batch_size: int = 4
+    checkpoint: str | None = None  # JSON file written after every generation
+    resume: bool = False
+
+
+def _load_checkpoint(path: Path, search: EvolutionarySearch, model_print: dict, criterion: str) -> None:
+    state = json.loads(path.read_text())
+    if state.get("fingerprint") != model_print or state.get("criterion") != criterion:
+        raise PlanError(
+            f"checkpoint {path} was written for another model or criterion "
+            f"({state.get('fingerprint', {}).get('architecture')}, {state.get('criterion')}); "
+            "delete it or pass another --checkpoint to start a new search"
+        )
+    search.load_state_dict(state["search"])
+    log.info("resumed search from %s at generation %d", path, search.generation)
+
+
+def search_plan(
+    model: nn.Module,
+    n: int,
+    m: int,
+    criterion: str,
+    calibration: Sequence[Tensor],
+    fitness_windows: Tensor,
+    settings: SearchSettings | None = None,
+    traces: Sequence[float] | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    on_generation: Callable[[EvolutionarySearch], None] | None = None,
+) -> SparsityPlan:
+    """Search per-block levels at target N:M; the model is left dense, the plan returned."""
+    settings = settings or SearchSettings()
+    model_print = fingerprint(model)
+    started = time.perf_counter()
+    cache = LevelCache(model, criterion, m, calibration, progress=progress)
+    cache_seconds = time.perf_counter() - started
+    fitness = PerplexityFitness(model, cache, fitness_windows, settings.fitness_batch_size)
+    search = EvolutionarySearch(
+        n, m, model_print["num_blocks"], population_size=settings.population, generations=settings.generations,
+        mutation_rate=settings.mutation_rate, seed=seed, init=settings.init,
+        traces=list(traces) if traces is not None else None, trace_strength=settings.trace_strength,
+        evaluate=fitness,
+    )
+    checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
+    if checkpoint and settings.resume and checkpoint.exists():
+        _load_checkpoint(checkpoint, search, model_print, criterion)
+
+    bar = tqdm(total=settings.generations + 1, initial=search.generation + 1, desc="msp search", disable=not progress)
+
+    def after_generation(s: EvolutionarySearch) -> None:
+        bar.update(s.generation + 1 - bar.n)
+        bar.set_postfix(best=f"{s.best[1]:.4g}", evals=s.evaluations)
+        if checkpoint:
+            atomic_write_text(checkpoint, json.dumps(
+                {"fingerprint": model_print, "criterion": criterion, "search": s.state_dict()}))
+        if on_generation:
+            on_generation(s)
+
+    try:
+        levels, best = search.run(callback=after_generation)
+    finally:
+        bar.close()
+        cache.restore_dense()
+    return SparsityPlan(
+        m=m, target=n, levels=levels, criterion=criterion, allocation="msp", fingerprint=model_print,
+        metadata={
+            "search": asdict(settings),
+            "seed": seed,
+            "best_fitness": best,
+            "fitness_tokens": fitness.tokens,
+            "fitness_evaluations": search.evaluations,
+            "level_cache_seconds": cache_seconds,
+            "search_seconds": time.perf_counter() - started,
+            "history": search.history,
+        },
+    )
+
+
+def search_summary(plan: SparsityPlan) -> dict[str, Any]:
+    meta = plan.metadata
+    return {k: meta[k] for k in ("search_seconds", "fitness_evaluations", "history", "best_fitness") if k in meta}

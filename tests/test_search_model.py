@@ -1,0 +1,89 @@
+"""The search on a tiny model: level cache, fitness, allocations, resume."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from msp_callback.allocation import make_plan
+from msp_callback.evaluate import perplexity
+from msp_callback.models import block_linears, find_blocks
+from msp_callback.nm import check_pattern, to_out_in
+from msp_callback.plan import SparsityPlan
+from msp_callback.pruner import prune
+from msp_callback.search.levels import LevelCache
+from msp_callback.search.runner import SearchSettings
+
+from .conftest import token_batches, tiny_model
+
+
+@pytest.mark.parametrize("criterion", ["magnitude", "wanda", "sparsegpt"])
+def test_level_cache_matches_block_pruning(criterion):
+    """Every level the cache writes has the N:M pattern; for magnitude (input-free) it equals
+    pruning the whole model at that level."""
+    model = tiny_model("llama")
+    batches = token_batches(2)
+    cache = LevelCache(model, criterion, 4, batches, progress=False)
+    dense = copy.deepcopy(model)
+    for levels in ([1, 2, 3], [4, 0, 2], [0, 0, 0]):
+        cache.apply(levels)
+        for i, block in enumerate(find_blocks(model)):
+            for name, mod in block_linears(block).items():
+                check_pattern(to_out_in(mod, mod.weight), levels[i], 4, name)
+    if criterion == "magnitude":
+        cache.apply([2, 2, 2])
+        prune(dense, SparsityPlan.uniform(2, 4, 3, criterion="magnitude"), progress=False)
+        batch = batches[0]
+        torch.testing.assert_close(model(input_ids=batch).logits, dense(input_ids=batch).logits, rtol=0, atol=0)
+    cache.restore_dense()
+
+
+def test_level_cache_only_rewrites_changed_blocks(llama):
+    cache = LevelCache(llama, "magnitude", 4, None, progress=False)
+    assert cache.apply([1, 2, 3]) == 3
+    assert cache.apply([1, 2, 2]) == 1
+    assert cache.apply([1, 2, 2]) == 0
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "owl", "fisher", "msp"])
+def test_allocations_meet_the_budget(allocation):
+    model = tiny_model("llama")
+    batches = token_batches(2)
+    search = SearchSettings(population=4, generations=2)
+    plan = make_plan(allocation, model, 2, 4, "wanda", calibration=batches, search=search, progress=False)
+    assert plan.allocation == allocation and sum(plan.levels) == 6
+    assert all(0 <= lv <= 4 for lv in plan.levels)
+
+
+def test_msp_search_improves_on_its_initial_population_and_resumes(tmp_path):
+    model = tiny_model("llama")
+    batches = token_batches(2)
+    fitness = torch.cat(token_batches(2, seed=9))
+    ckpt = tmp_path / "ckpt.json"
+    full = make_plan("msp", model, 2, 4, "wanda", calibration=batches, fitness_windows=fitness, seed=1,
+                     search=SearchSettings(population=6, generations=4), progress=False)
+    history = full.metadata["history"]
+    assert history[-1]["best_fitness"] <= history[0]["best_fitness"]
+    assert full.metadata["fitness_evaluations"] <= 6 + 4 * 3
+    # the model is left dense
+    assert perplexity(model, fitness, progress=False) == pytest.approx(perplexity(tiny_model("llama"), fitness, progress=False))
+
+    # interrupted after generation 2, then resumed: same plan
+    class Stop(Exception):
+        pass
+
+    from msp_callback.search import runner
+
+    def stop_at_two(search):
+        if search.generation == 2:
+            raise Stop
+
+    settings = SearchSettings(population=6, generations=4, checkpoint=str(ckpt))
+    with pytest.raises(Stop):
+        runner.search_plan(model, 2, 4, "wanda", batches, fitness, settings, seed=1, progress=False, on_generation=stop_at_two)
+    assert json.loads(ckpt.read_text())["search"]["generation"] == 2
+    settings.resume = True
+    resumed = runner.search_plan(model, 2, 4, "wanda", batches, fitness, settings, seed=1, progress=False)
+    assert resumed.levels == full.levels
+    assert [h["best_fitness"] for h in resumed.metadata["history"]] == [h["best_fitness"] for h in history]
