@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -20,12 +21,15 @@ def perplexity(
     bf16: bool = False,
     progress: bool = True,
     desc: str = "perplexity",
+    logits_fn: Callable[[int, Tensor], Tensor] | None = None,
 ) -> float:
     """exp(mean next-token NLL) over every predicted token of ``windows`` (n, seqlen).
 
     Logits are shifted against labels (torchmetrics does not shift) and taken in float32;
     ``bf16=True`` runs the forward under bfloat16 autocast (3-4x faster on CPU, slightly different
-    numbers: say so when you report them).
+    numbers: say so when you report them; on CPUs without bf16 units it is slower).
+    ``logits_fn(batch_index, batch)`` replaces the plain forward (the search uses it to reuse
+    cached block outputs).
     """
     if windows.ndim != 2 or windows.shape[0] == 0:
         raise ValueError(f"windows must be a non-empty (n, seqlen) tensor, got shape {tuple(windows.shape)}")
@@ -35,10 +39,10 @@ def perplexity(
     was_training = model.training
     model.eval()
     try:
-        for batch in tqdm(windows.split(batch_size), desc=desc, disable=not progress):
+        for index, batch in enumerate(tqdm(windows.split(batch_size), desc=desc, disable=not progress)):
             batch = batch.to(device)
             with autocast:
-                logits = model(input_ids=batch, use_cache=False).logits
+                logits = logits_fn(index, batch) if logits_fn else model(input_ids=batch, use_cache=False).logits
             metric.update(logits[:, :-1].float(), batch[:, 1:].long())
     finally:
         model.train(was_training)

@@ -36,3 +36,34 @@ def plot_sensitivity(result_or_traces: Any | Sequence[float], path: str | Path, 
     ax.set_title(title or "Layer-wise sensitivity (trace of the Fisher information)")
     ax.set_xlim(-0.6, len(traces) - 0.4)
     return _save(fig, path)
+
+
+def plot_levels(plans: dict[str, Sequence[int]], m: int, path: str | Path, title: str | None = None) -> Path:
+    """Level (pruned of M) per block for one or more plans, as in the paper's Figure 8."""
+    fig = Figure(figsize=(8.0, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    count = max(1, len(plans))
+    width = 0.8 / count
+    for k, (name, levels) in enumerate(plans.items()):
+        ax.bar([i + (k - (count - 1) / 2) * width for i in range(len(levels))], levels, width, label=name)
+    ax.set_xlabel("block")
+    ax.set_ylabel(f"level (pruned of {m})")
+    ax.set_ylim(0, m + 0.2)
+    ax.legend(loc="upper left", fontsize="small")
+    ax.set_title(title or "Per-block N:M levels")
+    return _save(fig, path)
+
+
+def plot_convergence(history: Sequence[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
+    """Best and mean fitness of each generation (log scale), as in the paper's Figure 4."""
+    gens = [h["generation"] for h in history]
+    fig = Figure(figsize=(5.5, 3.5), layout="constrained")
+    ax = fig.add_subplot()
+    ax.plot(gens, [h["best_fitness"] for h in history], marker="o", label="best")
+    ax.plot(gens, [h["mean_fitness"] for h in history], marker=".", label="population mean")
+    ax.set_yscale("log")
+    ax.set_xlabel("generation")
+    ax.set_ylabel("fitness (perplexity)")
+    ax.legend()
+    ax.set_title(title or "Search convergence")
+    return _save(fig, path)

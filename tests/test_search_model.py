@@ -41,9 +41,9 @@ def test_level_cache_matches_block_pruning(criterion):
 
 def test_level_cache_only_rewrites_changed_blocks(llama):
     cache = LevelCache(llama, "magnitude", 4, None, progress=False)
-    assert cache.apply([1, 2, 3]) == 3
-    assert cache.apply([1, 2, 2]) == 1
-    assert cache.apply([1, 2, 2]) == 0
+    assert cache.apply([1, 2, 3]) == [0, 1, 2]
+    assert cache.apply([1, 2, 2]) == [2]
+    assert cache.apply([1, 2, 2]) == []
 
 
 @pytest.mark.parametrize("allocation", ["uniform", "owl", "fisher", "msp"])
@@ -87,3 +87,21 @@ def test_msp_search_improves_on_its_initial_population_and_resumes(tmp_path):
     resumed = runner.search_plan(model, 2, 4, "wanda", batches, fitness, settings, seed=1, progress=False)
     assert resumed.levels == full.levels
     assert [h["best_fitness"] for h in resumed.metadata["history"]] == [h["best_fitness"] for h in history]
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "opt", "gpt2"])
+def test_prefix_cached_fitness_equals_plain_perplexity(arch):
+    from msp_callback.search.fitness import PerplexityFitness
+
+    model = tiny_model(arch)
+    windows = torch.cat(token_batches(3, seqlen=16, seed=4))
+    cache = LevelCache(model, "wanda", 4, token_batches(2), progress=False)
+    fitness = PerplexityFitness(model, cache, windows, batch_size=2)
+    individuals = [[2, 2, 2], [2, 2, 2], [2, 3, 1], [1, 3, 2], [4, 0, 2], [0, 0, 0]]
+    for levels in individuals:
+        got = fitness.evaluate(levels)
+        cache.apply(levels)
+        assert got == pytest.approx(perplexity(model, windows, 2, progress=False), rel=1e-5), (arch, levels)
+    # [2,2,2] twice: nothing re-run; [2,3,1] after [2,2,2]: blocks 1-2 only
+    assert fitness.blocks_run == 3 + 0 + 2 + 3 + 3 + 3
+    assert len(find_blocks(model)) == 3  # the real blocks are back

@@ -129,3 +129,12 @@ def test_json_round_trip_and_plot(tmp_path):
     png = plot_sensitivity(result, tmp_path / "plots" / "sensitivity.png", title="tiny opt")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
     assert plot_sensitivity([1.0, 0.1, 0.01], tmp_path / "list.png").stat().st_size > 1000
+
+
+def test_level_and_convergence_plots(tmp_path):
+    from msp_callback.plots import plot_convergence, plot_levels
+
+    history = [{"generation": g, "best_fitness": 100.0 / (g + 1), "mean_fitness": 200.0 / (g + 1)} for g in range(4)]
+    for path in (plot_levels({"uniform": [3, 3, 3], "msp": [2, 3, 4]}, 4, tmp_path / "l.png"),
+                 plot_convergence(history, tmp_path / "c.png")):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000

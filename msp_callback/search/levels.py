@@ -87,18 +87,18 @@ class LevelCache:
         return self.pruned[index][name][level]
 
     @torch.no_grad()
-    def apply(self, levels: Sequence[int]) -> int:
+    def apply(self, levels: Sequence[int]) -> list[int]:
         """Write the weights for ``levels`` into the model, touching only blocks whose level
-        changed since the last call. Returns the number of blocks rewritten."""
+        changed since the last call. Returns the indices of the blocks rewritten."""
         if len(levels) != len(self.blocks):
             raise ValueError(f"{len(levels)} levels for {len(self.blocks)} blocks")
-        changed = 0
+        changed = []
         for index, level in enumerate(levels):
             if level != self.current[index]:
                 for name, module in self.linears[index].items():
                     module.weight.data.copy_(self.weight(index, name, level))
                 self.current[index] = level
-                changed += 1
+                changed.append(index)
         return changed
 
     def restore_dense(self) -> None:

@@ -1,0 +1,171 @@
+"""MSP against uniform / OWL / Fisher allocations in one run, with the search's cost.
+
+    python benchmarks/msp_search.py                 # the issue's setting: smollm2-135m, wanda, 3:4,
+                                                    # 32 x 1024 C4 calibration, 40 x 1024 Wikipedia
+    python benchmarks/msp_search.py --quick         # small budget, a few minutes
+
+Every allocation starts from the same dense weights, calibration samples, fitness windows and
+evaluation windows. Also measured side by side: one fitness evaluation of the fast path (level
+cache + block prefix cache) against the naive one (re-prune sequentially + full forward) on the
+same individuals, and against one plain forward pass over the same tokens. Writes
+benchmarks/results/<name>.json plus level and convergence plots beside it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from msp_callback import data
+from msp_callback.allocation import make_plan
+from msp_callback.evaluate import perplexity
+from msp_callback.files import atomic_write_text
+from msp_callback.models import fingerprint, load_causal_lm, measure_sparsity
+from msp_callback.nm import remove_masks
+from msp_callback.plan import SparsityPlan, nm_string, parse_nm
+from msp_callback.plots import plot_convergence, plot_levels
+from msp_callback.pruner import prune
+from msp_callback.search.evolution import sensitivity_population
+from msp_callback.search.fitness import PerplexityFitness
+from msp_callback.search.levels import LevelCache
+from msp_callback.search.runner import SearchSettings
+from msp_callback.workflow import PruneSettings, _bos_id, load_texts
+
+RESULTS = Path(__file__).parent / "results"
+log = logging.getLogger("msp_search")
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--criterion", default="wanda")
+    p.add_argument("--sparsity", default="3:4")
+    p.add_argument("--allocations", nargs="+", default=["uniform", "owl", "fisher", "msp"])
+    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--calib-seqlen", type=int, default=1024)
+    p.add_argument("--eval-windows", type=int, default=40)
+    p.add_argument("--eval-seqlen", type=int, default=1024)
+    p.add_argument("--fitness-samples", type=int, default=4)
+    p.add_argument("--fitness-seqlen", type=int, default=512)
+    p.add_argument("--population", type=int, default=20)
+    p.add_argument("--generations", type=int, default=20)
+    p.add_argument("--init", default="sensitivity")
+    p.add_argument("--trace-samples", type=int, default=8, help="calibration rows used for Fisher traces")
+    p.add_argument("--naive-individuals", type=int, default=2, help="individuals timed naively (0: skip)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="8 x 512 calibration, 8 eval windows, 8 x 5 search")
+    p.add_argument("--name", default=None, help="result file name (default: msp_search or msp_search_quick)")
+    args = p.parse_args()
+    if args.quick:
+        args.calib_samples, args.calib_seqlen, args.eval_windows = 8, 512, 8
+        args.population, args.generations, args.naive_individuals = 8, 5, 1
+    args.name = args.name or ("msp_search_quick" if args.quick else "msp_search")
+    return args
+
+
+def timed(fn):
+    start = time.perf_counter()
+    out = fn()
+    return out, time.perf_counter() - start
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    n, m = parse_nm(args.sparsity)
+    settings = PruneSettings(model=args.model, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen,
+                             eval_windows=args.eval_windows, eval_seqlen=args.eval_seqlen, seed=args.seed)
+    model, tokenizer = load_causal_lm(args.model)
+    bos = _bos_id(tokenizer, settings.bos)
+    calib_tokens, eval_tokens = load_texts(settings, tokenizer)
+    calibration = data.sample_calibration(calib_tokens, args.calib_samples, args.calib_seqlen, args.seed, bos)
+    fitness_windows = torch.cat(data.sample_calibration(calib_tokens, args.fitness_samples, args.fitness_seqlen, args.seed + 1, bos))
+    windows = data.evaluation_windows(eval_tokens, args.eval_seqlen, args.eval_windows, bos)
+    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def restore() -> None:
+        remove_masks(model, bake=False)
+        model.load_state_dict(dense_state)
+
+    dense_ppl = perplexity(model, windows, desc="dense")
+    search = SearchSettings(population=args.population, generations=args.generations, init=args.init)
+    trace_rows = torch.cat(list(calibration))[: args.trace_samples]
+    traces = None
+    if "fisher" in args.allocations or args.init == "trace":
+        from msp_callback.sensitivity import fisher_traces
+
+        result, trace_seconds = timed(lambda: fisher_traces(model, [trace_rows]))
+        traces = result.block_traces
+        log.info("fisher traces in %.0f s", trace_seconds)
+
+    rows = []
+    for allocation in args.allocations:
+        plan, plan_seconds = timed(lambda: make_plan(allocation, model, n, m, args.criterion, calibration=calibration,
+                                                     fitness_windows=fitness_windows, search=search, seed=args.seed,
+                                                     traces=traces))
+        _, prune_seconds = timed(lambda: prune(model, plan, calibration))
+        row = {"allocation": allocation, "levels": plan.levels, "ppl": perplexity(model, windows, desc=allocation),
+               "plan_seconds": plan_seconds, "prune_seconds": prune_seconds,
+               "measured_sparsity_pct": measure_sparsity(model).pruned_linears}
+        for key in ("fitness_evaluations", "level_cache_seconds", "search_seconds", "best_fitness", "history"):
+            if key in plan.metadata:
+                row[key] = plan.metadata[key]
+        rows.append(row)
+        log.info("%s: ppl %.2f, levels %s", allocation, row["ppl"], plan.levels)
+        restore()
+
+    cost = measure_fitness_cost(model, n, m, args, calibration, fitness_windows, restore)
+    result = {
+        "command": " ".join(["python", "benchmarks/msp_search.py", *sys.argv[1:]]),
+        "arguments": vars(args), "model": args.model, "criterion": args.criterion, "sparsity": nm_string(n, m),
+        "calib_corpus": settings.calib_corpus, "eval_corpus": settings.eval_corpus,
+        "eval_tokens": int(windows.numel()), "fitness_tokens": int(fitness_windows.numel()),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
+        "dense_ppl": dense_ppl, "traces": traces, "rows": rows, "fitness_cost": cost,
+    }
+    out = RESULTS / f"{args.name}.json"
+    atomic_write_text(out, json.dumps(result, indent=2))
+    plot_levels({r["allocation"]: r["levels"] for r in rows}, m, RESULTS / f"{args.name}_levels.png",
+                title=f"{args.model}, {args.criterion}, {nm_string(n, m)}")
+    for r in rows:
+        if "history" in r:
+            plot_convergence(r["history"], RESULTS / f"{args.name}_convergence.png",
+                             title=f"MSP search, {args.model}, {args.criterion}, {nm_string(n, m)}")
+    log.info("wrote %s", out)
+
+
+def measure_fitness_cost(model, n, m, args, calibration, fitness_windows, restore) -> dict:
+    """Seconds per fitness evaluation: fast path vs naive (re-prune + full forward) on the same
+    individuals, and one plain forward over the same tokens; medians."""
+    num_blocks = fingerprint(model)["num_blocks"]
+    individuals = sensitivity_population(max(3, args.naive_individuals), num_blocks, n, m, random.Random(args.seed + 7))
+    plain = [timed(lambda: perplexity(model, fitness_windows, 4, progress=False))[1] for _ in range(3)]
+    cache, cache_seconds = timed(lambda: LevelCache(model, args.criterion, m, calibration))
+    fitness = PerplexityFitness(model, cache, fitness_windows, 4)
+    fast = [timed(lambda ind=ind: fitness([ind]))[1] for ind in individuals]
+    cache.restore_dense()
+    naive = []
+    for ind in individuals[: args.naive_individuals]:
+        plan = SparsityPlan(m=m, target=n, levels=ind, criterion=args.criterion, allocation="naive-timing")
+        naive.append(timed(lambda: (prune(model, plan, calibration, progress=False),
+                                    perplexity(model, fitness_windows, 4, progress=False)))[1])
+        restore()
+    cost = {"plain_forward_s": statistics.median(plain), "fast_eval_s": statistics.median(fast),
+            "fast_eval_all_s": fast, "level_cache_build_s": cache_seconds, "individuals": individuals}
+    if naive:
+        cost["naive_eval_s"] = statistics.median(naive)
+        cost["naive_over_fast"] = cost["naive_eval_s"] / cost["fast_eval_s"]
+    return cost
+
+
+if __name__ == "__main__":
+    main()
