@@ -19,14 +19,12 @@ from pathlib import Path
 
 import torch
 
-from msp_callback import data
 from msp_callback.evaluate import perplexity
 from msp_callback.files import atomic_write_text
-from msp_callback.models import fingerprint, load_causal_lm, measure_sparsity
-from msp_callback.nm import remove_masks
+from msp_callback.models import fingerprint, measure_sparsity
 from msp_callback.plan import SparsityPlan, nm_string, parse_nm
 from msp_callback.pruner import prune
-from msp_callback.workflow import PruneSettings, _bos_id, load_texts
+from msp_callback.workflow import PruneSettings, prepare
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -48,12 +46,9 @@ def main() -> None:
 
     settings = PruneSettings(model=args.model, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen,
                              eval_seqlen=args.eval_seqlen, eval_windows=args.eval_windows, seed=args.seed)
-    model, tokenizer = load_causal_lm(settings.model)
-    bos = _bos_id(tokenizer, settings.bos)
-    calib_tokens, eval_tokens = load_texts(settings, tokenizer)
-    calibration = data.sample_calibration(calib_tokens, settings.calib_samples, settings.calib_seqlen, settings.seed, bos)
-    windows = data.evaluation_windows(eval_tokens, settings.eval_seqlen, settings.eval_windows, bos)
-    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
+    inputs = prepare(settings)
+    model, calibration, windows = inputs.model, inputs.calibration, inputs.windows
+    restore = inputs.dense_snapshot()
 
     rows = [{"criterion": "dense", "sparsity": "0%", "ppl": perplexity(model, windows, desc="dense")}]
     for sparsity in args.sparsities:
@@ -67,8 +62,7 @@ def main() -> None:
             rows.append({"criterion": criterion, "sparsity": nm_string(n, m), "ppl": perplexity(model, windows, desc=criterion),
                          "prune_seconds": seconds, "measured_sparsity_pct": measure_sparsity(model).pruned_linears})
             logging.info("%s", rows[-1])
-            remove_masks(model, bake=False)
-            model.load_state_dict(dense_state)
+            restore()
 
     result = {
         "command": " ".join(["python", "benchmarks/baselines.py", *sys.argv[1:]]),

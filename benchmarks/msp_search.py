@@ -25,12 +25,10 @@ from pathlib import Path
 
 import torch
 
-from msp_callback import data
 from msp_callback.allocation import make_plan
 from msp_callback.evaluate import perplexity
 from msp_callback.files import atomic_write_text
-from msp_callback.models import fingerprint, load_causal_lm, measure_sparsity
-from msp_callback.nm import remove_masks
+from msp_callback.models import fingerprint, measure_sparsity
 from msp_callback.plan import SparsityPlan, nm_string, parse_nm
 from msp_callback.plots import plot_convergence, plot_levels
 from msp_callback.pruner import prune
@@ -38,7 +36,7 @@ from msp_callback.search.evolution import sensitivity_population
 from msp_callback.search.fitness import PerplexityFitness
 from msp_callback.search.levels import LevelCache
 from msp_callback.search.runner import SearchSettings
-from msp_callback.workflow import PruneSettings, _bos_id, load_texts
+from msp_callback.workflow import PruneSettings, prepare
 
 RESULTS = Path(__file__).parent / "results"
 log = logging.getLogger("msp_search")
@@ -83,18 +81,11 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     n, m = parse_nm(args.sparsity)
     settings = PruneSettings(model=args.model, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen,
-                             eval_windows=args.eval_windows, eval_seqlen=args.eval_seqlen, seed=args.seed)
-    model, tokenizer = load_causal_lm(args.model)
-    bos = _bos_id(tokenizer, settings.bos)
-    calib_tokens, eval_tokens = load_texts(settings, tokenizer)
-    calibration = data.sample_calibration(calib_tokens, args.calib_samples, args.calib_seqlen, args.seed, bos)
-    fitness_windows = torch.cat(data.sample_calibration(calib_tokens, args.fitness_samples, args.fitness_seqlen, args.seed + 1, bos))
-    windows = data.evaluation_windows(eval_tokens, args.eval_seqlen, args.eval_windows, bos)
-    dense_state = {k: v.clone() for k, v in model.state_dict().items()}
-
-    def restore() -> None:
-        remove_masks(model, bake=False)
-        model.load_state_dict(dense_state)
+                             eval_windows=args.eval_windows, eval_seqlen=args.eval_seqlen, seed=args.seed,
+                             fitness_samples=args.fitness_samples, fitness_seqlen=args.fitness_seqlen)
+    inputs = prepare(settings)
+    model, calibration, windows, fitness_windows = inputs.model, inputs.calibration, inputs.windows, inputs.fitness_windows
+    restore = inputs.dense_snapshot()
 
     dense_ppl = perplexity(model, windows, desc="dense")
     search = SearchSettings(population=args.population, generations=args.generations, init=args.init)

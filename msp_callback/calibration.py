@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .models import find_blocks
+
+if TYPE_CHECKING:
+    from .criteria.base import InputStats
 
 
 class CalibrationError(ValueError):
@@ -123,7 +126,7 @@ def walk_blocks(
 @torch.no_grad()
 def collect_input_stats(
     block: nn.Module, linears: dict[str, nn.Module], inputs: BlockInputs, statistic: str
-) -> dict[str, "InputStats"]:
+) -> dict[str, InputStats]:
     """Run ``block`` once on ``inputs`` and accumulate each linear's input statistic."""
     from .criteria.base import InputStats
 

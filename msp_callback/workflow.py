@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from .allocation import make_plan
 from .evaluate import perplexity
 from .files import atomic_write_text
 from .models import load_causal_lm, measure_sparsity
+from .nm import remove_masks
 from .plan import SparsityPlan, nm_string, parse_nm
 from .pruner import prune
 from .search.runner import SearchSettings, search_summary
@@ -79,17 +81,47 @@ def load_texts(settings: PruneSettings, tokenizer) -> tuple[torch.Tensor, torch.
     return data.tokenize(tokenizer, calib_docs), data.tokenize(tokenizer, eval_docs)
 
 
-def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
-    """Run the job; returns (result dict, plan). The model is discarded afterwards."""
-    start = time.perf_counter()
-    n, m = parse_nm(settings.sparsity)
+@dataclass
+class Inputs:
+    """What a job prunes and measures with: the model and its three disjoint token sets."""
+
+    model: torch.nn.Module
+    tokenizer: Any
+    calibration: list[torch.Tensor]  # batches (B, calib_seqlen)
+    fitness_windows: torch.Tensor  # (fitness_samples, fitness_seqlen), calibration corpus, other seed
+    windows: torch.Tensor  # (eval_windows, eval_seqlen), evaluation text
+
+    def dense_snapshot(self) -> Callable[[], None]:
+        """Copy the weights now; the returned function removes masks and restores them."""
+        state = {k: v.clone() for k, v in self.model.state_dict().items()}
+
+        def restore() -> None:
+            remove_masks(self.model, bake=False)
+            self.model.load_state_dict(state)
+
+        return restore
+
+
+def prepare(settings: PruneSettings) -> Inputs:
+    """Load the model and sample calibration, fitness and evaluation tokens."""
     model, tokenizer = load_causal_lm(settings.model)
     bos_id = _bos_id(tokenizer, settings.bos)
     calib_tokens, eval_tokens = load_texts(settings, tokenizer)
     calibration = data.sample_calibration(calib_tokens, settings.calib_samples, settings.calib_seqlen, settings.seed, bos_id)
+    fitness_windows = torch.cat(data.sample_calibration(
+        calib_tokens, settings.fitness_samples, settings.fitness_seqlen, settings.seed + 1, bos_id))
     windows = data.evaluation_windows(eval_tokens, settings.eval_seqlen, settings.eval_windows, bos_id)
     log.info("calibration: %d x %d tokens of %s; evaluation: %d x %d tokens of %s",
              settings.calib_samples, settings.calib_seqlen, settings.calib_corpus, windows.shape[0], windows.shape[1], settings.eval_corpus)
+    return Inputs(model, tokenizer, calibration, fitness_windows, windows)
+
+
+def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
+    """Run the job; returns (result dict, plan). The model is discarded afterwards."""
+    start = time.perf_counter()
+    n, m = parse_nm(settings.sparsity)
+    inputs = prepare(settings)
+    model, calibration, windows = inputs.model, inputs.calibration, inputs.windows
 
     def ppl(desc: str) -> float:
         return perplexity(model, windows, settings.eval_batch_size, progress=settings.progress, desc=desc)
@@ -105,10 +137,8 @@ def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
         search = SearchSettings(population=settings.population, generations=settings.generations,
                                 mutation_rate=settings.mutation_rate, init=settings.init,
                                 checkpoint=settings.checkpoint, resume=settings.resume)
-        fitness_windows = torch.cat(data.sample_calibration(
-            calib_tokens, settings.fitness_samples, settings.fitness_seqlen, settings.seed + 1, bos_id))
         plan = make_plan(settings.allocation, model, n, m, settings.criterion, calibration=calibration,
-                         fitness_windows=fitness_windows, search=search, seed=settings.seed,
+                         fitness_windows=inputs.fitness_windows, search=search, seed=settings.seed,
                          progress=settings.progress, **settings.extra)
     plan.metadata.update(settings=asdict(settings))
 
@@ -145,8 +175,17 @@ def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
 
 
 def write_outputs(result: dict[str, Any], plan: SparsityPlan, output: str | Path | None, json_path: str | Path | None) -> None:
+    """plan.json (and for a search: history.json, levels.png, convergence.png) in ``output``;
+    the result as JSON at ``json_path``."""
     if output:
-        plan.save(Path(output) / "plan.json")
-        log.info("plan written to %s", Path(output) / "plan.json")
+        output = Path(output)
+        plan.save(output / "plan.json")
+        from .plots import plot_convergence, plot_levels
+
+        plot_levels({plan.allocation: plan.levels}, plan.m, output / "levels.png")
+        if "history" in plan.metadata:
+            atomic_write_text(output / "history.json", json.dumps(plan.metadata["history"], indent=2))
+            plot_convergence(plan.metadata["history"], output / "convergence.png")
+        log.info("plan and plots written to %s", output)
     if json_path:
         atomic_write_text(json_path, json.dumps(result, indent=2))

@@ -82,3 +82,22 @@ def test_cli_end_to_end(tmp_path, capsys):
 def test_cli_bad_sparsity_is_a_clear_error(caplog):
     assert main(["prune", "--sparsity", "5:4", "--quiet"]) == 2
     assert "must lie in 0..4" in caplog.text
+
+
+def test_cli_msp_search_writes_history_and_resumes(tmp_path):
+    out = tmp_path / "msp"
+    common = ["prune", "--allocation", "msp", "--population", "4", "--calib-samples", "1", "--calib-seqlen", "64",
+              "--fitness-samples", "1", "--fitness-seqlen", "64", "--eval-seqlen", "64", "--eval-windows", "1",
+              "--no-dense-eval", "--quiet", "--output", str(out), "--json", str(tmp_path / "r.json")]
+    assert main(common + ["--generations", "1"]) == 0
+    first = json.loads((tmp_path / "r.json").read_text())
+    assert first["allocation"] == "msp" and first["fitness_evaluations"] >= 4
+    assert len(first["history"]) == 2 and first["search_seconds"] > 0
+    assert sum(first["levels"]) == 3 * 30
+    for name in ("plan.json", "history.json", "levels.png", "convergence.png", "search_checkpoint.json"):
+        assert (out / name).stat().st_size > 0, name
+    # extend the finished search by one generation from its checkpoint
+    assert main(common + ["--generations", "2", "--resume"]) == 0
+    resumed = json.loads((tmp_path / "r.json").read_text())
+    assert [h["best_fitness"] for h in resumed["history"][:2]] == [h["best_fitness"] for h in first["history"]]
+    assert len(resumed["history"]) == 3
