@@ -59,6 +59,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--init", default="sensitivity")
     p.add_argument("--trace-samples", type=int, default=8, help="calibration rows used for Fisher traces")
     p.add_argument("--naive-individuals", type=int, default=2, help="individuals timed naively (0: skip)")
+    p.add_argument("--no-cost", action="store_true", help="skip the fitness-cost measurement")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="8 x 512 calibration, 8 eval windows, 8 x 5 search")
     p.add_argument("--name", default=None, help="result file name (default: msp_search or msp_search_quick)")
@@ -114,7 +115,7 @@ def main() -> None:
         log.info("%s: ppl %.2f, levels %s", allocation, row["ppl"], plan.levels)
         restore()
 
-    cost = measure_fitness_cost(model, n, m, args, calibration, fitness_windows, restore)
+    cost = None if args.no_cost else measure_fitness_cost(model, n, m, args, calibration, fitness_windows, restore)
     result = {
         "command": " ".join(["python", "benchmarks/msp_search.py", *sys.argv[1:]]),
         "arguments": vars(args), "model": args.model, "criterion": args.criterion, "sparsity": nm_string(n, m),

@@ -72,6 +72,8 @@ def search_section(r: dict, title: str) -> list[str]:
             f"{per_eval:.2f} s each on average (the cache means repeated individuals are never re-evaluated).",
         ]
     c = r["fitness_cost"]
+    if c is None:
+        return lines + _plots(a["name"])
     lines += [
         "",
         "One fitness evaluation over the fitness split, medians, measured side by side in the same run:",
@@ -89,9 +91,12 @@ def search_section(r: dict, title: str) -> list[str]:
             f"(naive timed on {len(c['individuals'][: a['naive_individuals']])} individuals, fast on {len(c['individuals'])}; "
             f"building the level cache once took {c['level_cache_build_s']:.0f} s).",
         ]
-    plots = [p for p in (f"{a['name']}_levels.png", f"{a['name']}_convergence.png") if (RESULTS / p).exists()]
-    lines += [""] + [f"![{p}](benchmarks/results/{p})" for p in plots]
-    return lines + [""]
+    return lines + _plots(a["name"])
+
+
+def _plots(name: str) -> list[str]:
+    files = [f"{name}_levels.png", f"{name}_convergence.png"]
+    return [""] + [f"![{f}](benchmarks/results/{f})" for f in files if (RESULTS / f).exists()] + [""]
 
 
 def main() -> None:
@@ -108,6 +113,8 @@ def main() -> None:
         out += baselines_section(r)
     if (r := _load("msp_search")) is not None:
         out += search_section(r, "MSP search against uniform, OWL and Fisher allocations")
+    if (r := _load("msp_search_2of4")) is not None:
+        out += search_section(r, "MSP at 2:4 against uniform")
     if (r := _load("msp_search_quick")) is not None:
         out += search_section(r, "Quick mode (`--quick`)")
     (ROOT / "BENCHMARKS.md").write_text("\n".join(out))
