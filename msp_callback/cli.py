@@ -63,6 +63,9 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--init", default=d.init, choices=["random", "sensitivity", "trace"],
                    help="initial population: random (Alg. 2), sensitivity (Alg. 3, front fifth of blocks below "
                         "target), trace (from measured Fisher traces) (default: %(default)s)")
+    s.add_argument("--fitness", default=d.fitness, choices=["ppl", "kl"],
+                   help="fitness: ppl = perplexity on the fitness split (paper), kl = KL to the dense model's "
+                        "top-64 next-token distribution (default: %(default)s)")
     s.add_argument("--fitness-samples", type=int, default=d.fitness_samples, help="fitness windows, drawn from the calibration corpus (default: %(default)s)")
     s.add_argument("--fitness-seqlen", type=int, default=d.fitness_seqlen, help="tokens per fitness window (default: %(default)s)")
     s.add_argument("--resume", action="store_true", help="continue the search from OUTPUT/search_checkpoint.json (written every generation)")

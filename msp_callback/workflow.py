@@ -52,6 +52,7 @@ class PruneSettings:
     generations: int = 20
     mutation_rate: float = 0.5
     init: str = "sensitivity"
+    fitness: str = "ppl"
     fitness_samples: int = 4  # fitness split: windows drawn from the calibration corpus
     fitness_seqlen: int = 512
     checkpoint: str | None = None
@@ -135,7 +136,7 @@ def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
         plan.criterion = settings.criterion
     else:
         search = SearchSettings(population=settings.population, generations=settings.generations,
-                                mutation_rate=settings.mutation_rate, init=settings.init,
+                                mutation_rate=settings.mutation_rate, init=settings.init, fitness=settings.fitness,
                                 checkpoint=settings.checkpoint, resume=settings.resume)
         plan = make_plan(settings.allocation, model, n, m, settings.criterion, calibration=calibration,
                          fitness_windows=inputs.fitness_windows, search=search, seed=settings.seed,

@@ -105,3 +105,30 @@ def test_prefix_cached_fitness_equals_plain_perplexity(arch):
     # [2,2,2] twice: nothing re-run; [2,3,1] after [2,2,2]: blocks 1-2 only
     assert fitness.blocks_run == 3 + 0 + 2 + 3 + 3 + 3
     assert len(find_blocks(model)) == 3  # the real blocks are back
+
+
+def test_kl_fitness_is_zero_when_dense_and_matches_direct_computation():
+    from msp_callback.search.fitness import KLFitness
+
+    model = tiny_model("llama")
+    windows = torch.cat(token_batches(2, seqlen=16, seed=4))
+    dense_logp = model(input_ids=windows).logits.log_softmax(-1)
+    cache = LevelCache(model, "magnitude", 4, None, progress=False)
+    fitness = KLFitness(model, cache, windows, batch_size=2, top_k=8)
+    assert fitness.evaluate([0, 0, 0]) == pytest.approx(0.0, abs=1e-6)
+    got = fitness.evaluate([3, 1, 2])
+    cache.apply([3, 1, 2])
+    pruned_logp = model(input_ids=windows).logits.log_softmax(-1)
+    top, index = dense_logp.topk(8, dim=-1)
+    expected = (top.exp() * (top - pruned_logp.gather(-1, index))).sum(-1).mean().item()
+    assert got == pytest.approx(expected, rel=1e-4) and got > 0
+
+
+def test_msp_search_with_kl_fitness():
+    model = tiny_model("llama")
+    plan = make_plan("msp", model, 2, 4, "wanda", calibration=token_batches(2), progress=False,
+                     search=SearchSettings(population=4, generations=2, fitness="kl"))
+    assert sum(plan.levels) == 6 and plan.metadata["search"]["fitness"] == "kl"
+    with pytest.raises(ValueError, match="unknown fitness 'x'"):
+        make_plan("msp", model, 2, 4, "wanda", calibration=token_batches(2), progress=False,
+                  search=SearchSettings(fitness="x"))

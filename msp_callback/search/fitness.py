@@ -1,4 +1,5 @@
-"""Fitness for the search: perplexity on a fitness split, lower is better.
+"""Fitness for the search, lower is better: perplexity on a fitness split (the paper's), or
+KL divergence to the dense model's next-token distribution (`KLFitness`, as in EvoPress).
 
 The fast path, on by default, does three things:
 
@@ -15,7 +16,7 @@ The fitness split is drawn from the calibration corpus, never from the evaluatio
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -47,8 +48,9 @@ class _StackReplay(nn.Module):
             return getattr(object.__getattribute__(self, "_last_block"), name)
 
 
-class PerplexityFitness:
-    """Perplexity of the model with each individual's levels written in by the level cache."""
+class CachedFitness:
+    """Scores individuals with the level cache and block prefix cache; subclasses turn the
+    head's logits into one number (lower is better) in `_score`."""
 
     def __init__(self, model: nn.Module, cache: LevelCache, windows: Tensor, batch_size: int = 4):
         self.model, self.cache, self.windows, self.batch_size = model, cache, windows, batch_size
@@ -87,14 +89,16 @@ class PerplexityFitness:
         replay.hidden = self._inputs[-1].hidden[index]
         return self.model(input_ids=batch, use_cache=False).logits
 
+    def _score(self, logits_fn: Callable[[int, Tensor], Tensor]) -> float:
+        raise NotImplementedError
+
     def evaluate(self, levels: Sequence[int]) -> float:
         changed = self.cache.apply(levels)
         self._run_blocks(min(changed, default=len(self.blocks)))
         replay = _StackReplay(self.blocks[-1], self._tuple_output)
         setattr(self.parent, self.attribute, nn.ModuleList([replay]))
         try:
-            return perplexity(self.model, self.windows, self.batch_size, progress=False,
-                              logits_fn=lambda i, b: self._head_logits(replay, i, b))
+            return self._score(lambda i, b: self._head_logits(replay, i, b))
         finally:
             setattr(self.parent, self.attribute, self.blocks)
             self.evaluations += 1
@@ -105,3 +109,40 @@ class PerplexityFitness:
         for i in order:
             scores[i] = self.evaluate(individuals[i])
         return scores
+
+
+class PerplexityFitness(CachedFitness):
+    """Perplexity (torchmetrics) on the fitness split: the paper's fitness."""
+
+    def _score(self, logits_fn: Callable[[int, Tensor], Tensor]) -> float:
+        return perplexity(self.model, self.windows, self.batch_size, progress=False, logits_fn=logits_fn)
+
+
+class KLFitness(CachedFitness):
+    """Mean per-token KL(dense || pruned) over the dense model's top-k tokens (as in EvoPress).
+
+    The dense top-k log-probabilities are computed once, when the fitness is built, from the model
+    as it is then (dense); the pruned log-probabilities are full log-softmaxes gathered at those
+    k tokens, so the sum covers most of the dense probability mass without storing full logits."""
+
+    def __init__(self, model: nn.Module, cache: LevelCache, windows: Tensor, batch_size: int = 4, top_k: int = 64):
+        super().__init__(model, cache, windows, batch_size)
+        self.cache.restore_dense()
+        with torch.no_grad():
+            self._dense = [
+                model(input_ids=b, use_cache=False).logits.float().log_softmax(-1).topk(top_k, dim=-1)
+                for b in windows.split(batch_size)
+            ]
+
+    @torch.no_grad()
+    def _score(self, logits_fn: Callable[[int, Tensor], Tensor]) -> float:
+        total, count = 0.0, 0
+        for i, batch in enumerate(self.windows.split(self.batch_size)):
+            dense_logp, index = self._dense[i]
+            pruned_logp = logits_fn(i, batch).float().log_softmax(-1).gather(-1, index)
+            total += float((dense_logp.exp() * (dense_logp - pruned_logp)).sum())
+            count += index.shape[0] * index.shape[1]
+        return total / count
+
+
+FITNESSES: dict[str, type[CachedFitness]] = {"ppl": PerplexityFitness, "kl": KLFitness}

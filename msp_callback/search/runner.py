@@ -17,7 +17,7 @@ from ..files import atomic_write_text
 from ..models import fingerprint
 from ..plan import PlanError, SparsityPlan
 from .evolution import EvolutionarySearch
-from .fitness import PerplexityFitness
+from .fitness import FITNESSES
 from .levels import LevelCache
 
 log = logging.getLogger(__name__)
@@ -32,6 +32,7 @@ class SearchSettings:
     mutation_rate: float = 0.5
     init: str = "sensitivity"  # random | sensitivity (Algorithm 3) | trace (measured Fisher traces)
     trace_strength: float = 1.0
+    fitness: str = "ppl"  # ppl (the paper's) | kl (to the dense model's top-k, as in EvoPress)
     fitness_batch_size: int = 4
     checkpoint: str | None = None  # JSON file written after every generation
     resume: bool = False
@@ -68,7 +69,9 @@ def search_plan(
     started = time.perf_counter()
     cache = LevelCache(model, criterion, m, calibration, progress=progress)
     cache_seconds = time.perf_counter() - started
-    fitness = PerplexityFitness(model, cache, fitness_windows, settings.fitness_batch_size)
+    if settings.fitness not in FITNESSES:
+        raise ValueError(f"unknown fitness {settings.fitness!r}; available: {sorted(FITNESSES)}")
+    fitness = FITNESSES[settings.fitness](model, cache, fitness_windows, settings.fitness_batch_size)
     search = EvolutionarySearch(
         n, m, model_print["num_blocks"], population_size=settings.population, generations=settings.generations,
         mutation_rate=settings.mutation_rate, seed=seed, init=settings.init,
