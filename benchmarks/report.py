@@ -99,6 +99,27 @@ def _plots(name: str) -> list[str]:
     return [""] + [f"![{f}](benchmarks/results/{f})" for f in files if (RESULTS / f).exists()] + [""]
 
 
+def ablation_section(r: dict) -> list[str]:
+    a = r["arguments"]
+    lines = [
+        "## Search ablation: initialisation and fitness",
+        "",
+        f"Model {a['model']}, criterion {a['criterion']}, target {r['sparsity']}; calibration {a['calib_samples']} x "
+        f"{a['calib_seqlen']}; fitness split {r['fitness_tokens']:,} tokens; population {a['population']} x "
+        f"{a['generations']} generations, seed {a['seed']}; held-out evaluation {r['eval_tokens']:,} tokens; {r['machine']}.",
+        f"Command: `{r['command']}`",
+        "",
+        "| init | fitness | best fitness gen 0 | after 5 | final | evaluations | search s | held-out perplexity |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for run in r["runs"]:
+        h = run["history"]
+        mid = h[min(5, len(h) - 1)]["best_fitness"]
+        lines.append(f"| {run['init']} | {run['fitness']} | {h[0]['best_fitness']:.4g} | {mid:.4g} | {run['best_fitness']:.4g} | "
+                     f"{run['evaluations']} | {run['search_seconds']:.0f} | {_fmt(run['ppl'])} |")
+    return lines + _plots(a["name"])
+
+
 def main() -> None:
     out = [
         "# Benchmarks",
@@ -115,6 +136,8 @@ def main() -> None:
         out += search_section(r, "MSP search against uniform, OWL and Fisher allocations")
     if (r := _load("msp_search_2of4")) is not None:
         out += search_section(r, "MSP at 2:4 against uniform")
+    if (r := _load("search_ablation")) is not None:
+        out += ablation_section(r)
     if (r := _load("msp_search_quick")) is not None:
         out += search_section(r, "Quick mode (`--quick`)")
     (ROOT / "BENCHMARKS.md").write_text("\n".join(out))

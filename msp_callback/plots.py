@@ -54,16 +54,22 @@ def plot_levels(plans: dict[str, Sequence[int]], m: int, path: str | Path, title
     return _save(fig, path)
 
 
-def plot_convergence(history: Sequence[dict[str, Any]], path: str | Path, title: str | None = None) -> Path:
-    """Best and mean fitness of each generation (log scale), as in the paper's Figure 4."""
-    gens = [h["generation"] for h in history]
+def plot_convergence(history: Sequence[dict[str, Any]] | dict[str, Sequence[dict[str, Any]]], path: str | Path,
+                     title: str | None = None) -> Path:
+    """Best and mean fitness per generation (log scale), as in the paper's Figure 4. Pass one
+    search's history, or ``{name: history}`` to compare searches (best solid, mean dashed)."""
+    runs = history if isinstance(history, dict) else {"": history}
     fig = Figure(figsize=(5.5, 3.5), layout="constrained")
     ax = fig.add_subplot()
-    ax.plot(gens, [h["best_fitness"] for h in history], marker="o", label="best")
-    ax.plot(gens, [h["mean_fitness"] for h in history], marker=".", label="population mean")
+    for k, (name, hist) in enumerate(runs.items()):
+        gens = [h["generation"] for h in hist]
+        color = f"C{k}"
+        label = f"{name} " if name else ""
+        ax.plot(gens, [h["best_fitness"] for h in hist], marker="o", color=color, label=f"{label}best")
+        ax.plot(gens, [h["mean_fitness"] for h in hist], ls="--", color=color, label=f"{label}population mean")
     ax.set_yscale("log")
     ax.set_xlabel("generation")
-    ax.set_ylabel("fitness (perplexity)")
-    ax.legend()
+    ax.set_ylabel("fitness")
+    ax.legend(fontsize="small")
     ax.set_title(title or "Search convergence")
     return _save(fig, path)
