@@ -7,8 +7,23 @@ from .pruner import prune
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str):
+    """`MSPCallback` (Lightning) and `MSPTrainerCallback` (transformers), imported on first use."""
+    if name == "MSPCallback":
+        from .integrations.lightning import MSPCallback
+
+        return MSPCallback
+    if name == "MSPTrainerCallback":
+        from .integrations.hf import MSPTrainerCallback
+
+        return MSPTrainerCallback
+    raise AttributeError(f"module 'msp_callback' has no attribute {name!r}")
+
 __all__ = [
     "Criterion",
+    "MSPCallback",
+    "MSPTrainerCallback",
     "PlanError",
     "SparsityPlan",
     "data",

@@ -1,0 +1,147 @@
+"""The framework-free engine behind both callbacks: calibration from any dataloader, plan, prune.
+
+`MSPEngine` holds the settings (`MSPConfig`) and the plan once made. The Lightning and Hugging
+Face callbacks only decide *when* to call it and where the model and data come from.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .allocation import make_plan
+from .calibration import CalibrationError
+from .models import find_blocks
+from .nm import install_mask
+from .plan import SparsityPlan, parse_nm
+from .pruner import check_model_fits, prune
+from .search.runner import SearchSettings
+
+log = logging.getLogger(__name__)
+
+MASK_SUFFIX = ".parametrizations.weight.0.mask"
+
+
+@dataclass
+class MSPConfig:
+    """What to prune to and how. Plain typed values, so a YAML config can set them."""
+
+    sparsity: str = "3:4"  # N:M, N pruned of every M
+    criterion: str = "wanda"
+    allocation: str = "msp"  # uniform | owl | fisher | msp
+    calib_samples: int = 16  # token rows taken from the calibration batches
+    fitness_samples: int = 4  # further rows held apart as the search's fitness split
+    population: int = 20
+    generations: int = 20
+    mutation_rate: float = 0.5
+    init: str = "sensitivity"
+    fitness: str = "ppl"
+    seed: int = 0
+    search_checkpoint: str | None = None
+
+    def __post_init__(self) -> None:
+        parse_nm(self.sparsity)  # a clear error now, not after training
+        if self.calib_samples < 1:
+            raise ValueError(f"calib_samples must be at least 1, got {self.calib_samples}")
+
+
+def input_ids_of(batch: Any) -> Tensor:
+    """Token ids from a batch: a tensor, a mapping with ``input_ids``, or a tuple/list whose
+    first item is the ids (as in a ``TensorDataset``)."""
+    if isinstance(batch, Tensor):
+        ids = batch
+    elif isinstance(batch, Mapping) and "input_ids" in batch:
+        ids = batch["input_ids"]
+    elif isinstance(batch, (tuple, list)) and batch and isinstance(batch[0], Tensor):
+        ids = batch[0]
+    else:
+        raise CalibrationError(
+            f"cannot find token ids in a calibration batch of type {type(batch).__name__}: give tensors, "
+            "dicts with 'input_ids', or (input_ids, ...) tuples"
+        )
+    return ids if ids.ndim == 2 else ids.reshape(1, -1)
+
+
+def take_rows(batches: Iterable[Any], rows: int) -> list[Tensor]:
+    """Up to ``rows`` token rows from the batches, kept as (B, T) tensors."""
+    taken: list[Tensor] = []
+    count = 0
+    for batch in batches:
+        ids = input_ids_of(batch)[: rows - count].detach().clone()
+        taken.append(ids)
+        count += ids.shape[0]
+        if count >= rows:
+            break
+    return taken
+
+
+def causal_lm_of(module: nn.Module) -> nn.Module:
+    """The Hugging Face causal LM inside a wrapper (e.g. a LightningModule), or the module itself."""
+    for candidate in module.modules():
+        if hasattr(candidate, "config") and hasattr(candidate, "get_output_embeddings"):
+            return candidate
+    return module
+
+
+def install_masks_from_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> int:
+    """Install mask parametrizations for every mask saved in ``state_dict`` (so that a masked
+    checkpoint loads into a fresh model). Returns the number installed."""
+    count = 0
+    for key, mask in state_dict.items():
+        if key.endswith(MASK_SUFFIX):
+            install_mask(model.get_submodule(key[: -len(MASK_SUFFIX)]), mask.to(torch.bool))
+            count += 1
+    return count
+
+
+class MSPEngine:
+    """Make a plan for a model from calibration batches and prune it in place."""
+
+    def __init__(self, config: MSPConfig):
+        self.config = config
+        self.plan: SparsityPlan | None = None
+
+    def check_model(self, model: nn.Module) -> None:
+        """Fail early, with the fix, on a model this configuration cannot prune."""
+        find_blocks(model)
+        check_model_fits(model, parse_nm(self.config.sparsity)[1])
+
+    def compress(self, model: nn.Module, batches: Iterable[Any], progress: bool = True) -> SparsityPlan:
+        """Plan (search if the allocation says so) and prune ``model``; masks stay installed."""
+        cfg = self.config
+        self.check_model(model)
+        rows = take_rows(batches, cfg.calib_samples + cfg.fitness_samples)
+        total = sum(r.shape[0] for r in rows)
+        if total == 0:
+            raise CalibrationError("the calibration data gave no batches: pass a non-empty dataloader")
+        flat = torch.cat(rows) if len({r.shape[1] for r in rows}) == 1 else None
+        if flat is not None and total > cfg.calib_samples:
+            calibration = list(flat[: cfg.calib_samples].split(8))
+            fitness_windows = flat[cfg.calib_samples :]
+        else:
+            calibration, fitness_windows = rows, None  # the search falls back to the calibration rows
+            if cfg.allocation == "msp":
+                log.warning("no rows left for a separate fitness split: the search scores on the calibration rows")
+        n, m = parse_nm(cfg.sparsity)
+        search = SearchSettings(population=cfg.population, generations=cfg.generations,
+                                mutation_rate=cfg.mutation_rate, init=cfg.init, fitness=cfg.fitness,
+                                checkpoint=cfg.search_checkpoint, resume=cfg.search_checkpoint is not None)
+        was_training = model.training
+        # Lightning runs some hooks under inference mode; masks made there could not be trained.
+        with torch.inference_mode(False), torch.enable_grad():
+            model.eval()
+            try:
+                plan = make_plan(cfg.allocation, model, n, m, cfg.criterion, calibration=calibration,
+                                 fitness_windows=fitness_windows, search=search, seed=cfg.seed, progress=progress)
+                plan.metadata["config"] = asdict(cfg)
+                prune(model, plan, calibration, progress=progress)
+            finally:
+                model.train(was_training)
+        self.plan = plan
+        log.info("pruned: %s", plan.describe())
+        return plan

@@ -1,0 +1,1 @@
+"""Thin adapters over `msp_callback.engine.MSPEngine` (imported lazily: each pulls its framework)."""

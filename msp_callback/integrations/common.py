@@ -1,0 +1,59 @@
+"""The constructor both callbacks share, so they take exactly the same arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Literal
+
+from ..engine import MSPConfig, MSPEngine
+
+When = Literal["fit_end", "fit_start", "manual"]
+
+
+class MSPSettingsMixin:
+    """Holds an `MSPEngine` built from plain typed arguments (LightningCLI / YAML friendly)."""
+
+    def __init__(
+        self,
+        sparsity: str = "3:4",
+        criterion: str = "wanda",
+        allocation: str = "msp",
+        when: When = "fit_end",
+        calib_samples: int = 16,
+        fitness_samples: int = 4,
+        population: int = 20,
+        generations: int = 20,
+        mutation_rate: float = 0.5,
+        init: str = "sensitivity",
+        fitness: str = "ppl",
+        seed: int = 0,
+        search_checkpoint: str | None = None,
+        calibration: Iterable[Any] | None = None,
+        progress: bool = True,
+    ):
+        """
+        Args:
+            sparsity: target N:M, N pruned of every M ("3:4" = 75%).
+            criterion: magnitude | wanda | sparsegpt | a registered name.
+            allocation: uniform | owl | fisher | msp (the search).
+            when: "fit_end" (post-training, default), "fit_start" (prune, then train sparse), or
+                "manual" (call ``compress`` yourself).
+            calib_samples / fitness_samples: token rows for calibration and for the search's fitness.
+            calibration: batches to calibrate on; default: the trainer's train dataloader.
+            search_checkpoint: JSON file the search writes every generation and resumes from.
+        """
+        super().__init__()
+        if when not in ("fit_end", "fit_start", "manual"):
+            raise ValueError(f"when must be 'fit_end', 'fit_start' or 'manual', got {when!r}")
+        self.when = when
+        self.calibration = calibration
+        self.progress = progress
+        self.engine = MSPEngine(MSPConfig(
+            sparsity=sparsity, criterion=criterion, allocation=allocation, calib_samples=calib_samples,
+            fitness_samples=fitness_samples, population=population, generations=generations,
+            mutation_rate=mutation_rate, init=init, fitness=fitness, seed=seed, search_checkpoint=search_checkpoint,
+        ))
+
+    @property
+    def plan(self):
+        return self.engine.plan

@@ -1,0 +1,33 @@
+"""`MSPTrainerCallback`: MSP for a Hugging Face `Trainer`, a thin adapter over `MSPEngine`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from torch import nn
+from transformers import TrainerCallback
+
+from ..engine import causal_lm_of
+from ..plan import SparsityPlan
+from .common import MSPSettingsMixin
+
+
+class MSPTrainerCallback(MSPSettingsMixin, TrainerCallback):
+    """Prune the Trainer's model to mixed N:M sparsity at the end of training (or at its start,
+    or on demand with `compress`); masks are parametrizations, so training keeps them exact."""
+
+    def on_train_begin(self, args, state, control, model: nn.Module | None = None, train_dataloader=None, **kwargs: Any):
+        if self.when == "fit_start" and self.plan is None:
+            self.compress(model, train_dataloader)
+
+    def on_train_end(self, args, state, control, model: nn.Module | None = None, train_dataloader=None, **kwargs: Any):
+        if self.when == "fit_end" and self.plan is None:
+            self.compress(model, train_dataloader)
+
+    def compress(self, model: nn.Module, dataloader: Iterable[Any] | None = None) -> SparsityPlan:
+        """Prune ``model`` now, calibrating on ``calibration`` or ``dataloader``."""
+        batches = self.calibration if self.calibration is not None else dataloader
+        if batches is None:
+            raise ValueError("MSPTrainerCallback has no calibration data: pass calibration=... or train with a train_dataset")
+        return self.engine.compress(causal_lm_of(model), batches, progress=self.progress)

@@ -1,0 +1,61 @@
+"""`MSPCallback`: MSP for a Lightning `Trainer`, a thin adapter over `MSPEngine`."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning.pytorch as pl
+
+from ..engine import causal_lm_of, install_masks_from_state_dict
+from ..plan import SparsityPlan
+from .common import MSPSettingsMixin
+
+log = logging.getLogger(__name__)
+
+
+def _install_saved_masks(module, state_dict, prefix, *args: Any) -> None:
+    installed = install_masks_from_state_dict(module, {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
+    if installed:
+        log.info("installed %d N:M masks from the checkpoint before loading it", installed)
+
+
+class MSPCallback(MSPSettingsMixin, pl.Callback):
+    """Prune the LightningModule's causal LM to mixed N:M sparsity at the end of ``fit`` (or at
+    its start, or on demand with `compress`). Masks are parametrizations, so later training,
+    gradient clipping and checkpoints keep the sparsity exact; the plan is saved in checkpoints.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self.engine.check_model(causal_lm_of(pl_module))
+        if not getattr(pl_module, "_msp_mask_loader", False):
+            # a masked checkpoint needs its parametrizations before its weights load (resume)
+            pl_module.register_load_state_dict_pre_hook(_install_saved_masks)
+            pl_module._msp_mask_loader = True
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.when == "fit_start" and self.plan is None:
+            self.compress(trainer, pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.when == "fit_end" and self.plan is None:
+            self.compress(trainer, pl_module)
+
+    def compress(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> SparsityPlan:
+        """Prune now, calibrating on ``calibration`` or the trainer's train dataloader."""
+        batches = self.calibration
+        if batches is None:
+            batches = trainer.train_dataloader
+            if batches is None:
+                trainer.fit_loop.setup_data()
+                batches = trainer.train_dataloader
+        if batches is None:
+            raise ValueError("MSPCallback has no calibration data: pass calibration=... or give the trainer a train dataloader")
+        return self.engine.compress(causal_lm_of(pl_module), batches, progress=self.progress)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"plan": self.plan.to_dict() if self.plan else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if state_dict.get("plan"):
+            self.engine.plan = SparsityPlan.from_dict(state_dict["plan"])

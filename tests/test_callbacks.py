@@ -1,0 +1,135 @@
+"""The Lightning and Hugging Face callbacks on a tiny model with real trainers."""
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from msp_callback import MSPCallback, MSPTrainerCallback
+from msp_callback.calibration import CalibrationError
+from msp_callback.models import ModelStructureError, block_linears, find_blocks
+from msp_callback.nm import NMPatternError, check_pattern, mask_of, to_out_in
+from msp_callback.plan import PlanError
+
+from .conftest import VOCAB, tiny_model
+
+
+class LitLM(pl.LightningModule):
+    def __init__(self, model=None):
+        super().__init__()
+        self.model = (model if model is not None else tiny_model("llama")).train()
+
+    def training_step(self, batch, batch_idx):
+        ids = batch[0]
+        return self.model(input_ids=ids, labels=ids).loss
+
+    def configure_optimizers(self):
+        return torch.optim.AdamW(self.parameters(), lr=1e-2, weight_decay=0.1)
+
+
+def loader(rows=16, seqlen=16, seed=0):
+    ids = torch.randint(0, VOCAB, (rows, seqlen), generator=torch.Generator().manual_seed(seed))
+    return DataLoader(TensorDataset(ids), batch_size=4)
+
+
+def trainer(callback, steps=3, **kwargs):
+    return pl.Trainer(max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=[callback], **kwargs)
+
+
+def assert_plan_exact(model, plan):
+    for i, block in enumerate(find_blocks(model)):
+        for name, module in block_linears(block).items():
+            assert mask_of(module) is not None, name
+            check_pattern(to_out_in(module, module.weight), plan.levels[i], plan.m, name)
+
+
+FAST = dict(calib_samples=4, fitness_samples=4, population=4, generations=1, progress=False)
+
+
+def test_lightning_prunes_at_fit_end_and_stays_sparse_through_more_training():
+    lit, cb = LitLM(), MSPCallback(sparsity="2:4", allocation="msp", **FAST)
+    trainer(cb).fit(lit, loader())
+    assert cb.plan is not None and sum(cb.plan.levels) == 6
+    assert_plan_exact(lit.model, cb.plan)
+    before = find_blocks(lit.model)[0].self_attn.q_proj.parametrizations.weight.original.clone()
+    trainer(cb, steps=6).fit(lit, loader(seed=1))  # a later fit: no second pruning, masks kept
+    assert_plan_exact(lit.model, cb.plan)
+    assert not torch.equal(before, find_blocks(lit.model)[0].self_attn.q_proj.parametrizations.weight.original)
+
+
+def test_lightning_prunes_at_fit_start_then_trains_sparse():
+    lit, cb = LitLM(), MSPCallback(sparsity="3:4", allocation="uniform", when="fit_start", progress=False)
+    trainer(cb, gradient_clip_val=1.0).fit(lit, loader())
+    assert cb.plan.levels == [3, 3, 3]
+    assert_plan_exact(lit.model, cb.plan)
+
+
+def test_lightning_checkpoint_keeps_plan_and_masks(tmp_path):
+    lit, cb = LitLM(), MSPCallback(sparsity="2:4", allocation="owl", calib_samples=4, progress=False)
+    t = trainer(cb)
+    t.fit(lit, loader())
+    path = tmp_path / "pruned.ckpt"
+    t.save_checkpoint(path)
+
+    lit2, cb2 = LitLM(tiny_model("llama", seed=5)), MSPCallback(sparsity="2:4", allocation="owl", progress=False)
+    trainer(cb2, steps=5).fit(lit2, loader(seed=2), ckpt_path=str(path))
+    assert cb2.plan is not None and cb2.plan.levels == cb.plan.levels
+    assert_plan_exact(lit2.model, cb2.plan)
+    for name, module in lit2.model.named_modules():
+        if mask_of(module) is not None:
+            original = dict(lit.model.named_modules())[name]
+            assert torch.equal(mask_of(module), mask_of(original)), name
+
+
+def test_lightning_on_demand(tmp_path):
+    lit, cb = LitLM(), MSPCallback(sparsity="2:4", allocation="uniform", criterion="magnitude", when="manual", progress=False)
+    t = trainer(cb, steps=1)
+    t.fit(lit, loader())
+    assert cb.plan is None
+    plan = cb.compress(t, lit)
+    assert_plan_exact(lit.model, plan)
+
+
+def test_bad_setups_fail_clearly():
+    with pytest.raises(PlanError, match="must lie in 0..4"):
+        MSPCallback(sparsity="5:4")
+
+    class NoBlocks(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(4, 4)
+
+        def training_step(self, batch, i):
+            return self.net(batch[0].float()).sum()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    with pytest.raises(ModelStructureError, match="found no decoder blocks"):
+        trainer(MSPCallback(progress=False)).fit(NoBlocks(), loader())
+    with pytest.raises(NMPatternError, match="not divisible by M=3"):
+        trainer(MSPCallback(sparsity="1:3", progress=False)).fit(LitLM(), loader())
+    empty = DataLoader(TensorDataset(torch.zeros(0, 16, dtype=torch.long)), batch_size=4)
+    cb = MSPCallback(allocation="uniform", when="manual", calibration=empty, progress=False)
+    with pytest.raises(CalibrationError, match="no batches"):
+        cb.engine.compress(tiny_model("llama"), empty)
+
+
+def _hf_trainer(model, callback, tmp_path, steps=2):
+    from transformers import Trainer, TrainingArguments
+
+    ids = torch.randint(0, VOCAB, (16, 16), generator=torch.Generator().manual_seed(0))
+    dataset = [{"input_ids": row, "labels": row} for row in ids]
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4,
+                             report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True, learning_rate=1e-2)
+    return Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback])
+
+
+@pytest.mark.parametrize("when", ["fit_end", "fit_start"])
+def test_hf_trainer_callback(tmp_path, when):
+    model = tiny_model("llama")
+    cb = MSPTrainerCallback(sparsity="2:4", allocation="msp", when=when, **FAST)
+    _hf_trainer(model, cb, tmp_path).train()
+    assert cb.plan is not None and sum(cb.plan.levels) == 6
+    assert_plan_exact(model, cb.plan)
