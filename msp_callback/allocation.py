@@ -80,10 +80,16 @@ def owl(model: nn.Module, n: int, m: int, criterion: str, calibration: Sequence[
     return plan
 
 
-def block_traces(model: nn.Module, calibration: Sequence[Tensor], progress: bool = True, **kwargs: Any) -> list[float]:
+def block_traces(model: nn.Module, calibration: Sequence[Tensor], progress: bool = True) -> list[float]:
+    """Per-block Fisher traces; in a distributed run each rank takes its share of the rows and
+    the traces are averaged across ranks."""
+    from .distributed import reduce_traces, shard, world
     from .sensitivity import fisher_traces
 
-    return fisher_traces(model, calibration, progress=progress, **kwargs).block_traces
+    same_length = len({b.shape[-1] for b in calibration}) == 1
+    mine = [shard(torch.cat(list(calibration)))] if same_length else list(calibration)[world()[0]::world()[1]] or list(calibration)[:1]
+    result = fisher_traces(model, mine, progress=progress and world()[0] == 0)
+    return reduce_traces(result.block_traces, result.num_micro_batches)
 
 
 @register_allocation("fisher")

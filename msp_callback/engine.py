@@ -16,6 +16,7 @@ from torch import Tensor, nn
 
 from .allocation import make_plan
 from .calibration import CalibrationError
+from .distributed import broadcast, broadcast_masks
 from .models import find_blocks
 from .nm import install_mask
 from .plan import SparsityPlan, parse_nm
@@ -115,7 +116,7 @@ class MSPEngine:
         """Plan (search if the allocation says so) and prune ``model``; masks stay installed."""
         cfg = self.config
         self.check_model(model)
-        rows = take_rows(batches, cfg.calib_samples + cfg.fitness_samples)
+        rows = broadcast(take_rows(batches, cfg.calib_samples + cfg.fitness_samples))  # rank 0's, everywhere
         total = sum(r.shape[0] for r in rows)
         if total == 0:
             raise CalibrationError("the calibration data gave no batches: pass a non-empty dataloader")
@@ -140,8 +141,9 @@ class MSPEngine:
                                  fitness_windows=fitness_windows, search=search, seed=cfg.seed, progress=progress)
                 plan.metadata["config"] = asdict(cfg)
                 prune(model, plan, calibration, progress=progress)
+                broadcast_masks(model)
             finally:
                 model.train(was_training)
-        self.plan = plan
+        self.plan = broadcast(plan)
         log.info("pruned: %s", plan.describe())
         return plan

@@ -13,6 +13,7 @@ from typing import Any
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..distributed import ShardedEvaluate, world
 from ..files import atomic_write_text
 from ..models import fingerprint
 from ..plan import PlanError, SparsityPlan
@@ -72,11 +73,14 @@ def search_plan(
     if settings.fitness not in FITNESSES:
         raise ValueError(f"unknown fitness {settings.fitness!r}; available: {sorted(FITNESSES)}")
     fitness = FITNESSES[settings.fitness](model, cache, fitness_windows, settings.fitness_batch_size)
+    evaluate = ShardedEvaluate(fitness)  # in a distributed run each rank scores its share
+    rank, _ = world()
+    progress = progress and rank == 0
     search = EvolutionarySearch(
         n, m, model_print["num_blocks"], population_size=settings.population, generations=settings.generations,
         mutation_rate=settings.mutation_rate, seed=seed, init=settings.init,
         traces=list(traces) if traces is not None else None, trace_strength=settings.trace_strength,
-        evaluate=fitness,
+        evaluate=evaluate,
     )
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
     if checkpoint and settings.resume and checkpoint.exists():
@@ -87,7 +91,7 @@ def search_plan(
     def after_generation(s: EvolutionarySearch) -> None:
         bar.update(s.generation + 1 - bar.n)
         bar.set_postfix(best=f"{s.best[1]:.4g}", evals=s.evaluations)
-        if checkpoint:
+        if checkpoint and rank == 0:
             atomic_write_text(checkpoint, json.dumps(
                 {"fingerprint": model_print, "criterion": criterion, "search": s.state_dict()}))
         if on_generation:
@@ -106,6 +110,7 @@ def search_plan(
             "best_fitness": best,
             "fitness_tokens": fitness.tokens,
             "fitness_evaluations": search.evaluations,
+            "fitness_evaluations_this_rank": evaluate.evaluated_here,
             "level_cache_seconds": cache_seconds,
             "search_seconds": time.perf_counter() - started,
             "history": search.history,

@@ -1,0 +1,49 @@
+"""Two CPU processes (gloo) through Lightning's DDP: one search split across ranks."""
+
+import hashlib
+import json
+
+import lightning.pytorch as pl
+import torch
+
+from msp_callback import MSPCallback
+from msp_callback.distributed import world
+from msp_callback.models import block_linears, find_blocks
+
+from .test_callbacks import LitLM, loader
+
+
+class Record(pl.Callback):
+    """Writes what each rank ended with (runs after MSPCallback, which is listed first)."""
+
+    def __init__(self, folder, msp):
+        self.folder, self.msp = str(folder), msp
+
+    def on_fit_end(self, trainer, pl_module):
+        plan = self.msp.plan
+        digest = hashlib.sha256()
+        for block in find_blocks(pl_module.model):
+            for module in block_linears(block).values():
+                digest.update(module.weight.detach().numpy().tobytes())
+        rank, size = world()
+        with open(f"{self.folder}/rank{rank}.json", "w") as f:
+            json.dump({"size": size, "levels": plan.levels, "traces": plan.metadata["traces"],
+                       "evaluated_here": plan.metadata["fitness_evaluations_this_rank"],
+                       "evaluations": plan.metadata["fitness_evaluations"], "weights": digest.hexdigest()}, f)
+
+
+def test_ddp_two_processes_share_one_search(tmp_path):
+    msp = MSPCallback(sparsity="2:4", allocation="msp", init="trace", calib_samples=4, fitness_samples=4,
+                      population=6, generations=2, progress=False)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[msp, Record(tmp_path, msp)])
+    trainer.fit(LitLM(), loader(rows=32))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["size"] == 2 for r in ranks)
+    assert ranks[0]["traces"] == ranks[1]["traces"]
+    assert ranks[0]["levels"] == ranks[1]["levels"] and sum(ranks[0]["levels"]) == 6
+    assert ranks[0]["weights"] == ranks[1]["weights"]  # identical masked weights
+    total = ranks[0]["evaluations"]
+    assert ranks[0]["evaluated_here"] + ranks[1]["evaluated_here"] == total
+    assert abs(ranks[0]["evaluated_here"] - ranks[1]["evaluated_here"]) <= 2  # about half each
