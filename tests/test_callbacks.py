@@ -133,3 +133,18 @@ def test_hf_trainer_callback(tmp_path, when):
     _hf_trainer(model, cb, tmp_path).train()
     assert cb.plan is not None and sum(cb.plan.levels) == 6
     assert_plan_exact(model, cb.plan)
+
+
+def test_sharded_strategies_are_refused_with_the_supported_list():
+    from msp_callback.integrations.common import check_strategy
+
+    check_strategy("DDPStrategy")
+    check_strategy("SingleDeviceStrategy")
+    for name in ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy"):
+        with pytest.raises(RuntimeError, match="Supported: a single device, or data parallel"):
+            check_strategy(name)
+
+
+def test_hf_callback_checks_the_model_at_init(tmp_path):
+    with pytest.raises(NMPatternError, match="not divisible by M=3"):
+        _hf_trainer(tiny_model("llama"), MSPTrainerCallback(sparsity="1:3", progress=False), tmp_path)

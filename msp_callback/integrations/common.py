@@ -10,6 +10,19 @@ from ..engine import MSPConfig, MSPEngine
 When = Literal["fit_end", "fit_start", "manual"]
 
 
+SHARDED = ("FSDP", "DeepSpeed", "ModelParallel")
+
+
+def check_strategy(name: str) -> None:
+    """Stop at setup under weight sharding, naming what works."""
+    if any(key.lower() in name.lower() for key in SHARDED):
+        raise RuntimeError(
+            f"MSP does not support sharded weights ({name}): masks and Fisher traces need whole weights on "
+            "every rank. Supported: a single device, or data parallel (DDP, ddp_spawn; Accelerate "
+            "multi-GPU without FSDP/DeepSpeed)."
+        )
+
+
 class MSPSettingsMixin:
     """Holds an `MSPEngine` built from plain typed arguments (LightningCLI / YAML friendly)."""
 

@@ -10,12 +10,18 @@ from transformers import TrainerCallback
 
 from ..engine import causal_lm_of
 from ..plan import SparsityPlan
-from .common import MSPSettingsMixin
+from .common import MSPSettingsMixin, check_strategy
 
 
 class MSPTrainerCallback(MSPSettingsMixin, TrainerCallback):
     """Prune the Trainer's model to mixed N:M sparsity at the end of training (or at its start,
     or on demand with `compress`); masks are parametrizations, so training keeps them exact."""
+
+    def on_init_end(self, args, state, control, **kwargs: Any):
+        check_strategy("FSDP" if getattr(args, "fsdp", None) else "DeepSpeed" if getattr(args, "deepspeed", None) else "")
+        model = kwargs.get("model")
+        if model is not None:
+            self.engine.check_model(causal_lm_of(model))
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, train_dataloader=None, **kwargs: Any):
         if self.when == "fit_start" and self.plan is None:

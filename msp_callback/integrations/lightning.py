@@ -9,7 +9,7 @@ import lightning.pytorch as pl
 
 from ..engine import causal_lm_of, install_masks_from_state_dict
 from ..plan import SparsityPlan
-from .common import MSPSettingsMixin
+from .common import MSPSettingsMixin, check_strategy
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +27,7 @@ class MSPCallback(MSPSettingsMixin, pl.Callback):
     """
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        check_strategy(type(trainer.strategy).__name__)
         self.engine.check_model(causal_lm_of(pl_module))
         if not getattr(pl_module, "_msp_mask_loader", False):
             # a masked checkpoint needs its parametrizations before its weights load (resume)
