@@ -114,16 +114,19 @@ def measure_sparsity(model: nn.Module) -> SparsityStats:
 
 
 # ---------------------------------------------------------------------------- loading
+def resolve_model_path(name_or_path: str) -> str | Path:
+    """The folder of a packaged model (fetched and converted on first use), else the argument."""
+    from .packaged import PACKAGED_MODELS, ensure_packaged_model
+
+    return ensure_packaged_model(name_or_path) if name_or_path in PACKAGED_MODELS else name_or_path
+
+
 def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32):
     """Load ``(model, tokenizer)``: a packaged name (see `packaged.PACKAGED_MODELS`), a local
     directory, or a hub id where a hub is reachable."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .packaged import PACKAGED_MODELS, ensure_packaged_model
-
-    path: str | Path = name_or_path
-    if name_or_path in PACKAGED_MODELS:
-        path = ensure_packaged_model(name_or_path)
+    path = resolve_model_path(name_or_path)
     log.info("loading %s", path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)

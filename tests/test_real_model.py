@@ -101,3 +101,18 @@ def test_cli_msp_search_writes_history_and_resumes(tmp_path):
     resumed = json.loads((tmp_path / "r.json").read_text())
     assert [h["best_fitness"] for h in resumed["history"][:2]] == [h["best_fitness"] for h in first["history"]]
     assert len(resumed["history"]) == 3
+
+
+def test_lightning_recipe_parses_with_lightning_cli():
+    from pathlib import Path
+
+    from lightning.pytorch.cli import LightningCLI
+
+    from msp_callback import MSPCallback
+    from msp_callback.integrations.lightning_lm import CausalLM, TextDataModule
+
+    recipe = Path(__file__).resolve().parents[1] / "recipes" / "lightning_msp.yaml"
+    cli = LightningCLI(CausalLM, TextDataModule, run=False, args=["--config", str(recipe)])
+    callback = next(c for c in cli.trainer.callbacks if isinstance(c, MSPCallback))
+    assert callback.when == "fit_start" and callback.engine.config.sparsity == "3:4"
+    assert callback.engine.config.population == 8
