@@ -49,6 +49,7 @@ def plot_levels(plans: dict[str, Sequence[int]], m: int, path: str | Path, title
     ax.set_xlabel("block")
     ax.set_ylabel(f"level (pruned of {m})")
     ax.set_ylim(0, m + 0.2)
+    ax.set_yticks(range(m + 1))
     ax.legend(loc="upper left", fontsize="small")
     ax.set_title(title or "Per-block N:M levels")
     return _save(fig, path)
