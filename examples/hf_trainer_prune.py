@@ -42,7 +42,8 @@ def main() -> None:
     pruned = perplexity(model, windows, progress=False)
     print(f"plan levels: {msp.plan.levels}")
     print(f"measured sparsity of the block linears: {measure_sparsity(model).pruned_linears:.2f}%")
-    print(f"perplexity ({windows.numel()} Wikipedia tokens): after training {dense:.2f} -> pruned {pruned:.2f}")
+    print(f"perplexity ({windows.numel()} Wikipedia tokens): dense before training {dense:.2f}, "
+          f"after {args.steps} training steps and pruning at train end {pruned:.2f}")
 
 
 if __name__ == "__main__":
