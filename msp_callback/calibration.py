@@ -102,19 +102,25 @@ def run_block(block: nn.Module, inputs: BlockInputs) -> list[Tensor]:
     ]
 
 
-BlockVisitor = Callable[[int, nn.Module, BlockInputs], None]
+BlockVisitor = Callable[[int, nn.Module, BlockInputs | None], None]
 
 
 def walk_blocks(
     model: nn.Module,
-    batches: Sequence[Tensor] | Iterable[Tensor],
+    batches: Sequence[Tensor] | Iterable[Tensor] | None,
     visit: BlockVisitor,
     desc: str = "blocks",
     progress: bool = True,
+    needs_inputs: bool = True,
 ) -> None:
     """Call ``visit(index, block, inputs)`` for each block in order; afterwards the (possibly
-    modified) block is run to produce the next block's inputs."""
-    batches = list(batches)
+    modified) block is run to produce the next block's inputs. With ``needs_inputs=False`` no
+    forward runs at all and ``inputs`` is None (for input-free criteria such as magnitude)."""
+    if not needs_inputs:
+        for index, block in enumerate(tqdm(find_blocks(model), desc=desc, disable=not progress)):
+            visit(index, block, None)
+        return
+    batches = list(batches or [])
     inputs = capture_block_inputs(model, batches)
     blocks = find_blocks(model)
     for index, block in enumerate(tqdm(blocks, desc=desc, disable=not progress)):
@@ -125,14 +131,15 @@ def walk_blocks(
 
 @torch.no_grad()
 def collect_input_stats(
-    block: nn.Module, linears: dict[str, nn.Module], inputs: BlockInputs, statistic: str
-) -> dict[str, InputStats]:
-    """Run ``block`` once on ``inputs`` and accumulate each linear's input statistic."""
+    block: nn.Module, linears: dict[str, nn.Module], inputs: BlockInputs | None, statistic: str
+) -> dict[str, InputStats | None]:
+    """Run ``block`` once on ``inputs`` and accumulate each linear's input statistic (None for
+    every linear when there are no inputs or the criterion needs none)."""
     from .criteria.base import InputStats
 
+    if inputs is None or statistic == "none":
+        return {name: None for name in linears}
     stats = {name: InputStats() for name in linears}
-    if statistic == "none":
-        return stats
     handles = [
         module.register_forward_hook(lambda mod, args, out, name=name: stats[name].add(args[0], statistic))
         for name, module in linears.items()

@@ -12,7 +12,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from .calibration import BlockInputs, CalibrationError, collect_input_stats, walk_blocks
 from .criteria import Criterion, get_criterion
@@ -39,11 +38,7 @@ def prune_block(block: nn.Module, level: int, m: int, criterion: Criterion, inpu
             for module in linears.values():
                 install_mask(module, torch.ones_like(module.weight, dtype=torch.bool))
         return
-    stats = (
-        collect_input_stats(block, linears, inputs, criterion.statistic)
-        if inputs is not None
-        else {name: None for name in linears}
-    )
+    stats = collect_input_stats(block, linears, inputs, criterion.statistic)
     for name, module in linears.items():
         weight = to_out_in(module, module.weight.data).float()
         pruned, keep = criterion.prune_weight(weight, stats[name], level, m)
@@ -79,14 +74,11 @@ def prune(
     def visit(index: int, block: nn.Module, inputs: BlockInputs | None) -> None:
         prune_block(block, plan.levels[index], plan.m, criterion, inputs, install)
 
-    if criterion.statistic == "none":
-        for index, block in enumerate(tqdm(find_blocks(model), desc=f"prune ({criterion.name})", disable=not progress)):
-            visit(index, block, None)
-    else:
-        if calibration is None or len(calibration) == 0:
-            raise CalibrationError(
-                f"criterion {criterion.name!r} needs calibration batches and none were given: pass "
-                "calibration=[token-id tensors] (see msp_callback.data.sample_calibration)"
-            )
-        walk_blocks(model, calibration, visit, desc=f"prune ({criterion.name})", progress=progress)
+    needs_inputs = criterion.statistic != "none"
+    if needs_inputs and (calibration is None or len(calibration) == 0):
+        raise CalibrationError(
+            f"criterion {criterion.name!r} needs calibration batches and none were given: pass "
+            "calibration=[token-id tensors] (see msp_callback.data.sample_calibration)"
+        )
+    walk_blocks(model, calibration, visit, desc=f"prune ({criterion.name})", progress=progress, needs_inputs=needs_inputs)
     return model

@@ -49,20 +49,16 @@ class LevelCache:
         self.pruned: list[dict[str, dict[int, Tensor]]] = [{} for _ in self.blocks]
         self.current = [0] * len(self.blocks)  # level each block's weights hold now
 
-        if self.criterion.statistic == "none":
-            for i in range(len(self.blocks)):
-                self._fill(i, None)
-        else:
-            if not calibration:
-                raise ValueError(f"criterion {self.criterion.name!r} needs calibration batches for the level cache")
-            walk_blocks(model, calibration, lambda i, block, inputs: self._fill(i, inputs),
-                        desc="level cache", progress=progress)
+        needs_inputs = self.criterion.statistic != "none"
+        if needs_inputs and not calibration:
+            raise ValueError(f"criterion {self.criterion.name!r} needs calibration batches for the level cache")
+        walk_blocks(model, calibration, lambda i, block, inputs: self._fill(i, inputs),
+                    desc="level cache", progress=progress, needs_inputs=needs_inputs)
 
     @torch.no_grad()
     def _fill(self, index: int, inputs: BlockInputs | None) -> None:
         linears = self.linears[index]
-        stats = (collect_input_stats(self.blocks[index], linears, inputs, self.criterion.statistic)
-                 if inputs is not None else {name: None for name in linears})
+        stats = collect_input_stats(self.blocks[index], linears, inputs, self.criterion.statistic)
         for name, module in linears.items():
             weight = to_out_in(module, self.dense[index][name]).float()
             if self.criterion.score_based:
