@@ -74,6 +74,14 @@ def nm_mask(scores: Tensor, level: int, m: int) -> Tensor:
     return mask_from_ranks(group_ranks(scores, m), level)
 
 
+def mask_from_zeros(weight: Tensor, level: int, m: int, name: str = "weight") -> Tensor:
+    """Keep-mask that prunes exactly ``level`` zeros of every group of an already pruned weight
+    (out, in): where a group holds more zeros, the leftmost ones are taken. Raises
+    `NMPatternError` if some group has fewer than ``level`` zeros."""
+    check_pattern(weight, level, m, name)
+    return nm_mask((weight != 0).to(torch.int8), level, m)
+
+
 def zeros_per_group(tensor: Tensor, m: int) -> Tensor:
     """Number of zero (or False) entries in each group, shape (out, in // m)."""
     out_features, in_features = tensor.shape

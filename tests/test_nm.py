@@ -5,6 +5,7 @@ from transformers.pytorch_utils import Conv1D
 
 from msp_callback.criteria import get_criterion
 from msp_callback.nm import (
+    mask_from_zeros,
     NMPatternError,
     check_pattern,
     from_out_in,
@@ -80,3 +81,12 @@ def test_check_pattern_names_first_bad_group():
 def test_width_not_divisible():
     with pytest.raises(NMPatternError, match="not divisible by M=8"):
         nm_mask(torch.randn(4, 12), 2, 8)
+
+
+def test_mask_from_zeros_takes_exactly_level_zeros_leftmost_first():
+    weight = torch.tensor([[0.0, 1.0, 0.0, 0.0, 2.0, 0.0, 3.0, 4.0]])
+    keep = mask_from_zeros(weight, 1, 4)
+    assert keep.tolist() == [[False, True, True, True, True, False, True, True]]
+    assert mask_from_zeros(weight[:, :4], 3, 4).tolist() == [[False, True, False, False]]
+    with pytest.raises(NMPatternError, match="group 1 .* has 1 zeros, expected at least 2"):
+        mask_from_zeros(weight, 2, 4)

@@ -1,0 +1,328 @@
+"""Saving a pruned model so that it stays pruned, and loading it back.
+
+`save_pruned` writes an ordinary transformers folder (safetensors, config, tokenizer) holding the
+*effective* weights, zeros included, so plain ``AutoModelForCausalLM.from_pretrained`` gives the
+same logits; ``msp_export.json`` beside it keeps the plan. Blocks at level M (every weight of
+every linear pruned) are removed by default once a probe shows they are an identity; the config's
+layer count and per-layer lists follow. `load_pruned` reloads the folder and re-installs the
+masks on the remaining blocks, so finetuning can go on sparse.
+
+The folder is written under a temporary name and renamed at the end: a failed save leaves nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .calibration import block_output
+from .files import atomic_write_text
+from .models import block_linears, find_blocks, fingerprint
+from .nm import check_pattern, install_mask, mask_from_zeros, masked_modules, to_out_in
+from .plan import SparsityPlan
+
+log = logging.getLogger(__name__)
+
+RECORD_FILE = "msp_export.json"
+RECORD_VERSION = 1
+
+
+class ExportError(RuntimeError):
+    """The model cannot be exported as asked."""
+
+
+@dataclass
+class ExportRecord:
+    """What `save_pruned` did; written as ``msp_export.json`` beside the weights."""
+
+    plan: SparsityPlan
+    removed_blocks: list[int] = field(default_factory=list)  # indices in the original model
+    kept_full_blocks: dict[int, str] = field(default_factory=dict)  # level-M blocks kept, and why
+    parameters_before: int = 0
+    parameters_after: int = 0
+    fingerprint: dict[str, Any] | None = None  # of the exported model
+
+    @property
+    def kept_blocks(self) -> list[int]:
+        """Original indices of the blocks the exported model has, in order."""
+        removed = set(self.removed_blocks)
+        return [i for i in range(self.plan.num_blocks) if i not in removed]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["plan"] = self.plan.to_dict()
+        data["kept_full_blocks"] = {str(k): v for k, v in self.kept_full_blocks.items()}
+        return {"format_version": RECORD_VERSION, **data}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ExportRecord":
+        data = dict(data)
+        version = data.pop("format_version", None)
+        if version != RECORD_VERSION:
+            raise ExportError(f"{RECORD_FILE} format version {version} is not supported (expected {RECORD_VERSION})")
+        data["plan"] = SparsityPlan.from_dict(data["plan"])
+        data["kept_full_blocks"] = {int(k): v for k, v in data.get("kept_full_blocks", {}).items()}
+        return cls(**data)
+
+
+# ---------------------------------------------------------------------------- weights
+def effective_state_dict(model: nn.Module) -> dict[str, Tensor]:
+    """``model.state_dict()`` with every masked weight stored under its plain key as its
+    effective (masked) value, and the mask buffers left out."""
+    masked = dict(masked_modules(model))
+    out: dict[str, Tensor] = {}
+    for key, value in model.state_dict().items():
+        if ".parametrizations.weight." not in key:
+            out[key] = value
+            continue
+        owner = key.split(".parametrizations.weight.")[0]
+        if key.endswith(".parametrizations.weight.original") and owner in masked:
+            out[f"{owner}.weight"] = masked[owner].weight.detach()
+    return out
+
+
+def _blocks_prefix(model: nn.Module) -> str:
+    blocks = find_blocks(model)
+    return next(name for name, module in model.named_modules() if module is blocks)
+
+
+def _without_blocks(state: dict[str, Tensor], prefix: str, removed: list[int]) -> dict[str, Tensor]:
+    """Drop the removed blocks' keys and renumber the others consecutively."""
+    removed_set, lead = set(removed), f"{prefix}."
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if not key.startswith(lead):
+            out[key] = value
+            continue
+        index_text, rest = key[len(lead):].split(".", 1)
+        index = int(index_text)
+        if index in removed_set:
+            continue
+        new_index = index - sum(1 for r in removed if r < index)
+        out[f"{lead}{new_index}.{rest}"] = value
+    return out
+
+
+def _config_without_blocks(config: Any, num_blocks: int, removed: list[int]) -> Any:
+    """A copy of ``config`` for the model without the removed blocks: the layer count, and every
+    per-layer list (attribute named ``*layer*`` with one entry per block, e.g. Gemma's
+    ``layer_types``)."""
+    config = copy.deepcopy(config)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    if getattr(text, "num_hidden_layers", None) != num_blocks:
+        raise ExportError(
+            f"the config says num_hidden_layers={getattr(text, 'num_hidden_layers', None)} but the model "
+            f"has {num_blocks} decoder blocks; cannot remove blocks safely (export with drop_pruned_blocks=False)"
+        )
+    removed_set = set(removed)
+    for name, value in list(vars(text).items()):
+        if "layer" in name and isinstance(value, (list, tuple)) and len(value) == num_blocks:
+            setattr(text, name, type(value)(v for i, v in enumerate(value) if i not in removed_set))
+            log.info("config.%s: removed entries %s", name, removed)
+    text.num_hidden_layers = num_blocks - len(removed)
+    return config
+
+
+# ---------------------------------------------------------------------------- identity check
+@torch.no_grad()
+def identity_deviation(model: nn.Module, indices: list[int], probe: list[Tensor]) -> dict[int, float]:
+    """Largest |output - input| of each listed block over the ``probe`` batches of token ids,
+    relative to the largest |input|, measured with hooks during ordinary forwards."""
+    blocks = find_blocks(model)
+    worst = {i: 0.0 for i in indices}
+
+    def hook(index: int):
+        def record(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            hidden = args[0] if args else kwargs["hidden_states"]
+            diff = (block_output(output).float() - hidden.float()).abs().max()
+            scale = hidden.float().abs().max().clamp_min(1e-12)
+            worst[index] = max(worst[index], float(diff / scale))
+
+        return record
+
+    handles = [blocks[i].register_forward_hook(hook(i), with_kwargs=True) for i in indices]
+    device = next(model.parameters()).device
+    try:
+        for batch in probe:
+            model(input_ids=batch.to(device), use_cache=False)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return worst
+
+
+def _nonzero_biases(block: nn.Module) -> list[str]:
+    return [name for name, module in block.named_modules()
+            if getattr(module, "bias", None) is not None and bool(module.bias.detach().ne(0).any())]
+
+
+def removable_blocks(
+    model: nn.Module, plan: SparsityPlan, probe: list[Tensor] | None = None, tolerance: float = 1e-6
+) -> tuple[list[int], dict[int, str]]:
+    """Blocks at level M that are an identity on ``probe`` (default: 2 x 64 random tokens);
+    returns (removable indices, {kept level-M index: reason})."""
+    full = [i for i, level in enumerate(plan.levels) if level == plan.m]
+    if not full:
+        return [], {}
+    if probe is None:
+        vocab = model.get_input_embeddings().num_embeddings
+        probe = [torch.randint(0, vocab, (2, 64), generator=torch.Generator().manual_seed(0))]
+    deviation = identity_deviation(model, full, probe)
+    blocks = find_blocks(model)
+    removable, kept = [], {}
+    for i in full:
+        if deviation[i] <= tolerance:
+            removable.append(i)
+            continue
+        biases = _nonzero_biases(blocks[i])
+        why = f"non-zero biases ({', '.join(biases[:4])}) still add to the residual stream" if biases else "a path the masks do not silence"
+        kept[i] = f"not an identity (output differs from input by {deviation[i]:.2e} relative): {why}"
+    if len(removable) == len(blocks):
+        raise ExportError("every decoder block is at level M: removing them all leaves no model; lower the target")
+    return removable, kept
+
+
+# ---------------------------------------------------------------------------- save / load
+def _check_follows_plan(model: nn.Module, plan: SparsityPlan) -> None:
+    for index, (block, level) in enumerate(zip(find_blocks(model), plan.levels)):
+        for name, module in block_linears(block).items():
+            check_pattern(to_out_in(module, module.weight.detach()), level, plan.m, f"block {index} {name}")
+
+
+def save_pruned(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    plan: SparsityPlan,
+    tokenizer: Any = None,
+    drop_pruned_blocks: bool = True,
+    probe: list[Tensor] | None = None,
+    overwrite: bool = False,
+) -> ExportRecord:
+    """Write ``model`` (masked or baked) as a transformers folder that stays as sparse as ``plan``.
+
+    Args:
+        plan: the plan the model was pruned with; checked against the model's weights.
+        tokenizer: saved alongside if given.
+        drop_pruned_blocks: remove blocks at level M that a probe shows are an identity.
+        probe: batches of token ids for that check (default: random tokens).
+        overwrite: replace an existing folder (only once the new one is complete).
+    """
+    if hasattr(model, "peft_config"):
+        raise ExportError("this is a peft model: merge the adapters first (model = model.merge_and_unload() "
+                          "after msp_callback.lora.sparse_lora(model)), then export")
+    if not hasattr(model, "save_pretrained"):
+        raise ExportError(f"{type(model).__name__} is not a transformers model (no save_pretrained)")
+    directory = Path(directory)
+    if directory.exists() and not overwrite:
+        raise ExportError(f"{directory} exists; choose another folder or pass overwrite=True")
+    plan.check_model(fingerprint(model))
+    _check_follows_plan(model, plan)
+
+    removed, kept_full = removable_blocks(model, plan, probe) if drop_pruned_blocks else ([], {})
+    for i, reason in kept_full.items():
+        log.warning("block %d is at level M but kept: %s", i, reason)
+    state = effective_state_dict(model)
+    config = model.config
+    if removed:
+        state = _without_blocks(state, _blocks_prefix(model), removed)
+        config = _config_without_blocks(config, plan.num_blocks, removed)
+        log.info("removed %d fully pruned blocks: %s", len(removed), removed)
+
+    record = ExportRecord(plan=plan, removed_blocks=removed, kept_full_blocks=kept_full,
+                          parameters_before=sum(p.numel() for p in model.parameters()),
+                          parameters_after=_count_unique(state))
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        model.save_pretrained(staging, state_dict=state)
+        config.save_pretrained(staging)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(staging)
+        record.fingerprint = _fingerprint_of_folder(staging) if removed else fingerprint(model)
+        atomic_write_text(staging / RECORD_FILE, json.dumps(record.to_dict(), indent=2))
+        _replace_folder(staging, directory)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    log.info("saved %s (%d -> %d parameters)", directory, record.parameters_before, record.parameters_after)
+    return record
+
+
+def _count_unique(state: dict[str, Tensor]) -> int:
+    seen: dict[int, int] = {}
+    for tensor in state.values():
+        if tensor.is_floating_point():
+            seen[tensor.data_ptr()] = tensor.numel()
+    return sum(seen.values())
+
+
+def _fingerprint_of_folder(folder: Path) -> dict[str, Any]:
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    return fingerprint(model)
+
+
+def _replace_folder(staging: Path, directory: Path) -> None:
+    if not directory.exists():
+        staging.rename(directory)
+        return
+    old = directory.with_name(f".{directory.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    directory.rename(old)
+    staging.rename(directory)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def read_record(directory: str | os.PathLike) -> ExportRecord:
+    path = Path(directory) / RECORD_FILE
+    if not path.exists():
+        raise ExportError(f"{directory} has no {RECORD_FILE}: it was not written by msp_callback.export.save_pruned")
+    return ExportRecord.from_dict(json.loads(path.read_text()))
+
+
+def install_saved_masks(model: nn.Module, record: ExportRecord) -> int:
+    """Install each remaining block's masks from its zeros at its planned level (exactly
+    ``level`` pruned per group; where a group has more zeros, the leftmost are taken)."""
+    blocks = find_blocks(model)
+    kept = record.kept_blocks
+    if len(blocks) != len(kept):
+        raise ExportError(f"the model has {len(blocks)} blocks but {RECORD_FILE} expects {len(kept)}: "
+                          "it belongs to another export")
+    count = 0
+    for block, original in zip(blocks, kept):
+        level = record.plan.levels[original]
+        for name, module in block_linears(block).items():
+            weight = module.weight.detach()
+            keep = mask_from_zeros(to_out_in(module, weight), level, record.plan.m, f"block {original} {name}")
+            install_mask(module, to_out_in(module, keep))
+            count += 1
+    return count
+
+
+def load_pruned(directory: str | os.PathLike, dtype: torch.dtype = torch.float32, masks: bool = True):
+    """Load a folder written by `save_pruned`: ``(model, record)``, with the N:M masks installed
+    (``masks=True``) so that further training keeps the sparsity."""
+    from transformers import AutoModelForCausalLM
+
+    record = read_record(directory)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    model.eval()
+    if record.fingerprint is not None:
+        found = fingerprint(model)
+        if found["shape_digest"] != record.fingerprint["shape_digest"]:
+            raise ExportError(f"the weights in {directory} do not match {RECORD_FILE} (different shapes)")
+    if masks:
+        install_saved_masks(model, record)
+    return model, record
