@@ -62,6 +62,12 @@ def block_linears(block: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in block.named_modules() if name and is_prunable_linear(m)}
 
 
+def named_block_linears(model: nn.Module) -> dict[str, nn.Module]:
+    """Every prunable linear of every block, named ``blocks.<index>.<name in block>``."""
+    return {f"blocks.{i}.{name}": module
+            for i, block in enumerate(find_blocks(model)) for name, module in block_linears(block).items()}
+
+
 def fingerprint(model: nn.Module) -> dict[str, Any]:
     """What identifies a model's prunable structure: architecture, block count, linear shapes."""
     blocks = find_blocks(model)

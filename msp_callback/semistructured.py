@@ -1,0 +1,182 @@
+"""2:4 semi-structured sparsity: which pruned layers the hardware pattern can hold, and converting them.
+
+NVIDIA's 2:4 pattern keeps at most 2 of every aligned 4 input weights (in our N-pruned
+convention: at least 2 of 4 pruned). A block at level >= 2 of M = 4 always fits; for other M it
+depends on where the zeros fell, so every layer is checked group by group. The packer itself does
+not check: handed a group with 3 kept weights, it keeps 2 and silently drops one. Here a layer
+that does not fit stays dense, with the reason reported.
+
+`to_semi_structured` swaps fitting weights for ``torch.sparse.to_sparse_semi_structured`` tensors
+(CUDA, sm80+ only). `pack_2of4` / `unpack_2of4` are a portable values + indices form of the same
+pattern (runs anywhere; used to validate a layer by a round trip to dense).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from .models import named_block_linears
+from .nm import NMPatternError, check_pattern, is_conv1d, mask_of
+
+log = logging.getLogger(__name__)
+
+
+class SemiStructuredError(RuntimeError):
+    """The 2:4 conversion cannot run here."""
+
+
+@dataclass
+class LayerVerdict:
+    """Whether one block linear can be stored in the 2:4 format, and if not, why."""
+
+    name: str
+    shape: tuple[int, int]  # (out, in)
+    fits: bool
+    reason: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def max_kept_per_4(weight: Tensor) -> int:
+    """Largest number of non-zeros in any aligned group of 4 along the input dim of (out, in)."""
+    out_features, in_features = weight.shape
+    return int((weight != 0).reshape(out_features, in_features // 4, 4).sum(-1).max())
+
+
+def _shape_constraints(dtype: torch.dtype) -> tuple[int, int] | None:
+    """(min rows, min cols) the CUDA kernels need for ``dtype`` (both also divisors), or None."""
+    from torch.sparse import SparseSemiStructuredTensorCUTLASS
+
+    config = SparseSemiStructuredTensorCUTLASS._DTYPE_SHAPE_CONSTRAINTS.get(dtype)
+    return None if config is None else (config.sparse_min_rows, config.sparse_min_cols)
+
+
+def verdict(name: str, module: nn.Module, dtype: torch.dtype = torch.float16) -> LayerVerdict:
+    """Check one linear against the 2:4 pattern and the kernel's layout, dtype and shape rules."""
+    weight = module.weight.detach()
+    if is_conv1d(module):
+        shape = (weight.shape[1], weight.shape[0])
+        return LayerVerdict(name, shape, False, "Conv1D stores (in, out); the 2:4 kernels take nn.Linear weights")
+    shape = (weight.shape[0], weight.shape[1])
+    if shape[1] % 4:
+        return LayerVerdict(name, shape, False, f"input width {shape[1]} is not a multiple of 4")
+    kept = max_kept_per_4(weight)
+    if kept > 2:
+        return LayerVerdict(name, shape, False, f"a group of 4 keeps {kept} weights; the packer would silently drop {kept - 2}")
+    constraints = _shape_constraints(dtype)
+    if constraints is None:
+        return LayerVerdict(name, shape, False, f"dtype {dtype} has no 2:4 kernel (use float16, bfloat16 or int8)")
+    rows, cols = constraints
+    if shape[0] % rows or shape[1] % cols:
+        return LayerVerdict(name, shape, False, f"shape {shape} is not a multiple of ({rows}, {cols}) for {dtype}")
+    return LayerVerdict(name, shape, True)
+
+
+def semi_structured_report(model: nn.Module, dtype: torch.dtype = torch.float16) -> list[LayerVerdict]:
+    """A verdict for every block linear (``blocks.<i>.<name>``); runs anywhere."""
+    return [verdict(name, module, dtype) for name, module in named_block_linears(model).items()]
+
+
+def summarize(verdicts: list[LayerVerdict]) -> str:
+    fitting = sum(v.fits for v in verdicts)
+    reasons: dict[str, int] = {}
+    for v in verdicts:
+        if not v.fits:
+            key = v.reason.split(";")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+    detail = "; ".join(f"{count} x {reason}" for reason, count in sorted(reasons.items(), key=lambda kv: -kv[1]))
+    return f"{fitting} of {len(verdicts)} block linears fit 2:4" + (f" (others: {detail})" if detail else "")
+
+
+@torch.no_grad()
+def to_semi_structured(model: nn.Module) -> list[LayerVerdict]:
+    """Replace every fitting block linear's weight by a 2:4 semi-structured CUDA tensor, in place
+    (masks baked first; layers that do not fit stay dense). The model must be on CUDA in float16
+    or bfloat16. Returns the verdicts."""
+    if not torch.cuda.is_available():
+        raise SemiStructuredError(
+            "2:4 semi-structured tensors need CUDA (an sm80+ GPU): torch.sparse.to_sparse_semi_structured "
+            "does not run on CPU. semi_structured_report(model) still shows which layers would convert, "
+            "and pack_2of4 gives a portable packed form."
+        )
+    from torch.nn.utils import parametrize
+    from torch.sparse import to_sparse_semi_structured
+
+    parameter = next(model.parameters())
+    if not parameter.is_cuda:
+        raise SemiStructuredError("move the model to CUDA first (model.cuda().half())")
+    verdicts = semi_structured_report(model, parameter.dtype)
+    modules = named_block_linears(model)
+    for v in verdicts:
+        if not v.fits:
+            continue
+        module = modules[v.name]
+        if mask_of(module) is not None:
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
+        module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach().contiguous()), requires_grad=False)
+    log.info(summarize(verdicts))
+    return verdicts
+
+
+# ---------------------------------------------------------------------------- portable packing
+def pack_2of4(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """Pack a 2:4 weight (out, in) into ``values`` (out, in/2) and ``indices`` (out, in/2, uint8,
+    position 0..3 of each kept value in its group, ascending). Raises `NMPatternError` naming the
+    first group with more than 2 non-zeros instead of dropping any."""
+    out_features, in_features = weight.shape
+    check_pattern(weight, 2, 4, "2:4 packing")
+    grouped = weight.reshape(out_features, in_features // 4, 4)
+    order = (grouped == 0).to(torch.int8).argsort(dim=-1, stable=True)  # non-zeros first, in order
+    indices = order[..., :2].sort(dim=-1).values
+    values = grouped.gather(-1, indices)
+    return values.reshape(out_features, in_features // 2), indices.to(torch.uint8).reshape(out_features, in_features // 2)
+
+
+def unpack_2of4(values: Tensor, indices: Tensor) -> Tensor:
+    """Inverse of `pack_2of4`: the dense (out, in) weight."""
+    out_features, half = values.shape
+    dense = torch.zeros(out_features, half // 2, 4, dtype=values.dtype, device=values.device)
+    dense.scatter_(-1, indices.reshape(out_features, half // 2, 2).long(), values.reshape(out_features, half // 2, 2))
+    return dense.reshape(out_features, half * 2)
+
+
+def pack_checked(weight: Tensor) -> tuple[Tensor, Tensor]:
+    """`pack_2of4`, then verify that unpacking gives ``weight`` back exactly."""
+    values, indices = pack_2of4(weight)
+    if not torch.equal(unpack_2of4(values, indices), weight):
+        raise NMPatternError("2:4 round trip changed the weight")  # pragma: no cover - a packing bug
+    return values, indices
+
+
+def save_packed_2of4(model: nn.Module, path: str | os.PathLike) -> list[LayerVerdict]:
+    """Write the fitting block linears of ``model`` in packed form (``<name>.values`` and
+    ``<name>.indices``) to one safetensors file, each checked by a round trip to dense; the file
+    appears only when complete. Returns the verdicts (float32 shape rules do not apply here)."""
+    from safetensors.torch import save_file
+
+    verdicts = semi_structured_report(model, torch.float16)
+    modules = named_block_linears(model)
+    tensors: dict[str, Tensor] = {}
+    for v in verdicts:
+        if v.fits:
+            values, indices = pack_checked(modules[v.name].weight.detach().contiguous())
+            tensors[f"{v.name}.values"], tensors[f"{v.name}.indices"] = values.contiguous(), indices.contiguous()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        save_file(tensors, staging, metadata={"format": "msp-2of4-packed", "summary": summarize(verdicts)})
+        os.replace(staging, path)
+    except BaseException:
+        Path(staging).unlink(missing_ok=True)
+        raise
+    return verdicts

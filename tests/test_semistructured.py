@@ -1,0 +1,115 @@
+"""2:4 semi-structured rules (CPU), portable packing, and the CUDA conversion where a GPU exists."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from msp_callback.models import fingerprint
+from msp_callback.nm import NMPatternError, nm_mask
+from msp_callback.plan import SparsityPlan
+from msp_callback.pruner import prune
+from msp_callback.semistructured import (
+    SemiStructuredError,
+    pack_2of4,
+    save_packed_2of4,
+    semi_structured_report,
+    summarize,
+    to_semi_structured,
+    unpack_2of4,
+    verdict,
+)
+
+from .conftest import tiny_model, token_batches
+
+
+def linear_at(level: int, m: int, out_features: int = 64, in_features: int = 128, seed: int = 0) -> nn.Linear:
+    torch.manual_seed(seed)
+    layer = nn.Linear(in_features, out_features, bias=False)
+    with torch.no_grad():
+        layer.weight.mul_(nm_mask(torch.randn(out_features, in_features), level, m))
+    return layer
+
+
+@pytest.mark.parametrize("level,m,fits", [(2, 4, True), (3, 4, True), (4, 4, True), (1, 4, False), (0, 4, False),
+                                          (6, 8, True), (7, 8, True), (4, 8, False), (12, 16, False), (14, 16, True)])
+def test_which_levels_fit_two_of_four(level, m, fits):
+    result = verdict("x", linear_at(level, m))
+    assert result.fits is fits, result.reason
+    if not fits:
+        assert "silently drop" in result.reason
+
+
+def test_group_by_group_for_other_m():
+    """4:8 fits only if every aligned half of each group of 8 keeps at most 2."""
+    layer = nn.Linear(8, 32, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([1.0, 1.0, 0, 0, 0, 0, 1.0, 1.0]).repeat(32, 1))
+        assert verdict("balanced", layer).fits is False  # width 8 < the kernel's 64 columns
+        layer = nn.Linear(128, 32, bias=False)
+        layer.weight.copy_(torch.tensor([1.0, 1.0, 0, 0, 0, 0, 1.0, 1.0]).repeat(32, 16))
+        assert verdict("balanced", layer).fits is True
+        layer.weight.copy_(torch.tensor([1.0, 1.0, 1.0, 0, 0, 0, 0, 1.0]).repeat(32, 16))
+        assert "keeps 3 weights" in verdict("unbalanced", layer).reason
+
+
+def test_layout_dtype_and_shape_rules():
+    layer = linear_at(2, 4, out_features=48, in_features=128)
+    assert "multiple of (32, 64)" in verdict("odd rows", layer).reason
+    assert "no 2:4 kernel" in verdict("f64", linear_at(2, 4), torch.float64).reason
+    gpt2 = tiny_model("gpt2")
+    prune(gpt2, SparsityPlan.uniform(2, 4, 3, criterion="magnitude"), None, progress=False)
+    reasons = {v.reason for v in semi_structured_report(gpt2)}
+    assert any("Conv1D" in r for r in reasons)
+
+
+def test_report_on_a_mixed_plan():
+    model = tiny_model("llama")
+    plan = SparsityPlan(m=4, target=2, levels=[1, 3, 2], criterion="magnitude", fingerprint=fingerprint(model))
+    prune(model, plan, None, progress=False)
+    verdicts = semi_structured_report(model)
+    fits = {v.name.split(".")[1] for v in verdicts if v.fits}
+    assert fits <= {"1", "2"} and not any(v.fits for v in verdicts if v.name.startswith("blocks.0."))
+    assert "of 21 block linears fit 2:4" in summarize(verdicts)
+
+
+def test_pack_round_trip_and_refusal_to_truncate():
+    weight = linear_at(3, 4).weight.detach()
+    values, indices = pack_2of4(weight)
+    assert values.shape == (64, 64) and indices.dtype == torch.uint8 and int(indices.max()) <= 3
+    assert torch.equal(unpack_2of4(values, indices), weight)
+    three_kept = linear_at(1, 4).weight.detach()
+    with pytest.raises(NMPatternError, match="expected at least 2 of 4"):
+        pack_2of4(three_kept)
+
+
+def test_save_packed_file(tmp_path):
+    model = tiny_model("llama")
+    plan = SparsityPlan(m=4, target=2, levels=[1, 3, 2], criterion="magnitude")
+    prune(model, plan, token_batches(1), progress=False)
+    verdicts = save_packed_2of4(model, tmp_path / "packed.safetensors")
+    tensors = load_file(tmp_path / "packed.safetensors")
+    assert len(tensors) == 2 * sum(v.fits for v in verdicts) > 0
+    assert [p.name for p in tmp_path.iterdir()] == ["packed.safetensors"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on machines without CUDA")
+def test_conversion_without_cuda_says_so():
+    with pytest.raises(SemiStructuredError, match="need CUDA"):
+        to_semi_structured(tiny_model("llama"))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (sm80+)")
+def test_cuda_conversion_matches_dense():
+    model = tiny_model("llama")
+    plan = SparsityPlan(m=4, target=2, levels=[2, 3, 1], criterion="magnitude")
+    prune(model, plan, None, progress=False)
+    model = model.cuda().half()
+    x = token_batches(1, 64)[0].cuda()
+    with torch.no_grad():
+        reference = model(x).logits.float()
+        verdicts = to_semi_structured(model)
+        assert sum(v.fits for v in verdicts) >= 14
+        torch.testing.assert_close(model(x).logits.float(), reference, rtol=1e-2, atol=1e-2)
