@@ -75,16 +75,68 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
+RUN_EPILOG = """\
+A recipe is YAML: the settings of `msp prune` as top-level keys (sparsity, criterion, allocation,
+calib_samples, population, ...), plus optional `lora:` and `export:` sections and `output:`.
+Shipped recipes (in ./recipes): paper_50_m4, paper_75_m4, paper_75_m8, paper_75_m16,
+paper_87_m8 (the paper's settings; override the criterion), compress_then_lora.
+
+Examples:
+  msp run recipes/paper_75_m4.yaml
+  msp run paper_75_m8 --set criterion=sparsegpt --set generations=10
+  msp run compress_then_lora --set lora.steps=10 --set export.folder=/tmp/smol-3of4
+"""
+
+
+def _add_run(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run a YAML recipe: prune, then optionally sparse-LoRA finetune and export",
+                       description="Run the job a recipe describes and write plan.json, result.json and plots "
+                       "to its output folder.", epilog=RUN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("recipe", help="a recipe YAML file, or the name of one in ./recipes")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a setting; dotted keys reach into sections (lora.steps=10); repeatable")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msp", description="Mixed Sparsity Pruning for LLMs (per-block N:M levels).")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prune(sub)
+    _add_run(sub)
     return parser
+
+
+SUMMARY_KEYS = ("model", "criterion", "allocation", "sparsity", "dense_ppl", "pruned_ppl")
+
+
+def _summary(result: dict) -> dict:
+    summary = {k: result[k] for k in SUMMARY_KEYS}
+    summary["measured_sparsity_pct"] = round(result["measured_sparsity"]["pruned_linears_pct"], 3)
+    for stage, keys in (("lora", ("ppl_after_lora", "ppl_after_merge")), ("export", ("ppl_after_reload", "removed_blocks"))):
+        summary.update({k: result[stage][k] for k in keys if stage in result})
+    summary["seconds"] = round(result["seconds"], 1)
+    return summary
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .recipe import load_recipe, run_recipe
+
+    try:
+        recipe = load_recipe(args.recipe, args.overrides)
+        recipe.prune.progress = not args.quiet
+        result = run_recipe(recipe)
+    except (ValueError, RuntimeError) as err:  # our errors say what to fix
+        logging.getLogger("msp").error("%s", err)
+        return 2
+    print(json.dumps(_summary(result), indent=2))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.command == "run":
+        return _run(args)
     known = {f.name for f in fields(PruneSettings)}
     settings = PruneSettings(**{k: v for k, v in vars(args).items() if k in known})
     settings.eval_windows = args.eval_windows or None
@@ -98,10 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("msp").error("%s", err)
         return 2
     write_outputs(result, plan, output, args.json)
-    summary = {k: result[k] for k in ("model", "criterion", "allocation", "sparsity", "dense_ppl", "pruned_ppl")}
-    summary["measured_sparsity_pct"] = round(result["measured_sparsity"]["pruned_linears_pct"], 3)
-    summary["seconds"] = round(result["seconds"], 1)
-    print(json.dumps(summary, indent=2))
+    print(json.dumps(_summary(result), indent=2))
     return 0
 
 

@@ -126,3 +126,32 @@ def sparse_lora(model: nn.Module) -> list[str]:
     if dense:
         log.info("LoRA on %d unmasked layers stays ordinary LoRA (e.g. %s)", len(dense), dense[0])
     return masked
+
+
+def train_adapters(
+    model: nn.Module, batches: list[Tensor], lr: float = 2e-4, progress: bool = True
+) -> list[float]:
+    """A plain loop for a short finetune: one AdamW step on the next-token loss of each batch of
+    token ids, over the trainable parameters only (the adapters, for a peft model). Returns the
+    losses. Runs with gradients on even if the caller is under ``torch.inference_mode``."""
+    from tqdm.auto import tqdm
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise SparseLoRAError("the model has no trainable parameters (wrap it with get_peft_model first)")
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    device = params[0].device
+    losses = []
+    was_training = model.training
+    model.train()
+    with torch.inference_mode(False), torch.enable_grad():
+        for batch in (bar := tqdm(batches, desc="LoRA finetune", disable=not progress)):
+            batch = batch.to(device)
+            loss = model(input_ids=batch, labels=batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    model.train(was_training)
+    return losses

@@ -91,6 +91,8 @@ class Inputs:
     calibration: list[torch.Tensor]  # batches (B, calib_seqlen)
     fitness_windows: torch.Tensor  # (fitness_samples, fitness_seqlen), calibration corpus, other seed
     windows: torch.Tensor  # (eval_windows, eval_seqlen), evaluation text
+    calib_tokens: torch.Tensor | None = None  # the calibration corpus as one token stream
+    bos_id: int | None = None  # BOS token starting each window, if any
 
     def dense_snapshot(self) -> Callable[[], None]:
         """Copy the weights now; the returned function removes masks and restores them."""
@@ -114,11 +116,17 @@ def prepare(settings: PruneSettings) -> Inputs:
     windows = data.evaluation_windows(eval_tokens, settings.eval_seqlen, settings.eval_windows, bos_id)
     log.info("calibration: %d x %d tokens of %s; evaluation: %d x %d tokens of %s",
              settings.calib_samples, settings.calib_seqlen, settings.calib_corpus, windows.shape[0], windows.shape[1], settings.eval_corpus)
-    return Inputs(model, tokenizer, calibration, fitness_windows, windows)
+    return Inputs(model, tokenizer, calibration, fitness_windows, windows, calib_tokens, bos_id)
 
 
 def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
     """Run the job; returns (result dict, plan). The model is discarded afterwards."""
+    result, plan, _ = prune_and_measure(settings)
+    return result, plan
+
+
+def prune_and_measure(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan, Inputs]:
+    """Run the job; returns (result dict, plan, inputs with the pruned, masked model)."""
     start = time.perf_counter()
     n, m = parse_nm(settings.sparsity)
     inputs = prepare(settings)
@@ -172,7 +180,7 @@ def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
-    return result, plan
+    return result, plan, inputs
 
 
 def write_outputs(result: dict[str, Any], plan: SparsityPlan, output: str | Path | None, json_path: str | Path | None) -> None:

@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from msp_callback.export import load_pruned, save_pruned
-from msp_callback.lora import SparseLoRAError, sparse_lora
+from msp_callback.lora import SparseLoRAError, sparse_lora, train_adapters
 from msp_callback.models import block_linears, find_blocks, fingerprint
 from msp_callback.nm import check_pattern, mask_of, to_out_in
 from msp_callback.plan import SparsityPlan
@@ -28,13 +28,8 @@ def pruned(arch: str):
 
 
 def train(model, steps: int = 5) -> None:
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=1e-2)
-    for batch in token_batches(steps, 16, batch=2, seed=11):
-        loss = model(input_ids=batch, labels=batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
+    losses = train_adapters(model, token_batches(steps, 16, batch=2, seed=11), lr=1e-2, progress=False)
+    assert len(losses) == steps
 
 
 def assert_follows_plan_exactly(model, plan) -> None:

@@ -116,3 +116,62 @@ def test_lightning_recipe_parses_with_lightning_cli():
     callback = next(c for c in cli.trainer.callbacks if isinstance(c, MSPCallback))
     assert callback.when == "fit_start" and callback.engine.config.sparsity == "3:4"
     assert callback.engine.config.population == 8
+
+
+def test_real_sparse_lora_merge_and_export_round_trip(texts, tmp_path):
+    """smollm2-135m at 3:4 with one block fully pruned: sparse LoRA, merge, export (the block is
+    removed), plain reload and library reload all give the adapted model's logits."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from msp_callback.export import load_pruned, save_pruned
+    from msp_callback.lora import sparse_lora, train_adapters
+    from msp_callback.models import block_linears, find_blocks
+    from msp_callback.nm import check_pattern, mask_of, to_out_in
+
+    model, tokenizer = load_causal_lm("smollm2-135m")
+    levels = [3] * 30
+    levels[28], levels[29] = 4, 2
+    plan = SparsityPlan(m=4, target=3, levels=levels, criterion="magnitude", fingerprint=fingerprint(model))
+    prune(model, plan, None, progress=False)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj", "down_proj"], lora_dropout=0.0))
+    sparse_lora(peft_model)
+    train_adapters(peft_model, data.sample_calibration(texts[0], 2, 64, seed=3, batch_size=1), lr=1e-3, progress=False)
+    peft_model.eval()
+    x = data.evaluation_windows(texts[1], 64, max_windows=1)
+    with torch.no_grad():
+        adapted = peft_model(x).logits
+        merged = peft_model.merge_and_unload()
+        torch.testing.assert_close(merged(x).logits, adapted, rtol=1e-4, atol=1e-4)
+    for i, (block, level) in enumerate(zip(find_blocks(merged), levels)):
+        for name, module in block_linears(block).items():
+            weight = to_out_in(module, module.weight.detach())
+            check_pattern(weight, level, 4, f"block {i} {name}")
+            assert not weight[~to_out_in(module, mask_of(module))].any()
+
+    record = save_pruned(merged, tmp_path / "out", plan, tokenizer)
+    assert record.removed_blocks == [28]
+    plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
+    library, _ = load_pruned(tmp_path / "out")
+    with torch.no_grad():
+        torch.testing.assert_close(plain(x).logits, adapted, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(library(x).logits, plain(x).logits, rtol=0, atol=0)
+    kept = [s for i, s in enumerate(measure_sparsity(merged).per_block) if i != 28]
+    assert measure_sparsity(library).per_block == pytest.approx(kept)
+
+
+def test_msp_run_recipe_end_to_end(tmp_path, capsys):
+    out = tmp_path / "ctl"
+    code = main(["run", "recipes/compress_then_lora.yaml", "--quiet", "--set", "allocation=uniform",
+                 "--set", "criterion=magnitude", "--set", "calib_samples=1", "--set", "calib_seqlen=64",
+                 "--set", "eval_seqlen=128", "--set", "eval_windows=2", "--set", "lora.steps=3",
+                 "--set", "lora.batch_size=1", "--set", "lora.seqlen=64", "--set", "lora.lr=1e-3",
+                 "--set", f"output={out}"])
+    assert code == 0
+    result = json.loads((out / "result.json").read_text())
+    assert result["lora"]["ppl_after_lora"] < result["pruned_ppl"]
+    assert result["lora"]["ppl_after_merge"] == pytest.approx(result["lora"]["ppl_after_lora"], rel=1e-4)
+    assert result["export"]["ppl_after_reload"] == pytest.approx(result["lora"]["ppl_after_merge"], rel=1e-6)
+    assert result["export"]["measured_sparsity_after_reload"]["pruned_linears_pct"] == pytest.approx(75.0, abs=0.01)
+    assert (out / "model" / "msp_export.json").exists() and (out / "plan.json").exists()
+    assert json.loads(capsys.readouterr().out)["ppl_after_reload"] == result["export"]["ppl_after_reload"]

@@ -1,0 +1,211 @@
+"""Recipes: one YAML file describes a whole job, run with ``msp run RECIPE [--set key=value ...]``.
+
+Top-level keys are the settings of ``msp prune`` (`workflow.PruneSettings`: model, sparsity,
+criterion, allocation, data and search sizes); optional sections add stages after pruning:
+
+    lora:     # sparsity-preserving LoRA finetune on calibration-corpus text, then merge
+      rank: 16
+      steps: 40
+    export:   # save_pruned to a transformers folder (plan beside it), reload it plainly, measure
+      folder: runs/smollm2-3of4/model
+
+Every perplexity is measured on the same held-out windows: dense, pruned, after LoRA, after
+merge, after plain reload. Overrides use dotted keys: ``--set lora.steps=10 sparsity=2:4``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .files import atomic_write_text
+from .workflow import PruneSettings, prune_and_measure, write_outputs
+
+log = logging.getLogger(__name__)
+
+
+class RecipeError(ValueError):
+    """A recipe file or override that does not describe a valid job."""
+
+
+@dataclass
+class LoraSettings:
+    """Sparse LoRA finetune after pruning (see `lora.sparse_lora`)."""
+
+    rank: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    targets: list[str] | None = None  # default: every linear of a decoder block
+    steps: int = 40
+    batch_size: int = 4
+    seqlen: int = 256
+    lr: float = 2e-4
+    seed: int = 2  # training windows are drawn with this seed (calibration uses `seed`)
+
+
+@dataclass
+class ExportSettings:
+    """Export after pruning (and merging): see `export.save_pruned`."""
+
+    folder: str | None = None  # default: <output>/model
+    drop_pruned_blocks: bool = True
+    overwrite: bool = False
+    packed_2of4: bool = False  # also write the 2:4-fitting layers packed (semistructured.save_packed_2of4)
+
+
+@dataclass
+class Recipe:
+    prune: PruneSettings
+    lora: LoraSettings | None = None
+    export: ExportSettings | None = None
+    output: str | None = None  # default: runs/<recipe file stem>
+    source: dict[str, Any] = field(default_factory=dict)
+
+
+SECTIONS = {"lora": LoraSettings, "export": ExportSettings}
+
+
+def _parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise RecipeError(f"override {text!r} is not KEY=VALUE (e.g. --set sparsity=2:4 or --set lora.steps=10)")
+    key, value = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """YAML reads ``1e-3`` as a string and ``3`` as an int: convert to the field's number type."""
+    wanted = [t for t in (typing.get_args(hint) or (hint,)) if t in (int, float)]
+    if value is None or not wanted or isinstance(value, bool) or isinstance(value, wanted[0]):
+        return value
+    try:
+        return wanted[0](value)
+    except (TypeError, ValueError):
+        raise RecipeError(f"{where}: expected {wanted[0].__name__}, got {value!r}") from None
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise RecipeError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
+    return cls(**{k: _coerce(v, hints[k], f"{where}: {k}") for k, v in values.items()})
+
+
+def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
+    """Read a recipe and apply ``KEY=VALUE`` overrides (dotted keys reach into sections)."""
+    path = Path(path)
+    if not path.exists() and not path.suffix:
+        path = Path("recipes") / f"{path}.yaml"
+    if not path.exists():
+        raise RecipeError(f"recipe {path} not found (give a YAML file, or a name from ./recipes)")
+    raw = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(raw, dict):
+        raise RecipeError(f"{path}: a recipe is a mapping of settings, got {type(raw).__name__}")
+    for override in overrides:
+        keys, value = _parse_override(override)
+        target = raw
+        for key in keys[:-1]:
+            target = target.setdefault(key, {}) if isinstance(target.get(key, {}), dict) else None
+            if target is None:
+                raise RecipeError(f"override {override!r}: {key} is not a section")
+        target[keys[-1]] = value
+    raw = dict(raw)
+    sections = {name: raw.pop(name, None) for name in SECTIONS}
+    output = raw.pop("output", None) or f"runs/{path.stem}"
+    prune = _build(PruneSettings, raw, str(path))
+    built = {name: _build(cls, sections[name] or {}, f"{path}: {name}") if sections[name] is not None else None
+             for name, cls in SECTIONS.items()}
+    return Recipe(prune=prune, output=output, source={"path": str(path), "overrides": list(overrides)}, **built)
+
+
+def run_recipe(recipe: Recipe) -> dict[str, Any]:
+    """Prune, then the optional LoRA and export stages; returns the result (also written to
+    ``<output>/result.json`` with the plan and plots)."""
+    start = time.perf_counter()
+    settings = recipe.prune
+    settings.checkpoint = settings.checkpoint or f"{recipe.output}/search_checkpoint.json"
+    result, plan, inputs = prune_and_measure(settings)
+    result["recipe"] = {**recipe.source, **{k: asdict(v) for k, v in (("lora", recipe.lora), ("export", recipe.export)) if v}}
+    model = inputs.model
+    if recipe.lora is not None:
+        model = _lora_stage(recipe.lora, settings, inputs, result)
+    if recipe.export is not None:
+        _export_stage(recipe.export, settings, model, plan, inputs, result, recipe.output)
+    result["seconds"] = time.perf_counter() - start
+    write_outputs(result, plan, recipe.output, Path(recipe.output) / "result.json")
+    return result
+
+
+def _perplexity(model, windows, settings: PruneSettings, desc: str) -> float:
+    from .evaluate import perplexity
+
+    value = perplexity(model, windows, settings.eval_batch_size, progress=settings.progress, desc=desc)
+    log.info("%s: %.3f", desc, value)
+    return value
+
+
+def _lora_stage(lora: LoraSettings, settings: PruneSettings, inputs, result: dict[str, Any]):
+    """Sparse LoRA on calibration-corpus windows (another seed), then merge; returns the merged model."""
+    from peft import LoraConfig, get_peft_model
+
+    from . import data
+    from .lora import sparse_lora, train_adapters
+    from .models import block_linears, find_blocks, measure_sparsity
+    from .nm import is_conv1d
+
+    linears = block_linears(find_blocks(inputs.model)[0])
+    targets = lora.targets or sorted({name.split(".")[-1] for name in linears})
+    config = LoraConfig(r=lora.rank, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=targets,
+                        fan_in_fan_out=any(is_conv1d(m) for m in linears.values()))
+    peft_model = get_peft_model(inputs.model, config)
+    sparse_lora(peft_model)
+    batches = data.sample_calibration(inputs.calib_tokens, lora.steps * lora.batch_size, lora.seqlen, lora.seed,
+                                      inputs.bos_id, batch_size=lora.batch_size)
+    t0 = time.perf_counter()
+    losses = train_adapters(peft_model, batches, lora.lr, progress=settings.progress)
+    train_seconds = time.perf_counter() - t0
+    peft_model.eval()
+    after_lora = _perplexity(peft_model, inputs.windows, settings, "perplexity after LoRA")
+    merged = peft_model.merge_and_unload()
+    result["lora"] = {
+        "targets": targets, "train_tokens": lora.steps * lora.batch_size * lora.seqlen, "train_seconds": train_seconds,
+        "first_loss": losses[0], "last_loss": losses[-1], "ppl_after_lora": after_lora,
+        "ppl_after_merge": _perplexity(merged, inputs.windows, settings, "perplexity after merge"),
+        "measured_sparsity_after_merge": measure_sparsity(merged).as_dict(),
+    }
+    return merged
+
+
+def _export_stage(export: ExportSettings, settings: PruneSettings, model, plan, inputs, result: dict[str, Any],
+                  output: str) -> None:
+    """save_pruned, then reload the folder with plain transformers and measure it."""
+    from transformers import AutoModelForCausalLM
+
+    from .export import save_pruned
+    from .models import measure_sparsity
+
+    folder = Path(export.folder or f"{output}/model")
+    probe = [inputs.calibration[0][:2]]
+    record = save_pruned(model, folder, plan, inputs.tokenizer, drop_pruned_blocks=export.drop_pruned_blocks,
+                         probe=probe, overwrite=export.overwrite)
+    reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    result["export"] = {
+        "folder": str(folder), "removed_blocks": record.removed_blocks,
+        "kept_full_blocks": record.kept_full_blocks, "parameters_before": record.parameters_before,
+        "parameters_after": record.parameters_after,
+        "bytes": sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors"),
+        "ppl_after_reload": _perplexity(reloaded, inputs.windows, settings, "perplexity after plain reload"),
+        "measured_sparsity_after_reload": measure_sparsity(reloaded).as_dict(),
+    }
+    if export.packed_2of4:
+        from .semistructured import save_packed_2of4, summarize
+
+        result["export"]["packed_2of4"] = summarize(save_packed_2of4(model, folder.parent / f"{folder.name}-2of4.safetensors"))
