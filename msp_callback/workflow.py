@@ -105,9 +105,10 @@ class Inputs:
         return restore
 
 
-def prepare(settings: PruneSettings) -> Inputs:
-    """Load the model and sample calibration, fitness and evaluation tokens."""
-    model, tokenizer = load_causal_lm(settings.model)
+def prepare(settings: PruneSettings, loaded: tuple[torch.nn.Module, Any] | None = None) -> Inputs:
+    """Load the model (unless ``loaded`` gives ``(model, tokenizer)``) and sample calibration,
+    fitness and evaluation tokens."""
+    model, tokenizer = loaded or load_causal_lm(settings.model)
     bos_id = _bos_id(tokenizer, settings.bos)
     calib_tokens, eval_tokens = load_texts(settings, tokenizer)
     calibration = data.sample_calibration(calib_tokens, settings.calib_samples, settings.calib_seqlen, settings.seed, bos_id)

@@ -1,0 +1,89 @@
+"""The whole benchmark suite in one command, resumable: every finished cell is a JSON file in
+benchmarks/results/ and is skipped on the next run (``--force`` re-runs). BENCHMARKS.md is
+regenerated from the JSON at the end.
+
+    python benchmarks/suite.py --quick        # the 75% row (3:4) for magnitude, Wanda, SparseGPT:
+                                              # uniform / OWL / MSP, small budget (~20 min on 2 cores)
+    python benchmarks/suite.py                # the paper's grid: 3 criteria x 10 N:M targets x
+                                              # uniform / OWL / MSP, plus export speed and stage cost
+    python benchmarks/suite.py --criteria wanda --sparsities 3:4 6:8 --dry-run   # what would run
+
+Each grid cell is one `benchmarks/msp_search.py` run (same data, seed and evaluation for every
+allocation inside it); see that script for the settings. On this 2-core CPU a full-setting cell
+takes 40-90 min, so the full grid is days of CPU: run the cells you need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+CRITERIA = ["magnitude", "wanda", "sparsegpt"]
+SPARSITIES = ["2:4", "4:8", "8:16", "5:8", "10:16", "3:4", "6:8", "12:16", "7:8", "14:16"]
+
+
+MAIN_CELL = ("wanda", "3:4")  # the main result, msp_search.json, also measures the fitness cost
+
+
+def cell_name(criterion: str, sparsity: str, quick: bool) -> str:
+    if (criterion, sparsity) == MAIN_CELL and not quick:
+        return "msp_search"
+    n, m = sparsity.split(":")
+    return f"msp_search_{criterion}_{n}of{m}" + ("_quick" if quick else "")
+
+
+def plan_steps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
+    """(result name, command) for every step of the suite, in order."""
+    steps = []
+    for sparsity in args.sparsities:
+        for criterion in args.criteria:
+            name = cell_name(criterion, sparsity, args.quick)
+            cost = ["--naive-individuals", "1"] if name == "msp_search" else ["--no-cost"]
+            command = ["benchmarks/msp_search.py", "--criterion", criterion, "--sparsity", sparsity,
+                       "--allocations", *args.allocations, *cost, "--name", name]
+            steps.append((name, command + (["--quick"] if args.quick else [])))
+    if not args.quick and not args.grid_only:
+        steps.append(("export_speed", ["benchmarks/export_speed.py"]))
+        steps.append(("stage_cost", ["benchmarks/stage_cost.py"]))
+    return steps
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="3:4 only, small budget (msp_search.py --quick)")
+    p.add_argument("--criteria", nargs="+", default=CRITERIA)
+    p.add_argument("--sparsities", nargs="+", default=None, help="N:M targets (default: all ten; --quick: 3:4)")
+    p.add_argument("--allocations", nargs="+", default=["uniform", "owl", "msp"])
+    p.add_argument("--grid-only", action="store_true", help="skip export speed and stage cost")
+    p.add_argument("--force", action="store_true", help="re-run cells whose result exists")
+    p.add_argument("--dry-run", action="store_true", help="list the steps and whether each is done")
+    args = p.parse_args()
+    args.sparsities = args.sparsities or (["3:4"] if args.quick else SPARSITIES)
+
+    for name, command in plan_steps(args):
+        done = (RESULTS / f"{name}.json").exists() and not args.force
+        if args.dry_run:
+            print(f"{'done' if done else 'todo'}  {name}: python {' '.join(command)}")
+            continue
+        if done:
+            print(f"skip {name} (benchmarks/results/{name}.json exists)", flush=True)
+            continue
+        print(f"run  {name}: python {' '.join(command)}", flush=True)
+        start = time.perf_counter()
+        code = subprocess.call([sys.executable, *command], cwd=HERE.parent)
+        if code:
+            print(f"FAILED {name} (exit {code}); finished cells are kept, rerun to continue", flush=True)
+            return code
+        print(f"done {name} in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+    if not args.dry_run:
+        return subprocess.call([sys.executable, "benchmarks/report.py"], cwd=HERE.parent)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
