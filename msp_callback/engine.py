@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from .allocation import make_plan
 from .calibration import CalibrationError
 from .distributed import broadcast, broadcast_masks
-from .models import find_blocks
-from .nm import install_mask
+from .models import block_linears, find_blocks, fingerprint
+from .nm import install_mask, mask_of, to_out_in, zeros_per_group
 from .plan import SparsityPlan, parse_nm
 from .pruner import check_model_fits, prune
 from .search.runner import SearchSettings
@@ -111,6 +111,28 @@ class MSPEngine:
         """Fail early, with the fix, on a model this configuration cannot prune."""
         find_blocks(model)
         check_model_fits(model, parse_nm(self.config.sparsity)[1])
+
+    def adopt_installed_masks(self, model: nn.Module) -> SparsityPlan | None:
+        """If every block linear of ``model`` already carries an N:M mask (e.g. installed while a
+        checkpoint loaded), read the plan from the masks instead of pruning again."""
+        n, m = parse_nm(self.config.sparsity)
+        levels = []
+        for block in find_blocks(model):
+            block_levels = set()
+            for module in block_linears(block).values():
+                mask = mask_of(module)
+                if mask is None:
+                    return None
+                zeros = zeros_per_group(to_out_in(module, mask), m)
+                block_levels.update(int(v) for v in zeros.unique())
+            if len(block_levels) != 1:
+                return None
+            levels.append(block_levels.pop())
+        self.plan = SparsityPlan(m=m, target=n, levels=levels, criterion=self.config.criterion,
+                                 allocation=self.config.allocation, fingerprint=fingerprint(model),
+                                 metadata={"config": asdict(self.config), "source": "masks already installed"})
+        log.info("the model already carries N:M masks (a resumed checkpoint): %s", self.plan.describe())
+        return self.plan
 
     def compress(self, model: nn.Module, batches: Iterable[Any], progress: bool = True) -> SparsityPlan:
         """Plan (search if the allocation says so) and prune ``model``; masks stay installed."""

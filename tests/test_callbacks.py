@@ -148,3 +148,61 @@ def test_sharded_strategies_are_refused_with_the_supported_list():
 def test_hf_callback_checks_the_model_at_init(tmp_path):
     with pytest.raises(NMPatternError, match="not divisible by M=3"):
         _hf_trainer(tiny_model("llama"), MSPTrainerCallback(sparsity="1:3", progress=False), tmp_path)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "opt"])
+def test_lightning_resume_with_biased_linears(tmp_path, arch):
+    """Parametrizing a linear with a bias reorders its parameters (bias, then weight.original): the
+    optimizer state saved after pruning must still fit the resumed model."""
+    lit, cb = LitLM(tiny_model(arch)), MSPCallback(sparsity="2:4", allocation="uniform", criterion="magnitude",
+                                                   when="fit_start", progress=False)
+    t = trainer(cb)
+    t.fit(lit, loader())
+    path = tmp_path / "pruned.ckpt"
+    t.save_checkpoint(path)
+
+    lit2 = LitLM(tiny_model(arch, seed=5))
+    cb2 = MSPCallback(sparsity="2:4", allocation="uniform", criterion="magnitude", when="fit_start", progress=False)
+    trainer(cb2, steps=6).fit(lit2, loader(seed=2), ckpt_path=str(path))
+    assert_plan_exact(lit2.model, cb2.plan)
+    for name, module in lit2.model.named_modules():
+        if mask_of(module) is not None:
+            assert torch.equal(mask_of(module), mask_of(dict(lit.model.named_modules())[name])), name
+
+
+def test_hf_trainer_checkpoint_resume_keeps_plan_and_masks(tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    ids = torch.randint(0, VOCAB, (16, 16), generator=torch.Generator().manual_seed(0))
+    dataset = [{"input_ids": row, "labels": row} for row in ids]
+
+    def run(model, callback, steps, resume=None):
+        args = TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4,
+                                 report_to=[], save_strategy="steps", save_steps=2, use_cpu=True, disable_tqdm=True,
+                                 learning_rate=1e-2)
+        Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback]).train(resume_from_checkpoint=resume)
+
+    model, cb = tiny_model("llama"), MSPTrainerCallback(sparsity="2:4", allocation="msp", when="fit_start", **FAST)
+    run(model, cb, steps=2)
+    assert (tmp_path / "checkpoint-2").exists()
+
+    fresh = tiny_model("llama", seed=5)
+    cb2 = MSPTrainerCallback(sparsity="2:4", allocation="msp", when="fit_start", **{**FAST, "generations": 3})
+    run(fresh, cb2, steps=4, resume=str(tmp_path / "checkpoint-2"))
+    assert cb2.plan is not None and cb2.plan.levels == cb.plan.levels
+    assert_plan_exact(fresh, cb2.plan)
+    for name, module in fresh.named_modules():
+        if mask_of(module) is not None:
+            assert torch.equal(mask_of(module), mask_of(dict(model.named_modules())[name])), name
+
+
+def test_an_already_masked_model_is_not_pruned_again():
+    lit = LitLM()
+    first = MSPCallback(sparsity="2:4", allocation="msp", when="manual", **FAST)
+    t = trainer(first, steps=1)
+    t.fit(lit, loader())
+    plan = first.compress(t, lit)
+    again = MSPCallback(sparsity="2:4", allocation="msp", when="fit_start", **FAST)
+    trainer(again).fit(lit, loader(seed=3))
+    assert again.plan.levels == plan.levels and again.plan.metadata["source"] == "masks already installed"
+    assert_plan_exact(lit.model, plan)

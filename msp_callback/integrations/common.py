@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any, Literal
 
-from ..engine import MSPConfig, MSPEngine
+from torch import nn
+
+from ..engine import MSPConfig, MSPEngine, install_masks_from_state_dict
+
+log = logging.getLogger(__name__)
 
 When = Literal["fit_end", "fit_start", "manual"]
 
@@ -21,6 +26,21 @@ def check_strategy(name: str) -> None:
             "every rank. Supported: a single device, or data parallel (DDP, ddp_spawn; Accelerate "
             "multi-GPU without FSDP/DeepSpeed)."
         )
+
+
+def _install_saved_masks(module: nn.Module, state_dict, prefix: str, *args: Any) -> None:
+    own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
+    installed = install_masks_from_state_dict(module, own)
+    if installed:
+        log.info("installed %d N:M masks from the checkpoint before loading it", installed)
+
+
+def register_mask_loader(module: nn.Module) -> None:
+    """Make ``module.load_state_dict`` install the N:M parametrizations a masked checkpoint
+    holds before its weights load (so resuming into a fresh model keeps the sparsity). Idempotent."""
+    if not getattr(module, "_msp_mask_loader", False):
+        module.register_load_state_dict_pre_hook(_install_saved_masks)
+        module._msp_mask_loader = True
 
 
 class MSPSettingsMixin:

@@ -10,7 +10,7 @@ from transformers import TrainerCallback
 
 from ..engine import causal_lm_of
 from ..plan import SparsityPlan
-from .common import MSPSettingsMixin, check_strategy
+from .common import MSPSettingsMixin, check_strategy, register_mask_loader
 
 
 class MSPTrainerCallback(MSPSettingsMixin, TrainerCallback):
@@ -22,9 +22,10 @@ class MSPTrainerCallback(MSPSettingsMixin, TrainerCallback):
         model = kwargs.get("model")
         if model is not None:
             self.engine.check_model(causal_lm_of(model))
+            register_mask_loader(model)  # resume_from_checkpoint of a masked checkpoint
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, train_dataloader=None, **kwargs: Any):
-        if self.when == "fit_start" and self.plan is None:
+        if self.plan is None and self.engine.adopt_installed_masks(causal_lm_of(model)) is None and self.when == "fit_start":
             self.compress(model, train_dataloader)
 
     def on_train_end(self, args, state, control, model: nn.Module | None = None, train_dataloader=None, **kwargs: Any):

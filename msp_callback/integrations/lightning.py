@@ -7,17 +7,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from ..engine import causal_lm_of, install_masks_from_state_dict
+from ..engine import causal_lm_of
 from ..plan import SparsityPlan
-from .common import MSPSettingsMixin, check_strategy
+from .common import MSPSettingsMixin, check_strategy, register_mask_loader
 
 log = logging.getLogger(__name__)
-
-
-def _install_saved_masks(module, state_dict, prefix, *args: Any) -> None:
-    installed = install_masks_from_state_dict(module, {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)})
-    if installed:
-        log.info("installed %d N:M masks from the checkpoint before loading it", installed)
 
 
 class MSPCallback(MSPSettingsMixin, pl.Callback):
@@ -29,13 +23,10 @@ class MSPCallback(MSPSettingsMixin, pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         check_strategy(type(trainer.strategy).__name__)
         self.engine.check_model(causal_lm_of(pl_module))
-        if not getattr(pl_module, "_msp_mask_loader", False):
-            # a masked checkpoint needs its parametrizations before its weights load (resume)
-            pl_module.register_load_state_dict_pre_hook(_install_saved_masks)
-            pl_module._msp_mask_loader = True
+        register_mask_loader(pl_module)  # resuming a masked checkpoint
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.when == "fit_start" and self.plan is None:
+        if self.plan is None and self.engine.adopt_installed_masks(causal_lm_of(pl_module)) is None and self.when == "fit_start":
             self.compress(trainer, pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -52,7 +43,14 @@ class MSPCallback(MSPSettingsMixin, pl.Callback):
                 batches = trainer.train_dataloader
         if batches is None:
             raise ValueError("MSPCallback has no calibration data: pass calibration=... or give the trainer a train dataloader")
-        return self.engine.compress(causal_lm_of(pl_module), batches, progress=self.progress)
+        plan = self.engine.compress(causal_lm_of(pl_module), batches, progress=self.progress)
+        if trainer.optimizers:
+            # Parametrizing a linear with a bias reorders its parameters (bias, then
+            # weight.original), so optimizers built before pruning no longer match the order a
+            # resumed run builds; build them again (their dense-model moments are stale anyway).
+            trainer.strategy.setup_optimizers(trainer)
+            log.info("optimizers re-created after pruning")
+        return plan
 
     def state_dict(self) -> dict[str, Any]:
         return {"plan": self.plan.to_dict() if self.plan else None}
