@@ -100,6 +100,16 @@ def install_masks_from_state_dict(model: nn.Module, state_dict: Mapping[str, Ten
     return count
 
 
+def align_optimizer_order(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """Parametrizing a linear with a bias reorders its parameters (bias, then weight.original),
+    so an optimizer built before pruning lists them in another order than one a resumed run
+    builds, and its saved state would not fit. Sort every parameter group into the model's
+    current order (the optimizer's moments are kept; they are keyed by parameter)."""
+    position = {id(p): i for i, p in enumerate(model.parameters())}
+    for group in optimizer.param_groups:
+        group["params"].sort(key=lambda p: position.get(id(p), len(position)))
+
+
 class MSPEngine:
     """Make a plan for a model from calibration batches and prune it in place."""
 

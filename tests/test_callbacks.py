@@ -4,6 +4,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
+from transformers import Trainer
 
 from msp_callback import MSPCallback, MSPTrainerCallback
 from msp_callback.calibration import CalibrationError
@@ -170,8 +171,21 @@ def test_lightning_resume_with_biased_linears(tmp_path, arch):
             assert torch.equal(mask_of(module), mask_of(dict(lit.model.named_modules())[name])), name
 
 
-def test_hf_trainer_checkpoint_resume_keeps_plan_and_masks(tmp_path):
-    from transformers import Trainer, TrainingArguments
+class SingleGroupTrainer(Trainer):
+    """A Trainer whose own create_optimizer puts every parameter in one group, in model order."""
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=1e-2)
+        return self.optimizer
+
+
+@pytest.mark.parametrize("arch,optimizer", [("llama", "default"), ("gpt2", "default"), ("gpt2", "single group"),
+                                            ("gpt2", "given")])
+def test_hf_trainer_checkpoint_resume_keeps_plan_and_masks(tmp_path, arch, optimizer):
+    """Resume after pruning; with biased linears the optimizer's saved order must fit the resumed
+    one whether the Trainer builds it (default groups, or one group) or the user hands it in."""
+    from transformers import TrainingArguments
 
     ids = torch.randint(0, VOCAB, (16, 16), generator=torch.Generator().manual_seed(0))
     dataset = [{"input_ids": row, "labels": row} for row in ids]
@@ -180,13 +194,16 @@ def test_hf_trainer_checkpoint_resume_keeps_plan_and_masks(tmp_path):
         args = TrainingArguments(output_dir=str(tmp_path), max_steps=steps, per_device_train_batch_size=4,
                                  report_to=[], save_strategy="steps", save_steps=2, use_cpu=True, disable_tqdm=True,
                                  learning_rate=1e-2)
-        Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback]).train(resume_from_checkpoint=resume)
+        kinds = {"default": (Trainer, {}), "single group": (SingleGroupTrainer, {}),
+                 "given": (Trainer, {"optimizers": (torch.optim.AdamW(model.parameters(), lr=1e-2), None)})}
+        cls, extra = kinds[optimizer]
+        cls(model=model, args=args, train_dataset=dataset, callbacks=[callback], **extra).train(resume_from_checkpoint=resume)
 
-    model, cb = tiny_model("llama"), MSPTrainerCallback(sparsity="2:4", allocation="msp", when="fit_start", **FAST)
+    model, cb = tiny_model(arch), MSPTrainerCallback(sparsity="2:4", allocation="msp", when="fit_start", **FAST)
     run(model, cb, steps=2)
     assert (tmp_path / "checkpoint-2").exists()
 
-    fresh = tiny_model("llama", seed=5)
+    fresh = tiny_model(arch, seed=5)
     cb2 = MSPTrainerCallback(sparsity="2:4", allocation="msp", when="fit_start", **{**FAST, "generations": 3})
     run(fresh, cb2, steps=4, resume=str(tmp_path / "checkpoint-2"))
     assert cb2.plan is not None and cb2.plan.levels == cb.plan.levels

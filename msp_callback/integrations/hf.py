@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from ..engine import causal_lm_of
+from ..engine import align_optimizer_order, causal_lm_of
 from ..plan import SparsityPlan
 from .common import MSPSettingsMixin, check_strategy, register_mask_loader
 
@@ -19,6 +20,9 @@ class MSPTrainerCallback(MSPSettingsMixin, TrainerCallback):
 
     def on_init_end(self, args, state, control, **kwargs: Any):
         check_strategy("FSDP" if getattr(args, "fsdp", None) else "DeepSpeed" if getattr(args, "deepspeed", None) else "")
+        # An optimizer handed to the Trainer was built before any masks existed, here and in a
+        # resumed run alike, so its order must stay; one the Trainer builds is aligned after pruning.
+        self._optimizer_given = kwargs.get("optimizer") is not None
         model = kwargs.get("model")
         if model is not None:
             self.engine.check_model(causal_lm_of(model))
@@ -26,15 +30,20 @@ class MSPTrainerCallback(MSPSettingsMixin, TrainerCallback):
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, train_dataloader=None, **kwargs: Any):
         if self.plan is None and self.engine.adopt_installed_masks(causal_lm_of(model)) is None and self.when == "fit_start":
-            self.compress(model, train_dataloader)
+            self.compress(model, train_dataloader, kwargs.get("optimizer"))
 
     def on_train_end(self, args, state, control, model: nn.Module | None = None, train_dataloader=None, **kwargs: Any):
         if self.when == "fit_end" and self.plan is None:
-            self.compress(model, train_dataloader)
+            self.compress(model, train_dataloader, kwargs.get("optimizer"))
 
-    def compress(self, model: nn.Module, dataloader: Iterable[Any] | None = None) -> SparsityPlan:
-        """Prune ``model`` now, calibrating on ``calibration`` or ``dataloader``."""
+    def compress(self, model: nn.Module, dataloader: Iterable[Any] | None = None,
+                 optimizer: torch.optim.Optimizer | None = None) -> SparsityPlan:
+        """Prune ``model`` now, calibrating on ``calibration`` or ``dataloader``; ``optimizer``
+        (if training goes on) is re-ordered to match the masked model (see `align_optimizer_order`)."""
         batches = self.calibration if self.calibration is not None else dataloader
         if batches is None:
             raise ValueError("MSPTrainerCallback has no calibration data: pass calibration=... or train with a train_dataset")
-        return self.engine.compress(causal_lm_of(model), batches, progress=self.progress)
+        plan = self.engine.compress(causal_lm_of(model), batches, progress=self.progress)
+        if optimizer is not None and not getattr(self, "_optimizer_given", False):
+            align_optimizer_order(optimizer, model)
+        return plan

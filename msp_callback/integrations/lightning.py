@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from ..engine import causal_lm_of
+from ..engine import align_optimizer_order, causal_lm_of
 from ..plan import SparsityPlan
 from .common import MSPSettingsMixin, check_strategy, register_mask_loader
 
@@ -44,12 +44,8 @@ class MSPCallback(MSPSettingsMixin, pl.Callback):
         if batches is None:
             raise ValueError("MSPCallback has no calibration data: pass calibration=... or give the trainer a train dataloader")
         plan = self.engine.compress(causal_lm_of(pl_module), batches, progress=self.progress)
-        if trainer.optimizers:
-            # Parametrizing a linear with a bias reorders its parameters (bias, then
-            # weight.original), so optimizers built before pruning no longer match the order a
-            # resumed run builds; build them again (their dense-model moments are stale anyway).
-            trainer.strategy.setup_optimizers(trainer)
-            log.info("optimizers re-created after pruning")
+        for optimizer in trainer.optimizers:  # so that a resumed run's optimizer state fits
+            align_optimizer_order(optimizer, pl_module)
         return plan
 
     def state_dict(self) -> dict[str, Any]:
