@@ -100,6 +100,19 @@ def install_masks_from_state_dict(model: nn.Module, state_dict: Mapping[str, Ten
     return count
 
 
+def install_identity_masks(model: nn.Module) -> int:
+    """Give every block linear an all-kept N:M mask, so the parametrizations exist before a data-
+    parallel wrapper (DDP) takes the model: one installed later breaks its gradient sync. Pruning
+    then updates the masks in place. Returns how many were installed."""
+    count = 0
+    for block in find_blocks(model):
+        for module in block_linears(block).values():
+            if mask_of(module) is None:
+                install_mask(module, torch.ones_like(module.weight, dtype=torch.bool))
+                count += 1
+    return count
+
+
 def align_optimizer_order(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
     """Parametrizing a linear with a bias reorders its parameters (bias, then weight.original),
     so an optimizer built before pruning lists them in another order than one a resumed run
@@ -138,6 +151,8 @@ class MSPEngine:
             if len(block_levels) != 1:
                 return None
             levels.append(block_levels.pop())
+        if sum(levels) != n * len(levels):  # e.g. the all-kept masks of install_identity_masks
+            return None
         self.plan = SparsityPlan(m=m, target=n, levels=levels, criterion=self.config.criterion,
                                  allocation=self.config.allocation, fingerprint=fingerprint(model),
                                  metadata={"config": asdict(self.config), "source": "masks already installed"})

@@ -34,7 +34,9 @@ def perplexity(
     if windows.ndim != 2 or windows.shape[0] == 0:
         raise ValueError(f"windows must be a non-empty (n, seqlen) tensor, got shape {tuple(windows.shape)}")
     device = next(model.parameters()).device
-    metric = Perplexity(ignore_index=IGNORE_INDEX).to(device)
+    # sync_on_compute=False: under DDP each rank scores its own model state (e.g. its share of
+    # a search generation); torchmetrics would otherwise merge ranks, or hang when they differ.
+    metric = Perplexity(ignore_index=IGNORE_INDEX, sync_on_compute=False).to(device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
     was_training = model.training
     model.eval()

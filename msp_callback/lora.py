@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .nm import mask_of, to_out_in
+from .nm import mask_of, stored_weight, to_out_in
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +38,6 @@ def _lora_variant_base():
     except ImportError as error:  # pragma: no cover - depends on the installed peft
         raise ImportError("sparse LoRA needs peft >= 0.17 (pip install -U peft)") from error
     return LoraVariant
-
-
-def _original(base: nn.Module) -> Tensor:
-    return base.parametrizations["weight"].original
 
 
 def _masked_delta(module: nn.Module, adapter: str) -> Tensor:
@@ -71,7 +67,7 @@ class MaskedLoRA(_lora_variant_base()):
     @staticmethod
     @torch.no_grad()
     def merge_safe(module: nn.Module, active_adapter: str, orig_weight: Tensor) -> Tensor:
-        original = _original(module.get_base_layer())
+        original = stored_weight(module.get_base_layer())
         merged = original + _masked_delta(module, active_adapter).to(original.dtype)
         if not torch.isfinite(merged).all():
             raise ValueError(f"NaNs detected in the merged weights of adapter {active_adapter!r}")
@@ -81,13 +77,13 @@ class MaskedLoRA(_lora_variant_base()):
     @staticmethod
     @torch.no_grad()
     def merge_unsafe(module: nn.Module, active_adapter: str, orig_weight: Tensor) -> None:
-        original = _original(module.get_base_layer())
+        original = stored_weight(module.get_base_layer())
         original.add_(_masked_delta(module, active_adapter).to(original.dtype))
 
     @staticmethod
     @torch.no_grad()
     def unmerge(module: nn.Module, active_adapter: str, orig_weight: Tensor) -> Tensor:
-        original = _original(module.get_base_layer())
+        original = stored_weight(module.get_base_layer())
         original.sub_(_masked_delta(module, active_adapter).to(original.dtype))
         return module.get_base_layer().weight.detach()
 

@@ -129,6 +129,14 @@ def mask_of(module: nn.Module) -> Tensor | None:
     return None
 
 
+def stored_weight(module: nn.Module) -> Tensor:
+    """The tensor holding the weight's values, to write into: the parametrization's stored
+    original when masked (``module.weight`` is then recomputed on every access), else the weight."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations["weight"].original
+    return module.weight
+
+
 def install_mask(module: nn.Module, mask: Tensor) -> None:
     """Install (or update in place) the N:M mask of one module; ``mask`` in module layout."""
     if tuple(mask.shape) != tuple(module.weight.shape):
@@ -154,6 +162,11 @@ def masked_modules(model: nn.Module) -> Iterator[tuple[str, nn.Module]]:
     for name, module in model.named_modules():
         if mask_of(module) is not None:
             yield name, module
+
+
+def has_pruning_masks(model: nn.Module) -> bool:
+    """True if some installed mask prunes anything (all-kept masks, installed ahead of DDP, do not)."""
+    return any(not bool(mask_of(module).all()) for _, module in masked_modules(model))
 
 
 def remove_masks(model: nn.Module, bake: bool = True) -> int:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .calibration import BlockInputs, CalibrationError, collect_input_stats, walk_blocks
 from .criteria import Criterion, get_criterion
 from .models import block_linears, find_blocks, fingerprint
-from .nm import check_divisible, from_out_in, install_mask, masked_modules, to_out_in
+from .nm import check_divisible, from_out_in, has_pruning_masks, install_mask, stored_weight, to_out_in
 from .plan import SparsityPlan
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,7 @@ def prune_block(block: nn.Module, level: int, m: int, criterion: Criterion, inpu
     for name, module in linears.items():
         weight = to_out_in(module, module.weight.data).float()
         pruned, keep = criterion.prune_weight(weight, stats[name], level, m)
-        module.weight.data.copy_(from_out_in(module, pruned).to(module.weight.dtype))
+        stored_weight(module).data.copy_(from_out_in(module, pruned).to(module.weight.dtype))
         if install:
             install_mask(module, from_out_in(module, keep))
 
@@ -64,7 +64,7 @@ def prune(
     criterion = get_criterion(criterion or plan.criterion)
     plan.check_model(fingerprint(model))
     check_model_fits(model, plan.m)
-    if any(True for _ in masked_modules(model)):
+    if has_pruning_masks(model):
         raise RuntimeError(
             "the model already carries N:M masks; call msp_callback.nm.remove_masks(model) "
             "(bake=True keeps their zeros) before pruning it again"

@@ -33,9 +33,10 @@ class Record(pl.Callback):
 
 
 def test_ddp_two_processes_share_one_search(tmp_path):
+    """Pruned at fit start, then trained under DDP: the replicas must stay identical and sparse."""
     msp = MSPCallback(sparsity="2:4", allocation="msp", init="trace", calib_samples=4, fitness_samples=4,
-                      population=6, generations=2, progress=False)
-    trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                      population=6, generations=2, progress=False, when="fit_start")
+    trainer = pl.Trainer(max_steps=3, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                          callbacks=[msp, Record(tmp_path, msp)])
     trainer.fit(LitLM(), loader(rows=32))
@@ -47,3 +48,26 @@ def test_ddp_two_processes_share_one_search(tmp_path):
     total = ranks[0]["evaluations"]
     assert ranks[0]["evaluated_here"] + ranks[1]["evaluated_here"] == total
     assert abs(ranks[0]["evaluated_here"] - ranks[1]["evaluated_here"]) <= 2  # about half each
+
+
+def test_hf_trainer_accelerate_ddp_two_processes(tmp_path):
+    """The HF Trainer under torch.distributed.run (Accelerate's DDP, gloo): one search shared by both
+    ranks, identical plans, and identical masked weights after more DDP training steps."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                           str(root / "tests" / "hf_ddp_worker.py"), str(tmp_path)], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert all(r["size"] == 2 for r in ranks)
+    assert ranks[0]["traces"] == ranks[1]["traces"]
+    assert ranks[0]["levels"] == ranks[1]["levels"] and sum(ranks[0]["levels"]) == 6
+    assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["masked_zero"] and ranks[1]["masked_zero"]
+    assert ranks[0]["evaluated_here"] + ranks[1]["evaluated_here"] == ranks[0]["evaluations"]
+    assert abs(ranks[0]["evaluated_here"] - ranks[1]["evaluated_here"]) <= 2

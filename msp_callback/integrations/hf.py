@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
-from ..engine import align_optimizer_order, causal_lm_of
+from ..engine import align_optimizer_order, causal_lm_of, install_identity_masks
 from ..plan import SparsityPlan
 from .common import MSPSettingsMixin, check_strategy, register_mask_loader
 
@@ -27,6 +27,8 @@ class MSPTrainerCallback(MSPSettingsMixin, TrainerCallback):
         if model is not None:
             self.engine.check_model(causal_lm_of(model))
             register_mask_loader(model)  # resume_from_checkpoint of a masked checkpoint
+            if args.world_size > 1:  # before the Trainer wraps the model in DDP
+                install_identity_masks(causal_lm_of(model))
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, train_dataloader=None, **kwargs: Any):
         if self.plan is None and self.engine.adopt_installed_masks(causal_lm_of(model)) is None and self.when == "fit_start":

@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from ..engine import align_optimizer_order, causal_lm_of
+from ..engine import align_optimizer_order, causal_lm_of, install_identity_masks
 from ..plan import SparsityPlan
 from .common import MSPSettingsMixin, check_strategy, register_mask_loader
 
@@ -24,6 +24,8 @@ class MSPCallback(MSPSettingsMixin, pl.Callback):
         check_strategy(type(trainer.strategy).__name__)
         self.engine.check_model(causal_lm_of(pl_module))
         register_mask_loader(pl_module)  # resuming a masked checkpoint
+        if trainer.world_size > 1 and install_identity_masks(causal_lm_of(pl_module)):
+            log.info("installed all-kept masks before DDP wraps the model; pruning fills them in place")
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.plan is None and self.engine.adopt_installed_masks(causal_lm_of(pl_module)) is None and self.when == "fit_start":

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..calibration import BlockInputs, collect_input_stats, walk_blocks
 from ..criteria import Criterion, get_criterion
 from ..models import block_linears, find_blocks
-from ..nm import from_out_in, group_ranks, mask_from_ranks, masked_modules, to_out_in
+from ..nm import from_out_in, group_ranks, has_pruning_masks, mask_from_ranks, stored_weight, to_out_in
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ class LevelCache:
         calibration: Sequence[Tensor] | None,
         progress: bool = True,
     ):
-        if any(True for _ in masked_modules(model)):
-            raise RuntimeError("build the level cache on the dense model (it carries N:M masks)")
+        if has_pruning_masks(model):
+            raise RuntimeError("build the level cache on the dense model (it carries pruning N:M masks)")
         self.criterion = get_criterion(criterion)
         self.m = m
         self.blocks = find_blocks(model)
@@ -92,7 +92,7 @@ class LevelCache:
         for index, level in enumerate(levels):
             if level != self.current[index]:
                 for name, module in self.linears[index].items():
-                    module.weight.data.copy_(self.weight(index, name, level))
+                    stored_weight(module).data.copy_(self.weight(index, name, level))
                 self.current[index] = level
                 changed.append(index)
         return changed
