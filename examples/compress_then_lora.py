@@ -5,7 +5,7 @@ sparsity-preserving LoRA on C4 text, merged (still exactly the plan's zeros), ex
 transformers folder with fully pruned blocks removed, and reloaded with AutoModelForCausalLM.
 The perplexity on held-out Wikipedia windows is printed after every step.
 
-    python examples/compress_then_lora.py                 # ~30 min on 2 CPU cores
+    python examples/compress_then_lora.py                 # ~35 min here (1 thread, beside another job)
     python examples/compress_then_lora.py --steps 10 --eval-windows 4 --generations 1   # a quick look
 
 The same job as a recipe: ``msp run recipes/compress_then_lora.yaml``.
