@@ -1,10 +1,11 @@
 """The one sequential calibration driver: capture block 0's inputs, then walk the blocks.
 
 Every stage that needs per-block activations (all criteria, and later the level cache) uses this
-instead of its own "Catcher": the inputs of block 0 are captured once with a forward pre-hook
-(keyword arguments such as attention masks and rotary embeddings included), then each block is
-visited and run on those inputs to produce the next block's. Memory stays at one block's
-activations plus the calibration hidden states.
+instead of its own "Catcher": one cheap forward with the blocks replaced by recorders captures the
+hidden states entering block 0 and every block's own call arguments (attention masks, rotary
+tables: they differ between Gemma's global and sliding layers), then each block is visited and run
+to produce the next block's inputs. Memory stays at one block's activations plus the calibration
+hidden states.
 """
 
 from __future__ import annotations
@@ -46,9 +47,6 @@ class BlockInputs:
     def num_tokens(self) -> int:
         return sum(h.shape[0] * h.shape[1] for h in self.hidden)
 
-    def with_hidden(self, hidden: list[Tensor]) -> "BlockInputs":
-        return BlockInputs(hidden, self.args, self.kwargs)
-
 
 def _check_batches(batches: Sequence[Tensor]) -> None:
     if len(batches) == 0:
@@ -58,26 +56,75 @@ def _check_batches(batches: Sequence[Tensor]) -> None:
         )
 
 
+class BlockStandIn(nn.Module):
+    """Takes a block's place in the model for one forward; attributes the model's loop may read
+    (e.g. Gemma's ``attention_type``) come from the real block, which is not registered."""
+
+    def __init__(self, block: nn.Module):
+        super().__init__()
+        object.__setattr__(self, "_block", block)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "_block"), name)
+
+
+class _CallRecorder(BlockStandIn):
+    """Records a block's call arguments and passes its hidden input on (the last one stops)."""
+
+    def __init__(self, block: nn.Module, record: Callable[[tuple, dict], None], last: bool):
+        super().__init__(block)
+        self.record, self.last = record, last
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        self.record(args, kwargs)
+        if self.last:
+            raise _StopForward
+        return args[0] if args else kwargs["hidden_states"]
+
+
+@dataclass
+class StackInputs:
+    """Hidden states entering block 0, and every block's own other call arguments, per batch
+    (architectures such as Gemma 3 give global and sliding-window layers different attention
+    masks and rotary tables, so block 0's arguments do not fit every block)."""
+
+    hidden: list[Tensor]
+    args: list[list[tuple[Any, ...]]]  # [block][batch]
+    kwargs: list[list[dict[str, Any]]]
+
+    def block(self, index: int, hidden: list[Tensor] | None = None) -> BlockInputs:
+        """Inputs of block ``index``: ``hidden`` (default: block 0's) with that block's arguments."""
+        return BlockInputs(self.hidden if hidden is None else hidden, self.args[index], self.kwargs[index])
+
+
 @torch.no_grad()
-def capture_block_inputs(model: nn.Module, batches: Sequence[Tensor]) -> BlockInputs:
-    """Run ``model`` on each batch of token ids (B, T) up to block 0 and keep what it receives."""
+def capture_stack_inputs(model: nn.Module, batches: Sequence[Tensor]) -> StackInputs:
+    """Run ``model`` on each batch of token ids (B, T) with every block replaced by a recorder:
+    only the embeddings and the model's own preparation of masks and positions run."""
     _check_batches(batches)
-    block0 = find_blocks(model)[0]
-    captured = BlockInputs(hidden=[])
+    blocks = find_blocks(model)
+    owner_name = next(name for name, module in model.named_modules() if module is blocks)
+    parent_name, _, attribute = owner_name.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    captured = StackInputs(hidden=[], args=[[] for _ in blocks], kwargs=[[] for _ in blocks])
 
-    def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
-        kwargs = dict(kwargs)
-        if args:
-            hidden, rest = args[0], tuple(args[1:])
-        else:
-            hidden, rest = kwargs.pop("hidden_states"), ()
-        captured.hidden.append(hidden)
-        captured.args.append(rest)
-        captured.kwargs.append(kwargs)
-        raise _StopForward
+    def recorder(index: int):
+        def record(args: tuple, kwargs: dict) -> None:
+            kwargs = dict(kwargs)
+            hidden = args[0] if args else kwargs.pop("hidden_states")
+            if index == 0:
+                captured.hidden.append(hidden)
+            captured.args[index].append(tuple(args[1:]))
+            captured.kwargs[index].append(kwargs)
 
-    handle = block0.register_forward_pre_hook(hook, with_kwargs=True)
+        return record
+
+    stand_ins = nn.ModuleList([_CallRecorder(b, recorder(i), i == len(blocks) - 1) for i, b in enumerate(blocks)])
     device = next(model.parameters()).device
+    setattr(parent, attribute, stand_ins)
     try:
         for batch in batches:
             try:
@@ -85,7 +132,7 @@ def capture_block_inputs(model: nn.Module, batches: Sequence[Tensor]) -> BlockIn
             except _StopForward:
                 pass
     finally:
-        handle.remove()
+        setattr(parent, attribute, blocks)
     return captured
 
 
@@ -121,12 +168,13 @@ def walk_blocks(
             visit(index, block, None)
         return
     batches = list(batches or [])
-    inputs = capture_block_inputs(model, batches)
+    stack = capture_stack_inputs(model, batches)
     blocks = find_blocks(model)
+    inputs = stack.block(0)
     for index, block in enumerate(tqdm(blocks, desc=desc, disable=not progress)):
         visit(index, block, inputs)
         if index + 1 < len(blocks):
-            inputs = inputs.with_hidden(run_block(block, inputs))
+            inputs = stack.block(index + 1, run_block(block, inputs))
 
 
 @torch.no_grad()

@@ -44,9 +44,17 @@ def _configs():
 ARCHITECTURES = list(_configs())
 
 
+def _gemma3_mixed():
+    """Gemma3 with a global layer between sliding ones (window 8): blocks receive different
+    attention masks and rotary tables, so block 0's call arguments do not fit every block."""
+    return Gemma3TextConfig(vocab_size=VOCAB, hidden_size=HIDDEN, intermediate_size=INTER, num_hidden_layers=3,
+                            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128, head_dim=16,
+                            sliding_window=8, layer_types=["sliding_attention", "full_attention", "sliding_attention"])
+
+
 def tiny_model(arch: str = "llama", seed: int = 0):
     torch.manual_seed(seed)
-    config = _configs()[arch]
+    config = _gemma3_mixed() if arch == "gemma3_mixed" else _configs()[arch]
     config._attn_implementation = "eager"
     model = AutoModelForCausalLM.from_config(config)
     return model.eval()

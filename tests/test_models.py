@@ -4,6 +4,7 @@ import pytest
 import torch
 from torch import nn
 
+from msp_callback.calibration import run_block
 from msp_callback.models import ModelStructureError, block_linears, find_blocks, fingerprint, measure_sparsity
 from msp_callback.nm import check_pattern, to_out_in
 from msp_callback.plan import SparsityPlan
@@ -43,3 +44,20 @@ def test_fingerprint_tells_models_apart():
     llama, qwen2, opt = (fingerprint(tiny_model(a)) for a in ("llama", "qwen2", "opt"))
     assert llama["architecture"] != qwen2["architecture"]  # same shapes, other architecture
     assert llama["shape_digest"] != opt["shape_digest"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gemma3_mixed", "gpt2"])
+def test_walk_blocks_reproduces_the_model_own_hidden_states(arch):
+    """Each block gets its own call arguments (Gemma's global layer: another mask and rotary
+    table), so walking the blocks gives the hidden states of an ordinary forward."""
+    from msp_callback.calibration import walk_blocks
+
+    model = tiny_model(arch)
+    batches = token_batches(2, seqlen=24, batch=2, seed=9)
+    walked: list[list[torch.Tensor]] = []
+    walk_blocks(model, batches, lambda i, block, inputs: walked.append(run_block(block, inputs)), progress=False)
+    for b, batch in enumerate(batches):
+        with torch.no_grad():
+            states = model(input_ids=batch, output_hidden_states=True).hidden_states
+        for k in range(len(walked) - 1):  # the last entry of hidden_states is after the final norm
+            torch.testing.assert_close(walked[k][b], states[k + 1], rtol=1e-5, atol=1e-5)

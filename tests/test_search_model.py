@@ -89,7 +89,7 @@ def test_msp_search_improves_on_its_initial_population_and_resumes(tmp_path):
     assert [h["best_fitness"] for h in resumed.metadata["history"]] == [h["best_fitness"] for h in history]
 
 
-@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "opt", "gpt2"])
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "gemma3_mixed", "opt", "gpt2"])
 def test_prefix_cached_fitness_equals_plain_perplexity(arch):
     from msp_callback.search.fitness import PerplexityFitness
 

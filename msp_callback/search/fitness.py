@@ -22,30 +22,22 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..calibration import BlockInputs, block_output, capture_block_inputs
+from ..calibration import BlockInputs, BlockStandIn, block_output, capture_stack_inputs
 from ..evaluate import perplexity
 from ..models import find_blocks
 from .levels import LevelCache
 
 
-class _StackReplay(nn.Module):
-    """Stands in for the whole block stack for one forward: returns given hidden states. Other
-    attributes (e.g. Gemma's ``attention_type``) are read from the real last block."""
+class _StackReplay(BlockStandIn):
+    """Stands in for the whole block stack for one forward: returns given hidden states."""
 
     def __init__(self, last_block: nn.Module, tuple_output: bool):
-        super().__init__()
-        object.__setattr__(self, "_last_block", last_block)  # not registered as a submodule
+        super().__init__(last_block)
         self.tuple_output = tuple_output
         self.hidden: Tensor | None = None
 
     def forward(self, *args: Any, **kwargs: Any) -> Any:
         return (self.hidden,) if self.tuple_output else self.hidden
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return super().__getattr__(name)
-        except AttributeError:
-            return getattr(object.__getattribute__(self, "_last_block"), name)
 
 
 class CachedFitness:
@@ -74,7 +66,8 @@ class CachedFitness:
     def _run_blocks(self, first_changed: int) -> None:
         """Bring ``_inputs`` up to date when blocks from ``first_changed`` on were rewritten."""
         if not self._inputs:
-            self._inputs = [capture_block_inputs(self.model, list(self.windows.split(self.batch_size)))]
+            self._stack = capture_stack_inputs(self.model, list(self.windows.split(self.batch_size)))
+            self._inputs = [self._stack.block(0)]
             first_changed = 0
         start = min(first_changed, len(self._inputs) - 1)
         del self._inputs[start + 1 :]
@@ -82,7 +75,8 @@ class CachedFitness:
             inputs = self._inputs[k]
             outputs = [self.blocks[k](h, *a, **kw) for h, a, kw in zip(inputs.hidden, inputs.args, inputs.kwargs)]
             self._tuple_output = isinstance(outputs[0], (tuple, list))
-            self._inputs.append(inputs.with_hidden([block_output(o) for o in outputs]))
+            hidden = [block_output(o) for o in outputs]
+            self._inputs.append(self._stack.block(k + 1, hidden) if k + 1 < len(self.blocks) else BlockInputs(hidden))
             self.blocks_run += 1
 
     def _head_logits(self, replay: _StackReplay, index: int, batch: Tensor) -> Tensor:
