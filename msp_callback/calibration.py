@@ -133,6 +133,12 @@ def capture_stack_inputs(model: nn.Module, batches: Sequence[Tensor]) -> StackIn
                 pass
     finally:
         setattr(parent, attribute, blocks)
+    counts = [len(calls) for calls in captured.args]
+    if counts != [len(batches)] * len(blocks):
+        raise CalibrationError(
+            f"the model called its {len(blocks)} decoder blocks {counts} times for {len(batches)} batches; "
+            "calibration needs every block called once per forward, in order"
+        )
     return captured
 
 

@@ -69,8 +69,9 @@ def reduce_traces(traces: Sequence[float], count: int) -> list[float]:
 
 @torch.no_grad()
 def broadcast_masks(model: nn.Module) -> None:
-    """Copy rank 0's N:M masks (and so its zeros) to every rank."""
-    from .nm import masked_modules
+    """Copy rank 0's N:M masks, and the weights it pruned with them (SparseGPT also updates the
+    kept weights), to every rank."""
+    from .nm import masked_modules, stored_weight
 
     rank, size = world()
     if size == 1:
@@ -80,6 +81,7 @@ def broadcast_masks(model: nn.Module) -> None:
         as_bytes = mask.to(torch.uint8)
         dist.broadcast(as_bytes, src=0)
         mask.copy_(as_bytes.bool())
+        dist.broadcast(stored_weight(module).data, src=0)
 
 
 def shard(rows: Tensor) -> Tensor:

@@ -18,7 +18,7 @@ from .allocation import make_plan
 from .calibration import CalibrationError
 from .distributed import broadcast, broadcast_masks
 from .models import block_linears, find_blocks, fingerprint
-from .nm import install_mask, mask_of, to_out_in, zeros_per_group
+from .nm import has_pruning_masks, install_mask, mask_of, to_out_in, zeros_per_group
 from .plan import SparsityPlan, parse_nm
 from .pruner import check_model_fits, prune
 from .search.runner import SearchSettings
@@ -163,6 +163,12 @@ class MSPEngine:
         """Plan (search if the allocation says so) and prune ``model``; masks stay installed."""
         cfg = self.config
         self.check_model(model)
+        if has_pruning_masks(model):
+            raise RuntimeError(
+                f"the model already carries N:M masks that do not match sparsity {cfg.sparsity} on every block: "
+                "it was pruned before (e.g. loaded from a pruned checkpoint); remove them with "
+                "msp_callback.nm.remove_masks(model) to prune again, or set sparsity to the masks' target"
+            )
         rows = broadcast(take_rows(batches, cfg.calib_samples + cfg.fitness_samples))  # rank 0's, everywhere
         total = sum(r.shape[0] for r in rows)
         if total == 0:

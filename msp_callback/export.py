@@ -225,6 +225,9 @@ def save_pruned(
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise ExportError(f"{directory} exists; choose another folder or pass overwrite=True")
+    if directory.exists() and any(directory.iterdir()) and not (directory / RECORD_FILE).exists():
+        raise ExportError(f"{directory} exists and is not an export (no {RECORD_FILE}); overwrite only replaces "
+                          "an earlier export: choose another folder")
     plan.check_model(fingerprint(model))
     _check_follows_plan(model, plan)
 
@@ -232,10 +235,8 @@ def save_pruned(
     for i, reason in kept_full.items():
         log.warning("block %d is at level M but kept: %s", i, reason)
     state = effective_state_dict(model)
-    config = model.config
     if removed:
         state = _without_blocks(state, _blocks_prefix(model), removed)
-        config = _config_without_blocks(config, plan.num_blocks, removed)
         log.info("removed %d fully pruned blocks: %s", len(removed), removed)
 
     record = ExportRecord(plan=plan, removed_blocks=removed, kept_full_blocks=kept_full,
@@ -244,12 +245,14 @@ def save_pruned(
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        model.save_pretrained(staging, state_dict=state)
-        config.save_pretrained(staging)
+        model.save_pretrained(staging, state_dict=dict(state))  # (it consumes the dict) fills config.architectures / dtype
+        if removed:
+            _config_without_blocks(model.config, plan.num_blocks, removed).save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        record.fingerprint = _fingerprint_of_folder(staging) if removed else fingerprint(model)
+        record.fingerprint = _check_folder_matches(staging, state)
         atomic_write_text(staging / RECORD_FILE, json.dumps(record.to_dict(), indent=2))
+        _make_readable(staging)
         _replace_folder(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -266,22 +269,49 @@ def _count_unique(state: dict[str, Tensor]) -> int:
     return sum(seen.values())
 
 
-def _fingerprint_of_folder(folder: Path) -> dict[str, Any]:
+def _check_folder_matches(folder: Path, state: dict[str, Tensor]) -> dict[str, Any]:
+    """Build the model the written config describes (on the meta device) and check that its
+    parameters are exactly the ones saved, so a plain ``from_pretrained`` cannot silently
+    re-initialise any (e.g. a config field that places layers by index). Returns its fingerprint."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != saved:
+        differ = sorted(set(expected) ^ set(saved)) or sorted(k for k in expected if expected[k] != saved[k])
+        raise ExportError(
+            f"the saved config describes a model whose weights differ from the saved ones ({differ[:4]}...): "
+            "this architecture's config places layers in a way the block removal does not update; "
+            "export with drop_pruned_blocks=False"
+        )
     return fingerprint(model)
+
+
+def _make_readable(folder: Path) -> None:
+    """mkdtemp creates 0700; give the export the permissions a plain mkdir would have."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+    for path in folder.iterdir():
+        path.chmod(0o666 & ~umask)
 
 
 def _replace_folder(staging: Path, directory: Path) -> None:
     if not directory.exists():
         staging.rename(directory)
         return
+    if any(directory.iterdir()) and not (directory / RECORD_FILE).exists():
+        raise ExportError(f"{directory} exists and is not an export (no {RECORD_FILE}); refusing to replace it")
     old = directory.with_name(f".{directory.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     directory.rename(old)
-    staging.rename(directory)
+    try:
+        staging.rename(directory)
+    except BaseException:
+        old.rename(directory)  # put the previous export back
+        raise
     shutil.rmtree(old, ignore_errors=True)
 
 

@@ -109,6 +109,9 @@ def sparse_lora(model: nn.Module) -> list[str]:
         if getattr(layer, "merged", False):
             raise SparseLoRAError(f"{name}: adapters are already merged; call sparse_lora before merging")
         for adapter in layer.lora_A:
+            if layer.lora_bias.get(adapter, False):
+                raise SparseLoRAError(f"{name}: adapter {adapter!r} has lora_bias=True, which sparse LoRA does not "
+                                      "support; use LoraConfig(lora_bias=False)")
             current = layer.lora_variant.get(adapter)
             if current is not None and not isinstance(current, MaskedLoRA):
                 raise SparseLoRAError(
@@ -118,7 +121,8 @@ def sparse_lora(model: nn.Module) -> list[str]:
             layer.lora_variant[adapter] = MaskedLoRA()
         masked.append(name)
     if not masked:
-        raise SparseLoRAError("none of the LoRA layers wraps an N:M-masked weight: prune the model before get_peft_model")
+        raise SparseLoRAError("none of the LoRA layers wraps an N:M-masked weight: prune the model (or load an "
+                              "export with msp_callback.export.load_pruned) before get_peft_model")
     if dense:
         log.info("LoRA on %d unmasked layers stays ordinary LoRA (e.g. %s)", len(dense), dense[0])
     return masked

@@ -72,22 +72,54 @@ class Recipe:
 SECTIONS = {"lora": LoraSettings, "export": ExportSettings}
 
 
+class _Raw(str):
+    """A command-line override value: read as YAML only for non-text fields (so 2:4 stays text)."""
+
+
 def _parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise RecipeError(f"override {text!r} is not KEY=VALUE (e.g. --set sparsity=2:4 or --set lora.steps=10)")
     key, value = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(value) if value.strip() else None
+    return key.strip().split("."), _Raw(value.strip())
+
+
+def _yaml(text: str, where: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{where}: not valid YAML: {error}") from None
 
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """YAML reads ``1e-3`` as a string and ``3`` as an int: convert to the field's number type."""
-    wanted = [t for t in (typing.get_args(hint) or (hint,)) if t in (int, float)]
-    if value is None or not wanted or isinstance(value, bool) or isinstance(value, wanted[0]):
+    """Give a value its field's type: text stays text (YAML would read an unquoted 3:4 as the
+    base-60 number 184), and numbers written as text (YAML reads ``1e-3`` as text) become numbers."""
+    types = [t for t in (typing.get_args(hint) or (hint,)) if t is not type(None)]
+    if isinstance(value, _Raw):
+        if str in types:
+            return str(value)
+        value = _yaml(value, where)
+    if value is None:
+        return None
+    if str in types:
+        if not isinstance(value, str):
+            raise RecipeError(f"{where}: expected text, got {value!r}; quote it in YAML (e.g. sparsity: '3:4')")
         return value
-    try:
-        return wanted[0](value)
-    except (TypeError, ValueError):
-        raise RecipeError(f"{where}: expected {wanted[0].__name__}, got {value!r}") from None
+    for kind in (bool, int, float):
+        if kind in types:
+            if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+                return value
+            if kind is not bool and not isinstance(value, bool) and isinstance(value, (str, int, float)):
+                try:
+                    number = kind(value)
+                except ValueError:
+                    break
+                if kind is int and isinstance(value, float) and number != value:
+                    break
+                return number
+            break
+    else:
+        return value  # lists, dicts: as read
+    raise RecipeError(f"{where}: expected {kind.__name__}, got {value!r}")
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -106,23 +138,33 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         path = Path("recipes") / f"{path}.yaml"
     if not path.exists():
         raise RecipeError(f"recipe {path} not found (give a YAML file, or a name from ./recipes)")
-    raw = yaml.safe_load(path.read_text()) or {}
+    raw = _yaml(path.read_text(), str(path)) or {}
     if not isinstance(raw, dict):
         raise RecipeError(f"{path}: a recipe is a mapping of settings, got {type(raw).__name__}")
+    for name in SECTIONS:  # "lora:" with nothing under it turns the stage on with its defaults
+        if name in raw and raw[name] is None:
+            raw[name] = {}
     for override in overrides:
         keys, value = _parse_override(override)
         target = raw
         for key in keys[:-1]:
-            target = target.setdefault(key, {}) if isinstance(target.get(key, {}), dict) else None
-            if target is None:
+            target = target.setdefault(key, {})
+            if not isinstance(target, dict):
                 raise RecipeError(f"override {override!r}: {key} is not a section")
         target[keys[-1]] = value
     raw = dict(raw)
-    sections = {name: raw.pop(name, None) for name in SECTIONS}
+    sections = {name: raw.pop(name, False) for name in SECTIONS}
     output = raw.pop("output", None) or f"runs/{path.stem}"
     prune = _build(PruneSettings, raw, str(path))
-    built = {name: _build(cls, sections[name] or {}, f"{path}: {name}") if sections[name] is not None else None
-             for name, cls in SECTIONS.items()}
+    built = {}
+    for name, cls in SECTIONS.items():
+        section = sections[name]
+        if section is False:
+            built[name] = None
+        elif isinstance(section, dict):
+            built[name] = _build(cls, section, f"{path}: {name}")
+        else:
+            raise RecipeError(f"{path}: {name} must be a mapping of settings (or false to skip the stage), got {section!r}")
     return Recipe(prune=prune, output=output, source={"path": str(path), "overrides": list(overrides)}, **built)
 
 
@@ -131,6 +173,10 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     ``<output>/result.json`` with the plan and plots)."""
     start = time.perf_counter()
     settings = recipe.prune
+    if recipe.export is not None:  # fail now, not after an hour of pruning and finetuning
+        folder = Path(recipe.export.folder or f"{recipe.output}/model")
+        if folder.exists() and not recipe.export.overwrite:
+            raise RecipeError(f"export folder {folder} exists: set export.overwrite=true or another export.folder")
     settings.checkpoint = settings.checkpoint or f"{recipe.output}/search_checkpoint.json"
     result, plan, inputs = prune_and_measure(settings)
     result["recipe"] = {**recipe.source, **{k: asdict(v) for k, v in (("lora", recipe.lora), ("export", recipe.export)) if v}}

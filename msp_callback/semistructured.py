@@ -51,16 +51,22 @@ def max_kept_per_4(weight: Tensor) -> int:
     return int((weight != 0).reshape(out_features, in_features // 4, 4).sum(-1).max())
 
 
-def _shape_constraints(dtype: torch.dtype) -> tuple[int, int] | None:
-    """(min rows, min cols) the CUDA kernels need for ``dtype`` (both also divisors), or None."""
-    from torch.sparse import SparseSemiStructuredTensorCUTLASS
+def _kernel_class() -> type:
+    """The tensor class `to_sparse_semi_structured` builds (cuSPARSELt unless CUTLASS is forced)."""
+    from torch.sparse import SparseSemiStructuredTensor, SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
 
-    config = SparseSemiStructuredTensorCUTLASS._DTYPE_SHAPE_CONSTRAINTS.get(dtype)
+    return SparseSemiStructuredTensorCUTLASS if SparseSemiStructuredTensor._FORCE_CUTLASS else SparseSemiStructuredTensorCUSPARSELT
+
+
+def _shape_constraints(dtype: torch.dtype) -> tuple[int, int] | None:
+    """(min rows, min cols) the kernel needs for ``dtype`` (both also divisors), or None."""
+    config = _kernel_class()._DTYPE_SHAPE_CONSTRAINTS.get(dtype)
     return None if config is None else (config.sparse_min_rows, config.sparse_min_cols)
 
 
-def verdict(name: str, module: nn.Module, dtype: torch.dtype = torch.float16) -> LayerVerdict:
-    """Check one linear against the 2:4 pattern and the kernel's layout, dtype and shape rules."""
+def verdict(name: str, module: nn.Module, dtype: torch.dtype | None = torch.float16) -> LayerVerdict:
+    """Check one linear against the 2:4 pattern and the kernel's layout, dtype and shape rules
+    (``dtype=None``: the pattern only, as for the portable packed form)."""
     weight = module.weight.detach()
     if is_conv1d(module):
         shape = (weight.shape[1], weight.shape[0])
@@ -71,16 +77,19 @@ def verdict(name: str, module: nn.Module, dtype: torch.dtype = torch.float16) ->
     kept = max_kept_per_4(weight)
     if kept > 2:
         return LayerVerdict(name, shape, False, f"a group of 4 keeps {kept} weights; the packer would silently drop {kept - 2}")
+    if dtype is None:
+        return LayerVerdict(name, shape, True)
     constraints = _shape_constraints(dtype)
     if constraints is None:
-        return LayerVerdict(name, shape, False, f"dtype {dtype} has no 2:4 kernel (use float16, bfloat16 or int8)")
+        return LayerVerdict(name, shape, False, f"dtype {dtype} has no {_kernel_class().__name__} kernel "
+                                               "(use float16 or bfloat16)")
     rows, cols = constraints
     if shape[0] % rows or shape[1] % cols:
         return LayerVerdict(name, shape, False, f"shape {shape} is not a multiple of ({rows}, {cols}) for {dtype}")
     return LayerVerdict(name, shape, True)
 
 
-def semi_structured_report(model: nn.Module, dtype: torch.dtype = torch.float16) -> list[LayerVerdict]:
+def semi_structured_report(model: nn.Module, dtype: torch.dtype | None = torch.float16) -> list[LayerVerdict]:
     """A verdict for every block linear (``blocks.<i>.<name>``); runs anywhere."""
     return [verdict(name, module, dtype) for name, module in named_block_linears(model).items()]
 
@@ -111,17 +120,19 @@ def to_semi_structured(model: nn.Module) -> list[LayerVerdict]:
     from torch.sparse import to_sparse_semi_structured
 
     parameter = next(model.parameters())
-    if not parameter.is_cuda:
-        raise SemiStructuredError("move the model to CUDA first (model.cuda().half())")
+    if not parameter.is_cuda or parameter.dtype not in (torch.float16, torch.bfloat16):
+        raise SemiStructuredError(f"the model is {parameter.dtype} on {parameter.device}: move it first (model.cuda().half())")
+    if torch.cuda.get_device_capability(parameter.device) < (8, 0):
+        raise SemiStructuredError("2:4 sparse kernels need an sm80+ GPU (Ampere or newer)")
     verdicts = semi_structured_report(model, parameter.dtype)
     modules = named_block_linears(model)
-    for v in verdicts:
-        if not v.fits:
-            continue
-        module = modules[v.name]
+    converted = {v.name: to_sparse_semi_structured(modules[v.name].weight.detach().contiguous())
+                 for v in verdicts if v.fits}  # all conversions first: a failure changes nothing
+    for name, sparse in converted.items():
+        module = modules[name]
         if mask_of(module) is not None:
             parametrize.remove_parametrizations(module, "weight", leave_parametrized=True)
-        module.weight = nn.Parameter(to_sparse_semi_structured(module.weight.detach().contiguous()), requires_grad=False)
+        module.weight = nn.Parameter(sparse, requires_grad=False)
     log.info(summarize(verdicts))
     return verdicts
 
@@ -159,10 +170,11 @@ def pack_checked(weight: Tensor) -> tuple[Tensor, Tensor]:
 def save_packed_2of4(model: nn.Module, path: str | os.PathLike) -> list[LayerVerdict]:
     """Write the fitting block linears of ``model`` in packed form (``<name>.values`` and
     ``<name>.indices``) to one safetensors file, each checked by a round trip to dense; the file
-    appears only when complete. Returns the verdicts (float32 shape rules do not apply here)."""
+    appears only when complete. Returns the verdicts (the pattern only: kernel dtype and shape
+    rules do not apply to this form)."""
     from safetensors.torch import save_file
 
-    verdicts = semi_structured_report(model, torch.float16)
+    verdicts = semi_structured_report(model, dtype=None)
     modules = named_block_linears(model)
     tensors: dict[str, Tensor] = {}
     for v in verdicts:
@@ -175,6 +187,9 @@ def save_packed_2of4(model: nn.Module, path: str | os.PathLike) -> list[LayerVer
     os.close(handle)
     try:
         save_file(tensors, staging, metadata={"format": "msp-2of4-packed", "summary": summarize(verdicts)})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o666 & ~umask)  # mkstemp makes 0600
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)

@@ -144,3 +144,44 @@ def test_bad_exports_fail_clearly(tmp_path):
     with pytest.raises(ExportError, match="no msp_export.json"):
         load_pruned(tmp_path)
     assert not any(p.name in ("a", "b", "c") for p in tmp_path.iterdir())
+
+
+def test_overwrite_never_replaces_a_folder_that_is_not_an_export(tmp_path):
+    model, plan = pruned("llama")
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(ExportError, match="not an export"):
+        save_pruned(model, precious, plan, overwrite=True)
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_export_is_readable_like_a_normal_folder_and_names_its_architecture(tmp_path):
+    import json
+    import os
+
+    model, plan = pruned("qwen2")
+    save_pruned(model, tmp_path / "r", plan)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "r").stat().st_mode & 0o777 == 0o777 & ~umask
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["architectures"] == ["Qwen2ForCausalLM"] and config["num_hidden_layers"] == 2
+
+
+def test_config_that_places_layers_by_index_is_caught(tmp_path):
+    """Qwen2-MoE's mlp_only_layers names block indices; after removing block 0 the written config
+    would describe other weights, which plain from_pretrained would silently re-initialise."""
+    from transformers import Qwen2MoeConfig
+
+    config = Qwen2MoeConfig(vocab_size=128, hidden_size=64, intermediate_size=128, moe_intermediate_size=32,
+                            shared_expert_intermediate_size=64, num_experts=4, num_experts_per_tok=2,
+                            num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, mlp_only_layers=[0])
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    plan = SparsityPlan(m=4, target=2, levels=[4, 2, 0], criterion="magnitude", fingerprint=fingerprint(model))
+    prune(model, plan, None, progress=False)
+    with pytest.raises(ExportError, match="drop_pruned_blocks=False"):
+        save_pruned(model, tmp_path / "moe", plan)
+    assert list(tmp_path.iterdir()) == []
+    save_pruned(model, tmp_path / "moe", plan, drop_pruned_blocks=False)

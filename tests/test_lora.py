@@ -127,8 +127,11 @@ def test_bad_setups_fail_clearly():
     dense = tiny_model("llama")
     with pytest.raises(SparseLoRAError, match="get_peft_model"):
         sparse_lora(dense)
-    with pytest.raises(SparseLoRAError, match="prune the model before"):
+    with pytest.raises(SparseLoRAError, match="prune the model"):
         sparse_lora(get_peft_model(dense, LoraConfig(r=2, target_modules=["q_proj"])))
+    model, _ = pruned("llama")
+    with pytest.raises(SparseLoRAError, match="lora_bias"):
+        sparse_lora(get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], lora_bias=True)))
     model, _ = pruned("llama")
     with pytest.raises(SparseLoRAError, match="DoRA"):
         sparse_lora(get_peft_model(model, LoraConfig(r=2, target_modules=["q_proj"], use_dora=True)))

@@ -50,3 +50,31 @@ def test_bad_recipes_fail_clearly(tmp_path):
         load_recipe(RECIPE_DIR / "compress_then_lora.yaml", ["lora.rank=big"])
     with pytest.raises(RecipeError, match="not found"):
         load_recipe(tmp_path / "missing.yaml")
+
+
+def test_nm_text_survives_yaml(tmp_path):
+    recipe = load_recipe(RECIPE_DIR / "paper_75_m4.yaml", ["sparsity=2:4", "eval_windows=8"])
+    assert recipe.prune.sparsity == "2:4" and recipe.prune.eval_windows == 8
+    unquoted = tmp_path / "u.yaml"
+    unquoted.write_text("sparsity: 3:4\n")
+    with pytest.raises(RecipeError, match="quote it"):
+        load_recipe(unquoted)
+
+
+def test_sections_on_off_and_malformed(tmp_path):
+    on = tmp_path / "on.yaml"
+    on.write_text("sparsity: '3:4'\nexport:\nlora: false\n")
+    recipe = load_recipe(on, ["export.folder=/tmp/x"])
+    assert recipe.export.folder == "/tmp/x" and recipe.lora is None
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("lora: true\n")
+    with pytest.raises(RecipeError, match="must be a mapping"):
+        load_recipe(bad)
+    with pytest.raises(RecipeError, match="lora is not a section"):
+        load_recipe(on, ["lora.rank=4"])
+    lora = RECIPE_DIR / "compress_then_lora.yaml"
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(lora, ["lora.targets=[q_proj"])
+    assert load_recipe(lora, ["lora.targets=[q_proj, v_proj]"]).lora.targets == ["q_proj", "v_proj"]
+    with pytest.raises(RecipeError, match="expected int"):
+        load_recipe(lora, ["lora.steps=16.5"])

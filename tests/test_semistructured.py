@@ -56,9 +56,10 @@ def test_group_by_group_for_other_m():
 
 
 def test_layout_dtype_and_shape_rules():
-    layer = linear_at(2, 4, out_features=48, in_features=128)
-    assert "multiple of (32, 64)" in verdict("odd rows", layer).reason
-    assert "no 2:4 kernel" in verdict("f64", linear_at(2, 4), torch.float64).reason
+    layer = linear_at(2, 4, out_features=40, in_features=128)
+    assert "is not a multiple of (16, 16)" in verdict("odd rows", layer).reason  # cuSPARSELt, float16
+    assert verdict("odd rows", layer, dtype=None).fits  # the portable form has no kernel rules
+    assert "kernel (use float16 or bfloat16)" in verdict("f32", linear_at(2, 4), torch.float32).reason
     gpt2 = tiny_model("gpt2")
     prune(gpt2, SparsityPlan.uniform(2, 4, 3, criterion="magnitude"), None, progress=False)
     reasons = {v.reason for v in semi_structured_report(gpt2)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -13,6 +14,8 @@ from ..engine import align_optimizer_order, causal_lm_of, install_identity_masks
 from ..plan import SparsityPlan
 from .common import MSPSettingsMixin, check_strategy, register_mask_loader
 
+log = logging.getLogger(__name__)
+
 
 class MSPTrainerCallback(MSPSettingsMixin, TrainerCallback):
     """Prune the Trainer's model to mixed N:M sparsity at the end of training (or at its start,
@@ -23,6 +26,7 @@ class MSPTrainerCallback(MSPSettingsMixin, TrainerCallback):
         # An optimizer handed to the Trainer was built before any masks existed, here and in a
         # resumed run alike, so its order must stay; one the Trainer builds is aligned after pruning.
         self._optimizer_given = kwargs.get("optimizer") is not None
+        self._init_seen = True
         model = kwargs.get("model")
         if model is not None:
             self.engine.check_model(causal_lm_of(model))
@@ -31,6 +35,13 @@ class MSPTrainerCallback(MSPSettingsMixin, TrainerCallback):
                 install_identity_masks(causal_lm_of(model))
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, train_dataloader=None, **kwargs: Any):
+        if not getattr(self, "_init_seen", False):
+            message = ("MSPTrainerCallback was added after the Trainer was built (trainer.add_callback): pass it as "
+                       "Trainer(callbacks=[...]) so its masks exist before DDP wraps the model and before a checkpoint loads")
+            if args.world_size > 1:
+                raise RuntimeError(message)
+            log.warning("%s; fine for this single-process run unless it resumes a pruned checkpoint", message)
+            self._init_seen = True
         if self.plan is None and self.engine.adopt_installed_masks(causal_lm_of(model)) is None and self.when == "fit_start":
             self.compress(model, train_dataloader, kwargs.get("optimizer"))
 
