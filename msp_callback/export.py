@@ -29,7 +29,7 @@ from .calibration import block_output
 from .files import atomic_write_text
 from .models import block_linears, find_blocks, fingerprint
 from .nm import check_pattern, install_mask, mask_from_zeros, masked_modules, to_out_in
-from .plan import SparsityPlan
+from .plan import PlanError, SparsityPlan
 
 log = logging.getLogger(__name__)
 
@@ -167,11 +167,11 @@ def _nonzero_biases(block: nn.Module) -> list[str]:
 
 
 def removable_blocks(
-    model: nn.Module, plan: SparsityPlan, probe: list[Tensor] | None = None, tolerance: float = 1e-6
+    model: nn.Module, levels: list[int], m: int, probe: list[Tensor] | None = None, tolerance: float = 1e-6
 ) -> tuple[list[int], dict[int, str]]:
-    """Blocks at level M that are an identity on ``probe`` (default: 2 x 64 random tokens);
-    returns (removable indices, {kept level-M index: reason})."""
-    full = [i for i, level in enumerate(plan.levels) if level == plan.m]
+    """Blocks of ``model`` at level M (``levels``: one per block) that are an identity on
+    ``probe`` (default: 2 x 64 random tokens); returns (removable indices, {kept index: reason})."""
+    full = [i for i, level in enumerate(levels) if level == m]
     if not full:
         return [], {}
     if probe is None:
@@ -193,16 +193,30 @@ def removable_blocks(
 
 
 # ---------------------------------------------------------------------------- save / load
-def _check_follows_plan(model: nn.Module, plan: SparsityPlan) -> None:
-    for index, (block, level) in enumerate(zip(find_blocks(model), plan.levels)):
+def _check_follows_levels(model: nn.Module, levels: list[int], m: int) -> None:
+    for index, (block, level) in enumerate(zip(find_blocks(model), levels)):
         for name, module in block_linears(block).items():
-            check_pattern(to_out_in(module, module.weight.detach()), level, plan.m, f"block {index} {name}")
+            check_pattern(to_out_in(module, module.weight.detach()), level, m, f"block {index} {name}")
+
+
+def _blocks_of(model: nn.Module, plan: SparsityPlan | ExportRecord) -> tuple[SparsityPlan, list[int], list[int]]:
+    """(plan, original index of each block the model has, blocks removed earlier) for a plan or
+    for the record of an earlier export (a model loaded with `load_pruned` and trained further)."""
+    found = fingerprint(model)
+    if isinstance(plan, ExportRecord):
+        kept = plan.kept_blocks
+        if found["num_blocks"] != len(kept) or (plan.fingerprint and plan.fingerprint["shape_digest"] != found["shape_digest"]):
+            raise PlanError(f"this export record describes {len(kept)} remaining blocks of other shapes than the "
+                            f"model's {found['num_blocks']}: it belongs to another model")
+        return plan.plan, kept, list(plan.removed_blocks)
+    plan.check_model(found)
+    return plan, list(range(plan.num_blocks)), []
 
 
 def save_pruned(
     model: nn.Module,
     directory: str | os.PathLike,
-    plan: SparsityPlan,
+    plan: SparsityPlan | ExportRecord,
     tokenizer: Any = None,
     drop_pruned_blocks: bool = True,
     probe: list[Tensor] | None = None,
@@ -211,7 +225,8 @@ def save_pruned(
     """Write ``model`` (masked or baked) as a transformers folder that stays as sparse as ``plan``.
 
     Args:
-        plan: the plan the model was pruned with; checked against the model's weights.
+        plan: the plan the model was pruned with, checked against its weights; or, for a model
+            loaded with `load_pruned` (and perhaps trained further), the record it came with.
         tokenizer: saved alongside if given.
         drop_pruned_blocks: remove blocks at level M that a probe shows are an identity.
         probe: batches of token ids for that check (default: random tokens).
@@ -228,18 +243,20 @@ def save_pruned(
     if directory.exists() and any(directory.iterdir()) and not (directory / RECORD_FILE).exists():
         raise ExportError(f"{directory} exists and is not an export (no {RECORD_FILE}); overwrite only replaces "
                           "an earlier export: choose another folder")
-    plan.check_model(fingerprint(model))
-    _check_follows_plan(model, plan)
+    plan, original, removed_before = _blocks_of(model, plan)
+    levels = [plan.levels[i] for i in original]
+    _check_follows_levels(model, levels, plan.m)
 
-    removed, kept_full = removable_blocks(model, plan, probe) if drop_pruned_blocks else ([], {})
+    removed, kept_full = removable_blocks(model, levels, plan.m, probe) if drop_pruned_blocks else ([], {})
     for i, reason in kept_full.items():
-        log.warning("block %d is at level M but kept: %s", i, reason)
+        log.warning("block %d is at level M but kept: %s", original[i], reason)
     state = effective_state_dict(model)
     if removed:
         state = _without_blocks(state, _blocks_prefix(model), removed)
-        log.info("removed %d fully pruned blocks: %s", len(removed), removed)
+        log.info("removed %d fully pruned blocks: %s", len(removed), [original[i] for i in removed])
 
-    record = ExportRecord(plan=plan, removed_blocks=removed, kept_full_blocks=kept_full,
+    record = ExportRecord(plan=plan, removed_blocks=sorted(removed_before + [original[i] for i in removed]),
+                          kept_full_blocks={original[i]: why for i, why in kept_full.items()},
                           parameters_before=sum(p.numel() for p in model.parameters()),
                           parameters_after=_count_unique(state))
     directory.parent.mkdir(parents=True, exist_ok=True)
@@ -247,7 +264,7 @@ def save_pruned(
     try:
         model.save_pretrained(staging, state_dict=dict(state))  # (it consumes the dict) fills config.architectures / dtype
         if removed:
-            _config_without_blocks(model.config, plan.num_blocks, removed).save_pretrained(staging)
+            _config_without_blocks(model.config, len(original), removed).save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         record.fingerprint = _check_folder_matches(staging, state)

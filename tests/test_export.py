@@ -185,3 +185,23 @@ def test_config_that_places_layers_by_index_is_caught(tmp_path):
         save_pruned(model, tmp_path / "moe", plan)
     assert list(tmp_path.iterdir()) == []
     save_pruned(model, tmp_path / "moe", plan, drop_pruned_blocks=False)
+
+
+def test_load_train_and_export_again(tmp_path):
+    """A model loaded with load_pruned is exported again with its record: blocks removed now and
+    before are recorded in original indices, and the masks land on the right blocks each time."""
+    model, plan = pruned("llama", levels=(4, 2, 0))
+    with torch.no_grad():
+        reference = model(X).logits
+    save_pruned(model, tmp_path / "first", plan, drop_pruned_blocks=False)
+    loaded, record = load_pruned(tmp_path / "first")
+    with pytest.raises(PlanError, match="another model"):
+        save_pruned(tiny_model("gpt2"), tmp_path / "wrong", record)
+    second = save_pruned(loaded, tmp_path / "second", record)
+    assert second.removed_blocks == [0] and second.kept_blocks == [1, 2]
+    again, record2 = load_pruned(tmp_path / "second")
+    third = save_pruned(again, tmp_path / "third", record2)
+    assert third.removed_blocks == [0] and third.kept_blocks == [1, 2]
+    final, _ = load_pruned(tmp_path / "third")
+    with torch.no_grad():
+        torch.testing.assert_close(final(X).logits, reference, rtol=0, atol=1e-5)
