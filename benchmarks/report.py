@@ -228,7 +228,8 @@ def export_speed_section(r: dict) -> list[str]:
               f"{vb['forward_tokens_per_s']:.2f}x, generation {vb['generate_tokens_per_s']:.2f}x. The masked model "
               "recomputes weight x mask on every call, which costs most in generation (one call per token). "
               f"Exported logits differ from the masked model's by at most {r['exported_vs_masked_max_logit_diff']:.1e}; "
-              f"same generated tokens: {r['same_generated_tokens']}.", ""]
+              f"same generated tokens: {r['same_generated_tokens']}. Timings on this shared 2-core machine move by "
+              "tens of percent between repeats (see `all` in the JSON); the parameter and size columns are exact.", ""]
     return lines
 
 
