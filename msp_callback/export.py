@@ -23,9 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from .calibration import block_output
+from .distributed import world
 from .files import atomic_write_text
 from .models import block_linears, find_blocks, fingerprint
 from .nm import check_pattern, install_mask, mask_from_zeros, masked_modules, to_out_in
@@ -231,6 +233,8 @@ def save_pruned(
         drop_pruned_blocks: remove blocks at level M that a probe shows are an identity.
         probe: batches of token ids for that check (default: random tokens).
         overwrite: replace an existing folder (only once the new one is complete).
+
+    Under torch.distributed only rank 0 writes; the other ranks wait and read its record.
     """
     if hasattr(model, "peft_config"):
         raise ExportError("this is a peft model: merge the adapters first (model = model.merge_and_unload() "
@@ -243,6 +247,19 @@ def save_pruned(
     if directory.exists() and any(directory.iterdir()) and not (directory / RECORD_FILE).exists():
         raise ExportError(f"{directory} exists and is not an export (no {RECORD_FILE}); overwrite only replaces "
                           "an earlier export: choose another folder")
+    rank, size = world()
+    if size > 1 and rank != 0:  # one writer; the others wait for it
+        dist.barrier()
+        return read_record(directory)
+    try:
+        return _save(model, directory, plan, tokenizer, drop_pruned_blocks, probe)
+    finally:
+        if size > 1:
+            dist.barrier()
+
+
+def _save(model: nn.Module, directory: Path, plan: SparsityPlan | ExportRecord, tokenizer: Any,
+          drop_pruned_blocks: bool, probe: list[Tensor] | None) -> ExportRecord:
     plan, original, removed_before = _blocks_of(model, plan)
     levels = [plan.levels[i] for i in original]
     _check_follows_levels(model, levels, plan.m)
@@ -358,9 +375,10 @@ def install_saved_masks(model: nn.Module, record: ExportRecord) -> int:
     return count
 
 
-def load_pruned(directory: str | os.PathLike, dtype: torch.dtype = torch.float32, masks: bool = True):
+def load_pruned(directory: str | os.PathLike, dtype: torch.dtype | str = "auto", masks: bool = True):
     """Load a folder written by `save_pruned`: ``(model, record)``, with the N:M masks installed
-    (``masks=True``) so that further training keeps the sparsity."""
+    (``masks=True``) so that further training keeps the sparsity. ``dtype="auto"`` keeps the
+    saved one."""
     from transformers import AutoModelForCausalLM
 
     record = read_record(directory)

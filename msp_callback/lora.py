@@ -12,7 +12,8 @@ LoRA layer whose base weight carries an N:M mask train and merge the *masked* up
 
 (Without it, peft's merge on a parametrized base writes into a temporary and the update is
 silently lost.) Adapters are saved and loaded by peft unchanged; call `sparse_lora` again after
-loading or adding an adapter.
+loading or adding an adapter. Cost: each forward builds the masked (out x in) update of every
+adapted layer and keeps it for backward, about one extra copy of the adapted weights in memory.
 """
 
 from __future__ import annotations
