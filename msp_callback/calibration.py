@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .models import find_blocks
+from .models import blocks_replaced, find_blocks
 
 if TYPE_CHECKING:
     from .criteria.base import InputStats
@@ -106,9 +106,6 @@ def capture_stack_inputs(model: nn.Module, batches: Sequence[Tensor]) -> StackIn
     only the embeddings and the model's own preparation of masks and positions run."""
     _check_batches(batches)
     blocks = find_blocks(model)
-    owner_name = next(name for name, module in model.named_modules() if module is blocks)
-    parent_name, _, attribute = owner_name.rpartition(".")
-    parent = model.get_submodule(parent_name)
     captured = StackInputs(hidden=[], args=[[] for _ in blocks], kwargs=[[] for _ in blocks])
 
     def recorder(index: int):
@@ -124,15 +121,12 @@ def capture_stack_inputs(model: nn.Module, batches: Sequence[Tensor]) -> StackIn
 
     stand_ins = nn.ModuleList([_CallRecorder(b, recorder(i), i == len(blocks) - 1) for i, b in enumerate(blocks)])
     device = next(model.parameters()).device
-    setattr(parent, attribute, stand_ins)
-    try:
+    with blocks_replaced(model, stand_ins):
         for batch in batches:
             try:
                 model(input_ids=batch.to(device), use_cache=False)
             except _StopForward:
                 pass
-    finally:
-        setattr(parent, attribute, blocks)
     counts = [len(calls) for calls in captured.args]
     if counts != [len(batches)] * len(blocks):
         raise CalibrationError(

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from .calibration import block_output
 from .distributed import world
 from .files import atomic_write_text
-from .models import block_linears, find_blocks, fingerprint
+from .models import block_linears, blocks_path, find_blocks, fingerprint
 from .nm import check_pattern, install_mask, mask_from_zeros, masked_modules, to_out_in
 from .plan import PlanError, SparsityPlan
 
@@ -91,11 +91,6 @@ def effective_state_dict(model: nn.Module) -> dict[str, Tensor]:
         if key.endswith(".parametrizations.weight.original") and owner in masked:
             out[f"{owner}.weight"] = masked[owner].weight.detach()
     return out
-
-
-def _blocks_prefix(model: nn.Module) -> str:
-    blocks = find_blocks(model)
-    return next(name for name, module in model.named_modules() if module is blocks)
 
 
 def _without_blocks(state: dict[str, Tensor], prefix: str, removed: list[int]) -> dict[str, Tensor]:
@@ -269,7 +264,7 @@ def _save(model: nn.Module, directory: Path, plan: SparsityPlan | ExportRecord, 
         log.warning("block %d is at level M but kept: %s", original[i], reason)
     state = effective_state_dict(model)
     if removed:
-        state = _without_blocks(state, _blocks_prefix(model), removed)
+        state = _without_blocks(state, blocks_path(model), removed)
         log.info("removed %d fully pruned blocks: %s", len(removed), [original[i] for i in removed])
 
     record = ExportRecord(plan=plan, removed_blocks=sorted(removed_before + [original[i] for i in removed]),

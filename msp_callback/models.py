@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,25 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
             "causal LM (model.layers, transformer.h, ...). Pass a causal language model."
         )
     return best[1]
+
+
+def blocks_path(model: nn.Module) -> str:
+    """Dotted name of the decoder-block list inside ``model`` (e.g. ``model.layers``)."""
+    blocks = find_blocks(model)
+    return next(name for name, module in model.named_modules() if module is blocks)
+
+
+@contextmanager
+def blocks_replaced(model: nn.Module, replacement: nn.ModuleList) -> Iterator[None]:
+    """Put ``replacement`` where the decoder blocks are for the duration, then the blocks back."""
+    blocks = find_blocks(model)
+    parent_name, _, attribute = blocks_path(model).rpartition(".")
+    parent = model.get_submodule(parent_name)
+    setattr(parent, attribute, replacement)
+    try:
+        yield
+    finally:
+        setattr(parent, attribute, blocks)
 
 
 def block_linears(block: nn.Module) -> dict[str, nn.Module]:

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from ..calibration import BlockInputs, BlockStandIn, block_output, capture_stack_inputs
 from ..evaluate import perplexity
-from ..models import find_blocks
+from ..models import blocks_replaced, find_blocks
 from .levels import LevelCache
 
 
@@ -47,16 +47,10 @@ class CachedFitness:
     def __init__(self, model: nn.Module, cache: LevelCache, windows: Tensor, batch_size: int = 4):
         self.model, self.cache, self.windows, self.batch_size = model, cache, windows, batch_size
         self.blocks = find_blocks(model)
-        self.parent, self.attribute = self._owner_of_blocks()
         self.evaluations = 0
         self.blocks_run = 0
         self._inputs: list[BlockInputs] = []  # _inputs[k]: inputs of block k (k = L: final output)
         self._tuple_output = False
-
-    def _owner_of_blocks(self) -> tuple[nn.Module, str]:
-        name = next(n for n, mod in self.model.named_modules() if mod is self.blocks)
-        parent_name, _, attribute = name.rpartition(".")
-        return self.model.get_submodule(parent_name), attribute
 
     @property
     def tokens(self) -> int:
@@ -90,11 +84,10 @@ class CachedFitness:
         changed = self.cache.apply(levels)
         self._run_blocks(min(changed, default=len(self.blocks)))
         replay = _StackReplay(self.blocks[-1], self._tuple_output)
-        setattr(self.parent, self.attribute, nn.ModuleList([replay]))
         try:
-            return self._score(lambda i, b: self._head_logits(replay, i, b))
+            with blocks_replaced(self.model, nn.ModuleList([replay])):
+                return self._score(lambda i, b: self._head_logits(replay, i, b))
         finally:
-            setattr(self.parent, self.attribute, self.blocks)
             self.evaluations += 1
 
     def __call__(self, individuals: Sequence[Sequence[int]]) -> list[float]:
