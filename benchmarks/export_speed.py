@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
-from msp_callback.export import save_pruned
+from msp_callback.export import save_pruned, weight_bytes
 from msp_callback.files import atomic_write_text
 from msp_callback.models import fingerprint
 from msp_callback.plan import SparsityPlan
@@ -89,7 +89,7 @@ def main() -> None:
                 timings[name]["generate_s"].append(seconds(lambda: model.generate(
                     prompt, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)))
 
-    sizes = {"masked": None, "baked": _bytes(folder / "baked"), "exported": _bytes(folder / "exported")}
+    sizes = {"masked": None, "baked": weight_bytes(folder / "baked"), "exported": weight_bytes(folder / "exported")}
     shutil.rmtree(folder)
     rows = {}
     for name, model in variants.items():
@@ -110,10 +110,6 @@ def main() -> None:
     }
     atomic_write_text(RESULTS / f"{args.name}.json", json.dumps(result, indent=2))
     print(json.dumps({k: result[k] for k in ("removed_blocks", "speedup_vs_masked", "speedup_vs_baked")}, indent=2))
-
-
-def _bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.glob("*.safetensors"))
 
 
 if __name__ == "__main__":

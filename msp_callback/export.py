@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from .calibration import block_output
 from .distributed import world
-from .files import atomic_write_text
+from .files import atomic_write_text, give_default_permissions
 from .models import block_linears, blocks_path, find_blocks, fingerprint
 from .nm import check_pattern, install_mask, mask_from_zeros, masked_modules, to_out_in
 from .plan import PlanError, SparsityPlan
@@ -239,9 +239,7 @@ def save_pruned(
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise ExportError(f"{directory} exists; choose another folder or pass overwrite=True")
-    if directory.exists() and any(directory.iterdir()) and not (directory / RECORD_FILE).exists():
-        raise ExportError(f"{directory} exists and is not an export (no {RECORD_FILE}); overwrite only replaces "
-                          "an earlier export: choose another folder")
+    _check_replaceable(directory)
     rank, size = world()
     if size > 1 and rank != 0:  # one writer; the others wait for it
         dist.barrier()
@@ -281,7 +279,7 @@ def _save(model: nn.Module, directory: Path, plan: SparsityPlan | ExportRecord, 
             tokenizer.save_pretrained(staging)
         record.fingerprint = _check_folder_matches(staging, state)
         atomic_write_text(staging / RECORD_FILE, json.dumps(record.to_dict(), indent=2))
-        _make_readable(staging)
+        give_default_permissions(staging)
         _replace_folder(staging, directory)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -318,21 +316,23 @@ def _check_folder_matches(folder: Path, state: dict[str, Tensor]) -> dict[str, A
     return fingerprint(model)
 
 
-def _make_readable(folder: Path) -> None:
-    """mkdtemp creates 0700; give the export the permissions a plain mkdir would have."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.iterdir():
-        path.chmod(0o666 & ~umask)
+def _check_replaceable(directory: Path) -> None:
+    """Overwriting replaces only an earlier export (or an empty folder), never other files."""
+    if directory.exists() and any(directory.iterdir()) and not (directory / RECORD_FILE).exists():
+        raise ExportError(f"{directory} exists and is not an export (no {RECORD_FILE}); overwrite only replaces "
+                          "an earlier export: choose another folder")
+
+
+def weight_bytes(directory: str | os.PathLike) -> int:
+    """Size of the safetensors weight files in an exported folder."""
+    return sum(f.stat().st_size for f in Path(directory).glob("*.safetensors"))
 
 
 def _replace_folder(staging: Path, directory: Path) -> None:
     if not directory.exists():
         staging.rename(directory)
         return
-    if any(directory.iterdir()) and not (directory / RECORD_FILE).exists():
-        raise ExportError(f"{directory} exists and is not an export (no {RECORD_FILE}); refusing to replace it")
+    _check_replaceable(directory)  # again: it may have changed while we wrote
     old = directory.with_name(f".{directory.name}.old")
     shutil.rmtree(old, ignore_errors=True)
     directory.rename(old)

@@ -17,3 +17,17 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def give_default_permissions(path: str | Path) -> None:
+    """Give a file, or a folder and the files in it, the permissions plain ``open`` / ``mkdir``
+    would have (``mkstemp`` and ``mkdtemp`` make them private to their owner)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path = Path(path)
+    if path.is_dir():
+        path.chmod(0o777 & ~umask)
+        for child in path.iterdir():
+            child.chmod(0o666 & ~umask)
+    else:
+        path.chmod(0o666 & ~umask)

@@ -235,7 +235,7 @@ def _export_stage(export: ExportSettings, settings: PruneSettings, model, plan, 
     """save_pruned, then reload the folder with plain transformers and measure it."""
     from transformers import AutoModelForCausalLM
 
-    from .export import save_pruned
+    from .export import save_pruned, weight_bytes
     from .models import measure_sparsity
 
     folder = Path(export.folder or f"{output}/model")
@@ -247,7 +247,7 @@ def _export_stage(export: ExportSettings, settings: PruneSettings, model, plan, 
         "folder": str(folder), "removed_blocks": record.removed_blocks,
         "kept_full_blocks": record.kept_full_blocks, "parameters_before": record.parameters_before,
         "parameters_after": record.parameters_after,
-        "bytes": sum(f.stat().st_size for f in folder.iterdir() if f.suffix == ".safetensors"),
+        "bytes": weight_bytes(folder),
         "ppl_after_reload": _perplexity(reloaded, inputs.windows, settings, "perplexity after plain reload"),
         "measured_sparsity_after_reload": measure_sparsity(reloaded).as_dict(),
     }

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .files import give_default_permissions
 from .models import named_block_linears
 from .nm import NMPatternError, check_pattern, is_conv1d, mask_of
 
@@ -187,9 +188,7 @@ def save_packed_2of4(model: nn.Module, path: str | os.PathLike) -> list[LayerVer
     os.close(handle)
     try:
         save_file(tensors, staging, metadata={"format": "msp-2of4-packed", "summary": summarize(verdicts)})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staging, 0o666 & ~umask)  # mkstemp makes 0600
+        give_default_permissions(staging)
         os.replace(staging, path)
     except BaseException:
         Path(staging).unlink(missing_ok=True)
