@@ -104,21 +104,19 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise RecipeError(f"{where}: expected text, got {value!r}; quote it in YAML (e.g. sparsity: '3:4')")
         return value
-    for kind in (bool, int, float):
-        if kind in types:
-            if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
-                return value
-            if kind is not bool and not isinstance(value, bool) and isinstance(value, (str, int, float)):
-                try:
-                    number = kind(value)
-                except ValueError:
-                    break
-                if kind is int and isinstance(value, float) and number != value:
-                    break
-                return number
-            break
-    else:
+    kind = next((t for t in (bool, int, float) if t in types), None)
+    if kind is None:
         return value  # lists, dicts: as read
+    if isinstance(value, bool) or kind is bool:
+        if isinstance(value, bool) and kind is bool:
+            return value
+    elif isinstance(value, (str, int, float)):
+        try:
+            number = kind(value)
+        except ValueError:
+            number = None
+        if number is not None and not (isinstance(value, float) and number != value):
+            return number
     raise RecipeError(f"{where}: expected {kind.__name__}, got {value!r}")
 
 
