@@ -3,9 +3,13 @@
     python benchmarks/msp_search.py                 # the issue's setting: smollm2-135m, wanda, 3:4,
                                                     # 32 x 1024 C4 calibration, 40 x 1024 Wikipedia
     python benchmarks/msp_search.py --quick         # small budget, a few minutes
+    python benchmarks/msp_search.py --replay benchmarks/results/msp_search.json --name replay
+                                                    # re-prune each recorded plan (no search) and
+                                                    # re-evaluate with the recorded settings
 
 Every allocation starts from the same dense weights, calibration samples, fitness windows and
-evaluation windows. Also measured side by side: one fitness evaluation of the fast path (level
+evaluation windows. Each held-out perplexity is kept with its windows' NLLs and a 95% bootstrap
+interval over windows (the evaluation's sampling noise). Also measured side by side: one fitness evaluation of the fast path (level
 cache + block prefix cache) against the naive one (re-prune sequentially + full forward) on the
 same individuals, and against one plain forward pass over the same tokens. Writes
 benchmarks/results/<name>.json plus level and convergence plots beside it.
@@ -26,7 +30,7 @@ from pathlib import Path
 import torch
 
 from msp_callback.allocation import make_plan
-from msp_callback.evaluate import perplexity
+from msp_callback.evaluate import perplexity, perplexity_report
 from msp_callback.files import atomic_write_text
 from msp_callback.models import fingerprint, measure_sparsity
 from msp_callback.plan import SparsityPlan, nm_string, parse_nm
@@ -63,12 +67,28 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="8 x 512 calibration, 8 eval windows, 8 x 5 search")
     p.add_argument("--name", default=None, help="result file name (default: msp_search or msp_search_quick)")
+    p.add_argument("--replay", type=Path, default=None,
+                   help="a result JSON: take its settings and each row's levels instead of planning")
     args = p.parse_args()
+    if args.replay:
+        recorded = json.loads(args.replay.read_text())
+        replay_rows = {row["allocation"]: row["levels"] for row in recorded["rows"]}
+        keep = {"name": args.name, "replay": args.replay, "no_cost": True}
+        vars(args).update({k: v for k, v in recorded["arguments"].items() if k in vars(args)}, **keep)
+        args.allocations, args.replay_levels, args.quick = list(replay_rows), replay_rows, False
+        args.name = args.name or f"{args.replay.stem}_replay"
+        return args
     if args.quick:
         args.calib_samples, args.calib_seqlen, args.eval_windows = 8, 512, 8
         args.population, args.generations, args.naive_individuals = 8, 5, 1
     args.name = args.name or ("msp_search_quick" if args.quick else "msp_search")
     return args
+
+
+def scored(model, windows, desc: str) -> dict:
+    """Held-out perplexity with its 95% bootstrap interval over windows and the window NLLs."""
+    report = perplexity_report(model, windows, desc=desc)
+    return {"ppl": report.perplexity, "ppl_interval": report.interval(), "window_nll": report.window_nll}
 
 
 def timed(fn):
@@ -88,11 +108,11 @@ def main() -> None:
     model, calibration, windows, fitness_windows = inputs.model, inputs.calibration, inputs.windows, inputs.fitness_windows
     restore = inputs.dense_snapshot()
 
-    dense_ppl = perplexity(model, windows, desc="dense")
+    dense = perplexity_report(model, windows, desc="dense")
     search = SearchSettings(population=args.population, generations=args.generations, init=args.init)
     trace_rows = torch.cat(list(calibration))[: args.trace_samples]
     traces = None
-    if "fisher" in args.allocations or args.init == "trace":
+    if not args.replay and ("fisher" in args.allocations or args.init == "trace"):
         from msp_callback.sensitivity import fisher_traces
 
         result, trace_seconds = timed(lambda: fisher_traces(model, [trace_rows]))
@@ -101,11 +121,14 @@ def main() -> None:
 
     rows = []
     for allocation in args.allocations:
-        plan, plan_seconds = timed(lambda: make_plan(allocation, model, n, m, args.criterion, calibration=calibration,
-                                                     fitness_windows=fitness_windows, search=search, seed=args.seed,
-                                                     traces=traces))
+        if args.replay:
+            plan, plan_seconds = SparsityPlan(m, n, args.replay_levels[allocation], args.criterion, allocation), 0.0
+        else:
+            plan, plan_seconds = timed(lambda: make_plan(allocation, model, n, m, args.criterion, calibration=calibration,
+                                                         fitness_windows=fitness_windows, search=search,
+                                                         seed=args.seed, traces=traces))
         _, prune_seconds = timed(lambda: prune(model, plan, calibration))
-        row = {"allocation": allocation, "levels": plan.levels, "ppl": perplexity(model, windows, desc=allocation),
+        row = {"allocation": allocation, "levels": plan.levels, **scored(model, windows, allocation),
                "plan_seconds": plan_seconds, "prune_seconds": prune_seconds,
                "measured_sparsity_pct": measure_sparsity(model).pruned_linears}
         for key in ("fitness_evaluations", "level_cache_seconds", "search_seconds", "best_fitness", "history"):
@@ -118,11 +141,11 @@ def main() -> None:
     cost = None if args.no_cost else measure_fitness_cost(model, n, m, args, calibration, fitness_windows, restore)
     result = {
         "command": " ".join(["python", "benchmarks/msp_search.py", *sys.argv[1:]]),
-        "arguments": vars(args), "model": args.model, "criterion": args.criterion, "sparsity": nm_string(n, m),
+        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "model": args.model, "criterion": args.criterion, "sparsity": nm_string(n, m),
         "calib_corpus": settings.calib_corpus, "eval_corpus": settings.eval_corpus,
         "eval_tokens": int(windows.numel()), "fitness_tokens": int(fitness_windows.numel()),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "dense_ppl": dense_ppl, "traces": traces, "rows": rows, "fitness_cost": cost,
+        "dense_ppl": dense.perplexity, "dense_ppl_interval": dense.interval(), "traces": traces, "rows": rows, "fitness_cost": cost,
     }
     out = RESULTS / f"{args.name}.json"
     atomic_write_text(out, json.dumps(result, indent=2))
