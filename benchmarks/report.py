@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import json
+import math
+import statistics
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,24 +120,82 @@ def _plots(name: str) -> list[str]:
 
 
 def ablation_section(r: dict) -> list[str]:
-    a = r["arguments"]
+    from search_ablation import STUDIES, plot_study, study_runs
+
+    a, base = r["arguments"], r["baseline"]
     lines = [
-        "## Search ablation: initialisation and fitness",
+        "## Search ablations: initialisation, population, mutation rate, fitness",
         "",
         f"Model {a['model']}, criterion {a['criterion']}, target {r['sparsity']}; calibration {a['calib_samples']} x "
-        f"{a['calib_seqlen']}; fitness split {r['fitness_tokens']:,} tokens; population {a['population']} x "
-        f"{a['generations']} generations, seed {a['seed']}; held-out evaluation {r['eval_tokens']:,} tokens; {r['machine']}.",
+        f"{a['calib_seqlen']}; fitness split {a['fitness_samples']} x {a['fitness_seqlen']} = {r['fitness_tokens']:,} tokens; "
+        f"{a['generations']} generations; search seeds {', '.join(map(str, a['seeds']))}; held-out evaluation "
+        f"{r['eval_tokens']:,} tokens; {r['machine']}. Baseline: init {base['init']}, fitness {base['fitness']}, population "
+        f"{base['population']}, mutation rate {base['mutation_rate']}; each study changes one of these. "
+        "Best fitness is on the fitness split (perplexity, or KL to the dense model for `kl`); the held-out "
+        "perplexity is of the best plan pruned properly, with its 95% bootstrap interval over windows.",
         f"Command: `{r['command']}`",
-        "",
-        "| init | fitness | best fitness gen 0 | after 5 | final | evaluations | search s | held-out perplexity |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for run in r["runs"]:
-        h = run["history"]
-        mid = h[min(5, len(h) - 1)]["best_fitness"]
-        lines.append(f"| {run['init']} | {run['fitness']} | {h[0]['best_fitness']:.4g} | {mid:.4g} | {run['best_fitness']:.4g} | "
-                     f"{run['evaluations']} | {run['search_seconds']:.0f} | {_fmt(run['ppl'])} |")
-    return lines + _plots(a["name"])
+    for study in a["studies"]:
+        key, _ = STUDIES[study]
+        runs = study_runs(r, study)
+        plot = plot_study(r, study)
+        lines += ["", f"### {study}", "",
+                  f"| {key} | seed | best fitness gen 0 | after 5 | final | evaluations | search s | held-out perplexity |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        for run in runs:
+            h = run["history"]
+            mid = h[min(5, len(h) - 1)]["best_fitness"]
+            lines.append(f"| {run[key]} | {run['seed']} | {h[0]['best_fitness']:.4g} | {mid:.4g} | {run['best_fitness']:.4g} | "
+                         f"{run['evaluations']} | {run['search_seconds']:.0f} | {_with_interval(run)} |")
+        lines += ["", f"![{plot.name}](benchmarks/results/{plot.name})"]
+    return lines + [""]
+
+
+def _with_interval(row: dict) -> str:
+    if "ppl_interval" not in row:
+        return _fmt(row["ppl"])
+    low, high = row["ppl_interval"]
+    return f"{_fmt(row['ppl'])} ({_fmt(low)}-{_fmt(high)})"
+
+
+def quick_noise_section(full: dict, quick: list[dict]) -> list[str]:
+    """Does the quick mode reproduce the main row? Full-setting plans re-pruned and re-evaluated with
+    window NLLs (a replay) against quick runs with several seeds, each with its bootstrap interval."""
+    quick = sorted(quick, key=lambda r: r["arguments"]["seed"])
+    n_quick = quick[0]["arguments"]["eval_windows"]
+    lines = [
+        "## Does the quick mode reproduce the main 75% row?",
+        "",
+        f"Full setting: the plans of `msp_search.json` re-pruned and re-evaluated by `{full['command']}` "
+        f"(same data and calibration, so the same models; {full['arguments']['eval_windows']} windows, each window's "
+        f"NLL kept). Quick: `benchmarks/msp_search.py --quick` with seeds {', '.join(str(q['arguments']['seed']) for q in quick)} "
+        f"(a seed changes the calibration sample, the fitness windows and the search; the {n_quick} evaluation windows "
+        "are the first of the full setting's). Intervals: 95% percentile bootstrap over windows.",
+        "",
+        "Rule, fixed before the runs: the quick mode reproduces an allocation when the full-setting perplexity "
+        "lies inside the span of the quick seeds' intervals (lowest low to highest high).",
+        "",
+        f"| allocation | full, {full['arguments']['eval_windows']} windows | full, first {n_quick} windows | "
+        + " | ".join(f"quick seed {q['arguments']['seed']}" for q in quick) + " | reproduced |",
+        "|---|---:|---:|" + "---:|" * len(quick) + "---|",
+    ]
+    verdicts = []
+    for row in full["rows"]:
+        name = row["allocation"]
+        quick_rows = [next((x for x in q["rows"] if x["allocation"] == name), None) for q in quick]
+        if any(x is None or "ppl_interval" not in x for x in quick_rows):
+            continue
+        head_ppl = math.exp(statistics.fmean(row["window_nll"][:n_quick]))  # equal-length windows
+        low = min(x["ppl_interval"][0] for x in quick_rows)
+        high = max(x["ppl_interval"][1] for x in quick_rows)
+        ok = low <= row["ppl"] <= high
+        verdicts.append((name, ok))
+        lines.append(f"| {name} | {_with_interval(row)} | {_fmt(head_ppl)} | "
+                     + " | ".join(_with_interval(x) for x in quick_rows) + f" | {'yes' if ok else 'no'} |")
+    held = [name for name, ok in verdicts if ok]
+    lines += ["", f"Reproduced within noise: {len(held)} of {len(verdicts)} allocations"
+              + (f" ({', '.join(held)})." if held else ".")]
+    return lines + [""]
 
 
 SPARSITY_ORDER = ["2:4", "4:8", "8:16", "5:8", "10:16", "3:4", "6:8", "12:16", "7:8", "14:16"]
@@ -147,7 +207,9 @@ def _grid_results(quick: bool) -> list[dict]:
     found = []
     for path in sorted(RESULTS.glob("msp_search*.json")):
         r = json.loads(path.read_text())
-        if bool(r["arguments"].get("quick")) == quick and path.stem != "msp_search_2of4":
+        a = r["arguments"]
+        extra_seed = quick and a["seed"] != 0  # other seeds feed the noise section, not the table
+        if bool(a.get("quick")) == quick and path.stem != "msp_search_2of4" and not a.get("replay") and not extra_seed:
             r["file"] = path.name
             found.append(r)
     key = lambda r: (SPARSITY_ORDER.index(r["sparsity"].split()[0]), CRITERIA.index(r["criterion"]))  # noqa: E731
@@ -274,6 +336,11 @@ def main() -> None:
         out += search_section(r, "MSP search against non-search allocations")
     if (r := _load("msp_search_2of4")) is not None:
         out += search_section(r, "MSP at 2:4 against uniform")
+    replay = _load("msp_search_replay")
+    quick_seeds = [r for p in sorted(RESULTS.glob("msp_search_wanda_3of4_quick*.json"))
+                   if "ppl_interval" in (r := json.loads(p.read_text()))["rows"][0]]
+    if replay is not None and quick_seeds:
+        out += quick_noise_section(replay, quick_seeds)
     if (r := _load("search_ablation")) is not None:
         out += ablation_section(r)
     for r in full:

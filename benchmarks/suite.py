@@ -7,6 +7,7 @@ regenerated from the JSON at the end.
     python benchmarks/suite.py                # the paper's grid: 3 criteria x 10 N:M targets x
                                               # uniform / OWL / MSP, plus export speed and stage cost
     python benchmarks/suite.py --criteria wanda --sparsities 3:4 6:8 --dry-run   # what would run
+    python benchmarks/suite.py --quick --criteria wanda --seeds 1 2   # the main row's seed-to-seed noise
 
 Each grid cell is one `benchmarks/msp_search.py` run (same data, seed and evaluation for every
 allocation inside it); see that script for the settings. On this 2-core CPU a full-setting cell
@@ -30,11 +31,12 @@ SPARSITIES = ["2:4", "4:8", "8:16", "5:8", "10:16", "3:4", "6:8", "12:16", "7:8"
 MAIN_CELL = ("wanda", "3:4")  # the main result, msp_search.json, also measures the fitness cost
 
 
-def cell_name(criterion: str, sparsity: str, quick: bool) -> str:
+def cell_name(criterion: str, sparsity: str, quick: bool, seed: int = 0) -> str:
+    suffix = f"_seed{seed}" if seed else ""
     if (criterion, sparsity) == MAIN_CELL and not quick:
-        return "msp_search"
+        return "msp_search" + suffix
     n, m = sparsity.split(":")
-    return f"msp_search_{criterion}_{n}of{m}" + ("_quick" if quick else "")
+    return f"msp_search_{criterion}_{n}of{m}" + ("_quick" if quick else "") + suffix
 
 
 def plan_steps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
@@ -42,11 +44,12 @@ def plan_steps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
     steps = []
     for sparsity in args.sparsities:
         for criterion in args.criteria:
-            name = cell_name(criterion, sparsity, args.quick)
-            cost = ["--naive-individuals", "1"] if name == "msp_search" else ["--no-cost"]
-            command = ["benchmarks/msp_search.py", "--criterion", criterion, "--sparsity", sparsity,
-                       "--allocations", *args.allocations, *cost, "--name", name]
-            steps.append((name, command + (["--quick"] if args.quick else [])))
+            for seed in args.seeds:
+                name = cell_name(criterion, sparsity, args.quick, seed)
+                cost = ["--naive-individuals", "1"] if name == "msp_search" else ["--no-cost"]
+                command = ["benchmarks/msp_search.py", "--criterion", criterion, "--sparsity", sparsity, "--seed",
+                           str(seed), "--allocations", *args.allocations, *cost, "--name", name]
+                steps.append((name, command + (["--quick"] if args.quick else [])))
     if not args.quick and not args.grid_only:
         steps.append(("export_speed", ["benchmarks/export_speed.py"]))
         steps.append(("stage_cost", ["benchmarks/stage_cost.py"]))
@@ -59,6 +62,8 @@ def main() -> int:
     p.add_argument("--criteria", nargs="+", default=CRITERIA)
     p.add_argument("--sparsities", nargs="+", default=None, help="N:M targets (default: all ten; --quick: 3:4)")
     p.add_argument("--allocations", nargs="+", default=["uniform", "owl", "msp"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="seeds per cell (calibration sample, fitness windows, search); seed k > 0 adds _seedk to the name")
     p.add_argument("--grid-only", action="store_true", help="skip export speed and stage cost")
     p.add_argument("--force", action="store_true", help="re-run cells whose result exists")
     p.add_argument("--dry-run", action="store_true", help="list the steps and whether each is done")

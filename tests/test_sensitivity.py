@@ -138,3 +138,14 @@ def test_level_and_convergence_plots(tmp_path):
     for path in (plot_levels({"uniform": [3, 3, 3], "msp": [2, 3, 4]}, 4, tmp_path / "l.png"),
                  plot_convergence(history, tmp_path / "c.png")):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 1000
+
+
+def test_convergence_against_evaluations(tmp_path):
+    from msp_callback.plots import plot_convergence
+
+    small = [{"generation": g, "best_fitness": 10.0 - g, "mean_fitness": 12.0 - g, "evaluations": 4} for g in range(3)]
+    large = [dict(h, evaluations=20) for h in small]
+    path = plot_convergence({"P=4": small, "P=20": large}, tmp_path / "e.png", x="evaluations")
+    assert path.stat().st_size > 1000
+    with pytest.raises(ValueError, match="evaluations"):
+        plot_convergence(small, tmp_path / "bad.png", x="seconds")
