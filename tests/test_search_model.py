@@ -107,6 +107,24 @@ def test_prefix_cached_fitness_equals_plain_perplexity(arch):
     assert len(find_blocks(model)) == 3  # the real blocks are back
 
 
+def test_fitnesses_sharing_one_level_cache_stay_exact():
+    """Two fitnesses interleaved on one cache: each block-prefix cache follows its own levels,
+    so neither is fooled by the other having moved the cache (it was, before the fix: [2,3,1]
+    after the other's [2,2,1] looked like a change of block 1 only)."""
+    from msp_callback.search.fitness import PerplexityFitness
+
+    model = tiny_model("llama")
+    windows = torch.cat(token_batches(3, seqlen=16, seed=4))
+    cache = LevelCache(model, "wanda", 4, token_batches(2), progress=False)
+    first, second = (PerplexityFitness(model, cache, w, batch_size=1) for w in (windows[:1], windows[1:]))
+    for a, b in [([2, 2, 2], [2, 2, 1]), ([2, 3, 1], [4, 0, 2]), ([2, 3, 1], [0, 0, 0]), ([1, 3, 2], [1, 3, 2])]:
+        for fitness, levels in ((first, a), (second, b)):
+            got = fitness.evaluate(levels)
+            cache.apply(levels)
+            assert got == pytest.approx(perplexity(model, fitness.windows, progress=False), rel=1e-5), levels
+        cache.restore_dense()
+
+
 def test_kl_fitness_is_zero_when_dense_and_matches_direct_computation():
     from msp_callback.search.fitness import KLFitness
 

@@ -50,6 +50,7 @@ class CachedFitness:
         self.evaluations = 0
         self.blocks_run = 0
         self._inputs: list[BlockInputs] = []  # _inputs[k]: inputs of block k (k = L: final output)
+        self._levels: list[int] = []  # the levels _inputs were computed at
         self._tuple_output = False
 
     @property
@@ -81,8 +82,12 @@ class CachedFitness:
         raise NotImplementedError
 
     def evaluate(self, levels: Sequence[int]) -> float:
-        changed = self.cache.apply(levels)
-        self._run_blocks(min(changed, default=len(self.blocks)))
+        self.cache.apply(levels)
+        # compare with this fitness's own last levels, not the cache's: another fitness (or
+        # restore_dense) may have moved the cache in between
+        differ = [i for i, (old, new) in enumerate(zip(self._levels, levels)) if old != new]
+        self._run_blocks(min(differ, default=len(self.blocks)) if self._levels else 0)
+        self._levels = list(levels)
         replay = _StackReplay(self.blocks[-1], self._tuple_output)
         try:
             with blocks_replaced(self.model, nn.ModuleList([replay])):
