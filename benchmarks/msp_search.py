@@ -49,7 +49,8 @@ log = logging.getLogger("msp_search")
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
-    p.add_argument("--criterion", default="wanda")
+    p.add_argument("--criterion", nargs="+", default=["wanda"],
+                   help="one or more criteria: one run shares the model, data and dense evaluation; one JSON each")
     p.add_argument("--sparsity", default="3:4")
     p.add_argument("--allocations", nargs="+", default=["uniform", "owl", "fisher", "msp"])
     p.add_argument("--calib-samples", type=int, default=32)
@@ -66,22 +67,26 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-cost", action="store_true", help="skip the fitness-cost measurement")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="8 x 512 calibration, 8 eval windows, 8 x 5 search")
-    p.add_argument("--name", default=None, help="result file name (default: msp_search or msp_search_quick)")
+    p.add_argument("--name", nargs="+", default=None,
+                   help="result file name per criterion (default: msp_search[_quick], _<criterion> after the first)")
     p.add_argument("--replay", type=Path, default=None,
                    help="a result JSON: take its settings and each row's levels instead of planning")
     args = p.parse_args()
     if args.replay:
         recorded = json.loads(args.replay.read_text())
         replay_rows = {row["allocation"]: row["levels"] for row in recorded["rows"]}
-        keep = {"name": args.name, "replay": args.replay, "no_cost": True}
+        keep = {"name": args.name or [f"{args.replay.stem}_replay"], "replay": args.replay, "no_cost": True}
         vars(args).update({k: v for k, v in recorded["arguments"].items() if k in vars(args)}, **keep)
+        args.criterion = [recorded["criterion"]]
         args.allocations, args.replay_levels, args.quick = list(replay_rows), replay_rows, False
-        args.name = args.name or f"{args.replay.stem}_replay"
         return args
     if args.quick:
         args.calib_samples, args.calib_seqlen, args.eval_windows = 8, 512, 8
         args.population, args.generations, args.naive_individuals = 8, 5, 1
-    args.name = args.name or ("msp_search_quick" if args.quick else "msp_search")
+    base = "msp_search_quick" if args.quick else "msp_search"
+    args.name = args.name or [base] + [f"{base}_{c}" for c in args.criterion[1:]]
+    if len(args.name) != len(args.criterion):
+        p.error(f"--name needs one name per criterion ({len(args.criterion)}), got {len(args.name)}")
     return args
 
 
@@ -105,7 +110,7 @@ def main() -> None:
                              eval_windows=args.eval_windows, eval_seqlen=args.eval_seqlen, seed=args.seed,
                              fitness_samples=args.fitness_samples, fitness_seqlen=args.fitness_seqlen)
     inputs = prepare(settings)
-    model, calibration, windows, fitness_windows = inputs.model, inputs.calibration, inputs.windows, inputs.fitness_windows
+    model, calibration, windows = inputs.model, inputs.calibration, inputs.windows
     restore = inputs.dense_snapshot()
 
     dense = perplexity_report(model, windows, desc="dense")
@@ -119,6 +124,14 @@ def main() -> None:
         traces = result.block_traces
         log.info("fisher traces in %.0f s", trace_seconds)
 
+    for criterion, name in zip(args.criterion, args.name):
+        cell = argparse.Namespace(**{**vars(args), "criterion": criterion, "name": name})
+        run_cell(cell, n, m, settings, inputs, restore, dense, search, traces)
+
+
+def run_cell(args, n, m, settings, inputs, restore, dense, search, traces) -> None:
+    """Every allocation for one criterion; writes <name>.json and its plots."""
+    model, calibration, windows, fitness_windows = inputs.model, inputs.calibration, inputs.windows, inputs.fitness_windows
     rows = []
     for allocation in args.allocations:
         if args.replay:
@@ -135,17 +148,19 @@ def main() -> None:
             if key in plan.metadata:
                 row[key] = plan.metadata[key]
         rows.append(row)
-        log.info("%s: ppl %.2f, levels %s", allocation, row["ppl"], plan.levels)
+        log.info("%s %s: ppl %.2f, levels %s", args.criterion, allocation, row["ppl"], plan.levels)
         restore()
 
     cost = None if args.no_cost else measure_fitness_cost(model, n, m, args, calibration, fitness_windows, restore)
     result = {
         "command": " ".join(["python", "benchmarks/msp_search.py", *sys.argv[1:]]),
-        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "model": args.model, "criterion": args.criterion, "sparsity": nm_string(n, m),
+        "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "replay_levels"},
+        "model": args.model, "criterion": args.criterion, "sparsity": nm_string(n, m),
         "calib_corpus": settings.calib_corpus, "eval_corpus": settings.eval_corpus,
         "eval_tokens": int(windows.numel()), "fitness_tokens": int(fitness_windows.numel()),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "dense_ppl": dense.perplexity, "dense_ppl_interval": dense.interval(), "traces": traces, "rows": rows, "fitness_cost": cost,
+        "dense_ppl": dense.perplexity, "dense_ppl_interval": dense.interval(), "traces": traces, "rows": rows,
+        "fitness_cost": cost,
     }
     out = RESULTS / f"{args.name}.json"
     atomic_write_text(out, json.dumps(result, indent=2))

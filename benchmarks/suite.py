@@ -39,20 +39,24 @@ def cell_name(criterion: str, sparsity: str, quick: bool, seed: int = 0) -> str:
     return f"msp_search_{criterion}_{n}of{m}" + ("_quick" if quick else "") + suffix
 
 
-def plan_steps(args: argparse.Namespace) -> list[tuple[str, list[str]]]:
-    """(result name, command) for every step of the suite, in order."""
+def plan_steps(args: argparse.Namespace, done=lambda name: False) -> list[tuple[list[str], list[str]]]:
+    """(result names, command) for every step still to run, in order. Quick mode runs the criteria
+    of one target and seed in one process (one model load and dense evaluation for all); the full
+    grid runs one cell per process."""
     steps = []
     for sparsity in args.sparsities:
-        for criterion in args.criteria:
-            for seed in args.seeds:
-                name = cell_name(criterion, sparsity, args.quick, seed)
-                cost = ["--naive-individuals", "1"] if name == "msp_search" else ["--no-cost"]
-                command = ["benchmarks/msp_search.py", "--criterion", criterion, "--sparsity", sparsity, "--seed",
-                           str(seed), "--allocations", *args.allocations, *cost, "--name", name]
-                steps.append((name, command + (["--quick"] if args.quick else [])))
+        for seed in args.seeds:
+            cells = [(c, cell_name(c, sparsity, args.quick, seed)) for c in args.criteria]
+            cells = [(c, name) for c, name in cells if not done(name)]
+            groups = [cells] if args.quick else [[cell] for cell in cells]
+            for group in filter(None, groups):
+                names = [name for _, name in group]
+                cost = ["--naive-individuals", "1"] if names == ["msp_search"] else ["--no-cost"]
+                command = ["benchmarks/msp_search.py", "--criterion", *[c for c, _ in group], "--sparsity", sparsity,
+                           "--seed", str(seed), "--allocations", *args.allocations, *cost, "--name", *names]
+                steps.append((names, command + (["--quick"] if args.quick else [])))
     if not args.quick and not args.grid_only:
-        steps.append(("export_speed", ["benchmarks/export_speed.py"]))
-        steps.append(("stage_cost", ["benchmarks/stage_cost.py"]))
+        steps += [([name], [f"benchmarks/{name}.py"]) for name in ("export_speed", "stage_cost") if not done(name)]
     return steps
 
 
@@ -70,21 +74,24 @@ def main() -> int:
     args = p.parse_args()
     args.sparsities = args.sparsities or (["3:4"] if args.quick else SPARSITIES)
 
-    for name, command in plan_steps(args):
-        done = (RESULTS / f"{name}.json").exists() and not args.force
+    def done(name: str) -> bool:
+        return (RESULTS / f"{name}.json").exists() and not args.force
+
+    if args.dry_run:
+        for name in (n for sp in args.sparsities for c in args.criteria for seed in args.seeds
+                     for n in [cell_name(c, sp, args.quick, seed)] if done(n)):
+            print(f"done  {name}")
+    for names, command in plan_steps(args, done):
         if args.dry_run:
-            print(f"{'done' if done else 'todo'}  {name}: python {' '.join(command)}")
+            print(f"todo  {', '.join(names)}: python {' '.join(command)}")
             continue
-        if done:
-            print(f"skip {name} (benchmarks/results/{name}.json exists)", flush=True)
-            continue
-        print(f"run  {name}: python {' '.join(command)}", flush=True)
+        print(f"run  {', '.join(names)}: python {' '.join(command)}", flush=True)
         start = time.perf_counter()
         code = subprocess.call([sys.executable, *command], cwd=HERE.parent)
         if code:
-            print(f"FAILED {name} (exit {code}); finished cells are kept, rerun to continue", flush=True)
+            print(f"FAILED {', '.join(names)} (exit {code}); finished cells are kept, rerun to continue", flush=True)
             return code
-        print(f"done {name} in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
+        print(f"done {', '.join(names)} in {(time.perf_counter() - start) / 60:.1f} min", flush=True)
     if not args.dry_run:
         return subprocess.call([sys.executable, "benchmarks/report.py"], cwd=HERE.parent)
     return 0

@@ -403,10 +403,12 @@ class EvolutionarySearch:
         return sorted(self.population, key=lambda ind: _sort_key(self.fitness(ind)))
 
     def _record(self, new_evaluations: int, started: float) -> None:
-        fits = [self.fitness(ind) for ind in self.population]
+        # mean over finite fitnesses: a multi-fidelity screen gives the individuals it rejects +inf
+        fits = [f for f in (self.fitness(ind) for ind in self.population) if math.isfinite(f)]
         best_levels, best_fit = self.best
         self.history.append(dict(
-            generation=self.generation, best_fitness=best_fit, mean_fitness=sum(fits) / len(fits),
+            generation=self.generation, best_fitness=best_fit,
+            mean_fitness=sum(fits) / len(fits) if fits else math.inf,
             best_levels=best_levels, evaluations=new_evaluations, seconds=time.perf_counter() - started,
         ))
 
