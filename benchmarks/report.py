@@ -130,7 +130,9 @@ def ablation_section(r: dict) -> list[str]:
         f"{a['calib_seqlen']}; fitness split {a['fitness_samples']} x {a['fitness_seqlen']} = {r['fitness_tokens']:,} tokens; "
         f"{a['generations']} generations; search seeds {', '.join(map(str, a['seeds']))}; held-out evaluation "
         f"{r['eval_tokens']:,} tokens; {r['machine']}. Baseline: init {base['init']}, fitness {base['fitness']}, population "
-        f"{base['population']}, mutation rate {base['mutation_rate']}; each study changes one of these. "
+        f"{base['population']}, mutation rate {base['mutation_rate']}, fidelity {base['fidelity']}; each study changes one "
+        "of these. Cost counts fitness evaluations in full-split units (a multi-fidelity screen on one of "
+        f"{a['fitness_samples']} windows costs 1/{a['fitness_samples']}). "
         "Best fitness is on the fitness split (perplexity, or KL to the dense model for `kl`); the held-out "
         "perplexity is of the best plan pruned properly, with its 95% bootstrap interval over windows.",
         f"Command: `{r['command']}`",
@@ -140,13 +142,13 @@ def ablation_section(r: dict) -> list[str]:
         runs = study_runs(r, study)
         plot = plot_study(r, study)
         lines += ["", f"### {study}", "",
-                  f"| {key} | seed | best fitness gen 0 | after 5 | final | evaluations | search s | held-out perplexity |",
-                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  f"| {key} | seed | best fitness gen 0 | after 5 | final | evaluations | cost | search s | held-out perplexity |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for run in runs:
             h = run["history"]
             mid = h[min(5, len(h) - 1)]["best_fitness"]
             lines.append(f"| {run[key]} | {run['seed']} | {h[0]['best_fitness']:.4g} | {mid:.4g} | {run['best_fitness']:.4g} | "
-                         f"{run['evaluations']} | {run['search_seconds']:.0f} | {_with_interval(run)} |")
+                         f"{run['evaluations']} | {run['cost']:.1f} | {run['search_seconds']:.0f} | {_with_interval(run)} |")
         lines += ["", f"![{plot.name}](benchmarks/results/{plot.name})"]
     return lines + [""]
 

@@ -5,7 +5,7 @@
 
 Every run shares one model, one level cache, the same fitness windows and the same held-out
 windows; only the search setting under study differs from the baseline (sensitivity init,
-perplexity fitness, population 10, mutation rate 0.5). Each run's best plan is then pruned
+perplexity fitness, population 10, mutation rate 0.5, single fidelity). Each run's best plan is then pruned
 properly (sequentially, with the criterion) and evaluated on held-out text, with a 95% bootstrap
 interval over windows. Population sizes are compared at the same number of generations, so the
 larger population spends more evaluations; the convergence plot's x axis is evaluations for that
@@ -31,18 +31,21 @@ from msp_callback.plan import SparsityPlan, nm_string, parse_nm
 from msp_callback.plots import plot_convergence
 from msp_callback.pruner import prune
 from msp_callback.search.evolution import EvolutionarySearch
+from msp_callback.search.fidelity import MultiFidelityEvaluate
 from msp_callback.search.fitness import FITNESSES
 from msp_callback.search.levels import LevelCache
 from msp_callback.sensitivity import fisher_traces
 from msp_callback.workflow import PruneSettings, prepare
 
 RESULTS = Path(__file__).parent / "results"
-BASELINE = {"init": "sensitivity", "fitness": "ppl", "population": 10, "mutation_rate": 0.5}
+BASELINE = {"init": "sensitivity", "fitness": "ppl", "population": 10, "mutation_rate": 0.5, "fidelity": "single"}
 STUDIES = {  # study -> the values of its one setting; the baseline value is part of each study
     "init": ("init", ["random", "sensitivity", "trace"]),
     "population": ("population", [4, 10, 20]),
     "mutation": ("mutation_rate", [0.1, 0.5, 0.9]),
     "fitness": ("fitness", ["ppl", "kl"]),
+    # multi: new individuals screened on 1 fitness window, the better half scored on all (search.fidelity)
+    "fidelity": ("fidelity", ["single", "multi"]),
 }
 
 
@@ -88,18 +91,23 @@ def main() -> None:
             start = time.perf_counter()
             # a fresh fitness per run: a fitness's block-prefix cache follows only its own evaluations
             fitness = FITNESSES[setting["fitness"]](model, cache, inputs.fitness_windows)
+            evaluate = fitness
+            if setting["fidelity"] == "multi":
+                screen = FITNESSES[setting["fitness"]](model, cache, inputs.fitness_windows[:1])
+                evaluate = MultiFidelityEvaluate(screen, fitness, 0.5, screen.tokens, fitness.tokens)
             search = EvolutionarySearch(n, m, fingerprint(model)["num_blocks"], population_size=setting["population"],
                                         generations=args.generations, mutation_rate=setting["mutation_rate"],
                                         seed=seed, init=setting["init"], traces=traces,
-                                        evaluate=fitness)
+                                        evaluate=evaluate)
             levels, best = search.run()
-            runs.append({**setting, "seed": seed, "levels": levels, "best_fitness": best,
+            cost = evaluate.cost if isinstance(evaluate, MultiFidelityEvaluate) else search.evaluations
+            runs.append({**setting, "seed": seed, "levels": levels, "best_fitness": best, "cost": cost,
                          "evaluations": search.evaluations, "search_seconds": time.perf_counter() - start,
                          "history": search.history})
             logging.info("%s seed %d: best %.4g after %d evaluations", setting, seed, best, search.evaluations)
     cache.restore_dense()
     for run in runs:
-        prune(model, SparsityPlan(m=m, target=n, levels=run["levels"], criterion=args.criterion), inputs.calibration,
+        prune(model, SparsityPlan(m, n, run["levels"], args.criterion, allocation="msp"), inputs.calibration,
               progress=False)
         report = perplexity_report(model, inputs.windows, progress=False)
         run.update(ppl=report.perplexity, ppl_interval=report.interval(), window_nll=report.window_nll)

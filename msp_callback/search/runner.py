@@ -18,6 +18,7 @@ from ..files import atomic_write_text
 from ..models import fingerprint
 from ..plan import PlanError, SparsityPlan
 from .evolution import EvolutionarySearch
+from .fidelity import MultiFidelityEvaluate
 from .fitness import FITNESSES
 from .levels import LevelCache
 
@@ -35,6 +36,8 @@ class SearchSettings:
     trace_strength: float = 1.0
     fitness: str = "ppl"  # ppl (the paper's) | kl (to the dense model's top-k, as in EvoPress)
     fitness_batch_size: int = 4
+    screen_windows: int = 0  # > 0: multi-fidelity, new individuals screened on this many fitness windows
+    screen_keep: float = 0.5  # fraction of screened individuals then scored on the whole fitness split
     checkpoint: str | None = None  # JSON file written after every generation
     resume: bool = False
 
@@ -73,7 +76,16 @@ def search_plan(
     if settings.fitness not in FITNESSES:
         raise ValueError(f"unknown fitness {settings.fitness!r}; available: {sorted(FITNESSES)}")
     fitness = FITNESSES[settings.fitness](model, cache, fitness_windows, settings.fitness_batch_size)
-    evaluate = ShardedEvaluate(fitness)  # in a distributed run each rank scores its share
+    sharded = ShardedEvaluate(fitness)  # in a distributed run each rank scores its share
+    evaluate: Callable[[Sequence[Sequence[int]]], list[float]] = sharded
+    if settings.screen_windows:
+        if not 0 < settings.screen_windows < len(fitness_windows):
+            raise ValueError(f"screen_windows must be between 1 and {len(fitness_windows) - 1} (the fitness split has "
+                             f"{len(fitness_windows)} windows), got {settings.screen_windows}; 0 turns screening off")
+        screen = FITNESSES[settings.fitness](model, cache, fitness_windows[: settings.screen_windows],
+                                             settings.fitness_batch_size)
+        evaluate = MultiFidelityEvaluate(ShardedEvaluate(screen), sharded, settings.screen_keep, screen.tokens,
+                                         fitness.tokens)
     rank, _ = world()
     progress = progress and rank == 0
     search = EvolutionarySearch(
@@ -110,7 +122,8 @@ def search_plan(
             "best_fitness": best,
             "fitness_tokens": fitness.tokens,
             "fitness_evaluations": search.evaluations,
-            "fitness_evaluations_this_rank": evaluate.evaluated_here,
+            "fitness_evaluations_this_rank": sharded.evaluated_here,
+            "fitness_cost": evaluate.cost if isinstance(evaluate, MultiFidelityEvaluate) else search.evaluations,
             "level_cache_seconds": cache_seconds,
             "search_seconds": time.perf_counter() - started,
             "history": search.history,
