@@ -66,6 +66,9 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--fitness", default=d.fitness, choices=["ppl", "kl"],
                    help="fitness: ppl = perplexity on the fitness split (paper), kl = KL to the dense model's "
                         "top-64 next-token distribution (default: %(default)s)")
+    s.add_argument("--screen-windows", type=int, default=d.screen_windows,
+                   help="multi-fidelity search: score new individuals on this many fitness windows first and only "
+                        "the better half on all of them; 1 of 4 costs 3/4 per generation (default: %(default)s = off)")
     s.add_argument("--fitness-samples", type=int, default=d.fitness_samples, help="fitness windows, drawn from the calibration corpus (default: %(default)s)")
     s.add_argument("--fitness-seqlen", type=int, default=d.fitness_seqlen, help="tokens per fitness window (default: %(default)s)")
     s.add_argument("--resume", action="store_true", help="continue the search from OUTPUT/search_checkpoint.json (written every generation)")

@@ -42,6 +42,7 @@ class MSPConfig:
     mutation_rate: float = 0.5
     init: str = "sensitivity"
     fitness: str = "ppl"
+    screen_windows: int = 0  # multi-fidelity screening on this many fitness rows (0: off)
     seed: int = 0
     search_checkpoint: str | None = None
 
@@ -184,7 +185,7 @@ class MSPEngine:
         n, m = parse_nm(cfg.sparsity)
         search = SearchSettings(population=cfg.population, generations=cfg.generations,
                                 mutation_rate=cfg.mutation_rate, init=cfg.init, fitness=cfg.fitness,
-                                checkpoint=cfg.search_checkpoint, resume=cfg.search_checkpoint is not None)
+                                screen_windows=cfg.screen_windows, checkpoint=cfg.search_checkpoint, resume=cfg.search_checkpoint is not None)
         was_training = model.training
         # Lightning runs some hooks under inference mode; masks made there could not be trained.
         with torch.inference_mode(False), torch.enable_grad():

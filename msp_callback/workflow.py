@@ -53,6 +53,7 @@ class PruneSettings:
     mutation_rate: float = 0.5
     init: str = "sensitivity"
     fitness: str = "ppl"
+    screen_windows: int = 0  # multi-fidelity: screen on this many fitness windows first (0: off)
     fitness_samples: int = 4  # fitness split: windows drawn from the calibration corpus
     fitness_seqlen: int = 512
     checkpoint: str | None = None
@@ -146,7 +147,7 @@ def prune_and_measure(settings: PruneSettings) -> tuple[dict[str, Any], Sparsity
     else:
         search = SearchSettings(population=settings.population, generations=settings.generations,
                                 mutation_rate=settings.mutation_rate, init=settings.init, fitness=settings.fitness,
-                                checkpoint=settings.checkpoint, resume=settings.resume)
+                                screen_windows=settings.screen_windows, checkpoint=settings.checkpoint, resume=settings.resume)
         plan = make_plan(settings.allocation, model, n, m, settings.criterion, calibration=calibration,
                          fitness_windows=inputs.fitness_windows, search=search, seed=settings.seed,
                          progress=settings.progress, **settings.extra)

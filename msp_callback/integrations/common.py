@@ -59,6 +59,7 @@ class MSPSettingsMixin:
         mutation_rate: float = 0.5,
         init: str = "sensitivity",
         fitness: str = "ppl",
+        screen_windows: int = 0,
         seed: int = 0,
         search_checkpoint: str | None = None,
         calibration: Iterable[Any] | None = None,
@@ -73,6 +74,8 @@ class MSPSettingsMixin:
                 "manual" (call ``compress`` yourself).
             calib_samples / fitness_samples: token rows for calibration and for the search's fitness.
             calibration: batches to calibrate on; default: the trainer's train dataloader.
+            screen_windows: multi-fidelity search: new individuals are first scored on this many
+                fitness rows and only the better half on all of them (0: off).
             search_checkpoint: JSON file the search writes every generation and resumes from.
         """
         super().__init__()
@@ -84,7 +87,7 @@ class MSPSettingsMixin:
         self.engine = MSPEngine(MSPConfig(
             sparsity=sparsity, criterion=criterion, allocation=allocation, calib_samples=calib_samples,
             fitness_samples=fitness_samples, population=population, generations=generations,
-            mutation_rate=mutation_rate, init=init, fitness=fitness, seed=seed, search_checkpoint=search_checkpoint,
+            mutation_rate=mutation_rate, init=init, fitness=fitness, screen_windows=screen_windows, seed=seed, search_checkpoint=search_checkpoint,
         ))
 
     @property
