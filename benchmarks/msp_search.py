@@ -75,7 +75,10 @@ def parse_args() -> argparse.Namespace:
     if args.replay:
         recorded = json.loads(args.replay.read_text())
         replay_rows = {row["allocation"]: row["levels"] for row in recorded["rows"]}
-        keep = {"name": args.name or [f"{args.replay.stem}_replay"], "replay": args.replay, "no_cost": True}
+        missing = sorted(set(vars(args)) - set(recorded["arguments"]) - {"name", "replay", "no_cost", "criterion"})
+        if missing:
+            log.warning("%s does not record %s: using today's defaults for those", args.replay, ", ".join(missing))
+        keep = {"name": (args.name or [f"{args.replay.stem}_replay"])[:1], "replay": args.replay, "no_cost": True}
         vars(args).update({k: v for k, v in recorded["arguments"].items() if k in vars(args)}, **keep)
         args.criterion = [recorded["criterion"]]
         args.allocations, args.replay_levels, args.quick = list(replay_rows), replay_rows, False

@@ -210,7 +210,7 @@ def _grid_results(quick: bool) -> list[dict]:
     for path in sorted(RESULTS.glob("msp_search*.json")):
         r = json.loads(path.read_text())
         a = r["arguments"]
-        extra_seed = quick and a["seed"] != 0  # other seeds feed the noise section, not the table
+        extra_seed = a.get("seed", 0) != 0  # other seeds feed the noise section, not the table
         if bool(a.get("quick")) == quick and path.stem != "msp_search_2of4" and not a.get("replay") and not extra_seed:
             r["file"] = path.name
             found.append(r)
@@ -340,7 +340,8 @@ def main() -> None:
         out += search_section(r, "MSP at 2:4 against uniform")
     replay = _load("msp_search_replay")
     quick_seeds = [r for p in sorted(RESULTS.glob("msp_search_wanda_3of4_quick*.json"))
-                   if "ppl_interval" in (r := json.loads(p.read_text()))["rows"][0]]
+                   if (r := json.loads(p.read_text()))["arguments"].get("quick") and not r["arguments"].get("replay")
+                   and "ppl_interval" in r["rows"][0]]
     if replay is not None and quick_seeds:
         out += quick_noise_section(replay, quick_seeds)
     if (r := _load("search_ablation")) is not None:

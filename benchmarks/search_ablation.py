@@ -8,8 +8,9 @@ windows; only the search setting under study differs from the baseline (sensitiv
 perplexity fitness, population 10, mutation rate 0.5, single fidelity). Each run's best plan is then pruned
 properly (sequentially, with the criterion) and evaluated on held-out text, with a 95% bootstrap
 interval over windows. Population sizes are compared at the same number of generations, so the
-larger population spends more evaluations; the convergence plot's x axis is evaluations for that
-reason. Writes benchmarks/results/<name>.json and one convergence plot per study.
+larger population spends more evaluations; the convergence plots' x axis is the cost in
+full-evaluation units for that reason (a multi-fidelity screen on one of four windows costs 1/4).
+With screening, the population mean counts only the fully scored individuals. Writes benchmarks/results/<name>.json and one convergence plot per study.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from msp_callback.plan import SparsityPlan, nm_string, parse_nm
 from msp_callback.plots import plot_convergence
 from msp_callback.pruner import prune
 from msp_callback.search.evolution import EvolutionarySearch
-from msp_callback.search.fidelity import MultiFidelityEvaluate
+from msp_callback.search.fidelity import CostMeter, MultiFidelityEvaluate
 from msp_callback.search.fitness import FITNESSES
 from msp_callback.search.levels import LevelCache
 from msp_callback.sensitivity import fisher_traces
@@ -99,9 +100,9 @@ def main() -> None:
                                         generations=args.generations, mutation_rate=setting["mutation_rate"],
                                         seed=seed, init=setting["init"], traces=traces,
                                         evaluate=evaluate)
-            levels, best = search.run()
-            cost = evaluate.cost if isinstance(evaluate, MultiFidelityEvaluate) else search.evaluations
-            runs.append({**setting, "seed": seed, "levels": levels, "best_fitness": best, "cost": cost,
+            meter = CostMeter(search, evaluate)
+            levels, best = search.run(callback=meter)
+            runs.append({**setting, "seed": seed, "levels": levels, "best_fitness": best, "cost": meter.total,
                          "evaluations": search.evaluations, "search_seconds": time.perf_counter() - start,
                          "history": search.history})
             logging.info("%s seed %d: best %.4g after %d evaluations", setting, seed, best, search.evaluations)
@@ -134,7 +135,7 @@ def plot_study(result: dict, study: str) -> Path:
     curves = {f"{key}={r[key]}" + (f" seed {r['seed']}" if len(result["arguments"]["seeds"]) > 1 else ""): r["history"]
               for r in study_runs(result, study)}
     a = result["arguments"]
-    return plot_convergence(curves, RESULTS / f"{a['name']}_{study}.png", x="evaluations",
+    return plot_convergence(curves, RESULTS / f"{a['name']}_{study}.png", x="cost",
                             title=f"{a['model']}, {a['criterion']}, {result['sparsity']}: {study}")
 
 

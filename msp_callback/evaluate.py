@@ -32,6 +32,9 @@ class PerplexityReport:
         """
         if not 0 < level < 1:
             raise ValueError(f"level must be in (0, 1), got {level}")
+        if not self.window_nll or resamples < 1:
+            raise ValueError(f"need window NLLs (perplexity_report keeps them) and resamples >= 1; got "
+                             f"{len(self.window_nll)} windows, {resamples} resamples")
         nll, rng = self.window_nll, random.Random(seed)
         means = sorted(sum(rng.choices(nll, k=len(nll))) / len(nll) for _ in range(resamples))
         tail = (1 - level) / 2

@@ -61,21 +61,23 @@ def plot_convergence(history: Sequence[dict[str, Any]] | dict[str, Sequence[dict
     """Best and mean fitness per generation (log scale), as in the paper's Figure 4. Pass one
     search's history, or ``{name: history}`` to compare searches (best solid, mean dashed).
     ``x="evaluations"`` puts the cumulative number of fitness evaluations on the x axis, the fair
-    axis when the searches spend different budgets per generation."""
-    if x not in ("generation", "evaluations"):
-        raise ValueError(f"x must be 'generation' or 'evaluations', got {x!r}")
+    axis when the searches spend different budgets per generation; ``x="cost"`` the cumulative
+    cost in full-evaluation units (histories written with `search.fidelity.CostMeter`)."""
+    if x not in ("generation", "evaluations", "cost"):
+        raise ValueError(f"x must be 'generation', 'evaluations' or 'cost', got {x!r}")
     runs = history if isinstance(history, dict) else {"": history}
     fig = Figure(figsize=(5.5, 3.5), layout="constrained")
     ax = fig.add_subplot()
     for k, (name, hist) in enumerate(runs.items()):
         gens = ([h["generation"] for h in hist] if x == "generation"
-                else list(itertools.accumulate(h["evaluations"] for h in hist)))
+                else list(itertools.accumulate(h[x] for h in hist)))
         color = f"C{k}"
         label = f"{name} " if name else ""
         ax.plot(gens, [h["best_fitness"] for h in hist], marker="o", color=color, label=f"{label}best")
         ax.plot(gens, [h["mean_fitness"] for h in hist], ls="--", color=color, label=f"{label}population mean")
     ax.set_yscale("log")
-    ax.set_xlabel("generation" if x == "generation" else "fitness evaluations")
+    ax.set_xlabel({"generation": "generation", "evaluations": "fitness evaluations",
+                   "cost": "fitness cost (full evaluations)"}[x])
     ax.set_ylabel("fitness")
     ax.legend(fontsize="small")
     ax.set_title(title or "Search convergence")

@@ -25,11 +25,11 @@ def test_only_the_best_screened_fraction_is_scored_fully():
 
 
 def test_screen_nan_ranks_last_and_keep_is_checked():
-    evaluate = MultiFidelityEvaluate(lambda b: [math.nan, 2.0, 1.0], lambda b: [float(i[0]) for i in b], keep=0.5)
+    evaluate = MultiFidelityEvaluate(lambda b: [math.nan, 2.0, 1.0], lambda b: [float(i[0]) for i in b], 0.5, 1, 1)
     assert evaluate([[7], [8], [9]]) == [math.inf, 8.0, 9.0]
     for keep in (0, 1.5):
         with pytest.raises(ValueError, match="keep"):
-            MultiFidelityEvaluate(Counted(), Counted(), keep=keep)
+            MultiFidelityEvaluate(Counted(), Counted(), keep, 1, 1)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
@@ -42,7 +42,7 @@ def test_search_with_screening_keeps_budget_and_true_fitness(seed):
         return convex_fitness(ind) * noise.setdefault(tuple(ind), 1 + 0.3 * ((hash(tuple(ind)) % 7) / 7 - 0.5))
 
     full = Counted()
-    search = make_search(MultiFidelityEvaluate(Counted(rough), full, keep=0.5), seed=seed)
+    search = make_search(MultiFidelityEvaluate(Counted(rough), full, 0.5, 1, 4), seed=seed)
     levels, fitness = search.run()
     assert sum(levels) == 2 * len(WEIGHTS) and fitness == convex_fitness(levels)
     assert fitness <= brute_force_optimum(2, 4, len(WEIGHTS)) * 1.2
@@ -64,3 +64,35 @@ def test_search_plan_with_screening_on_a_tiny_model():
     with pytest.raises(ValueError, match="screen_windows"):
         search_plan(model, 2, 4, "wanda", token_batches(2), fitness_windows,
                     SearchSettings(population=4, generations=1, screen_windows=4), progress=False)
+
+
+def test_screened_search_resumes_with_its_cost_and_refuses_other_scoring(tmp_path):
+    from msp_callback.plan import PlanError
+    from msp_callback.search.runner import SearchSettings, search_plan
+
+    model = tiny_model("llama")
+    calibration, fitness_windows = token_batches(2), torch.cat(token_batches(4, seed=9))
+    ckpt = tmp_path / "ckpt.json"
+    whole = search_plan(model, 2, 4, "wanda", calibration, fitness_windows,
+                        SearchSettings(population=6, generations=3, screen_windows=1), progress=False)
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_one(search):
+        if search.generation == 1:
+            raise Stop
+
+    settings = SearchSettings(population=6, generations=3, screen_windows=1, checkpoint=str(ckpt))
+    with pytest.raises(Stop):
+        search_plan(model, 2, 4, "wanda", calibration, fitness_windows, settings, progress=False, on_generation=stop_at_one)
+    settings.resume = True
+    resumed = search_plan(model, 2, 4, "wanda", calibration, fitness_windows, settings, progress=False)
+    assert resumed.levels == whole.levels
+    assert resumed.metadata["fitness_cost"] == pytest.approx(whole.metadata["fitness_cost"])
+    with pytest.raises(PlanError, match="screen"):
+        search_plan(model, 2, 4, "wanda", calibration, fitness_windows,
+                    SearchSettings(population=6, generations=3, checkpoint=str(ckpt), resume=True), progress=False)
+    with pytest.raises(ValueError, match="screen_keep"):
+        search_plan(model, 2, 4, "wanda", calibration, fitness_windows,
+                    SearchSettings(population=6, generations=3, screen_windows=1, screen_keep=0.25), progress=False)

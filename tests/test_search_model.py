@@ -87,6 +87,8 @@ def test_msp_search_improves_on_its_initial_population_and_resumes(tmp_path):
     resumed = runner.search_plan(model, 2, 4, "wanda", batches, fitness, settings, seed=1, progress=False)
     assert resumed.levels == full.levels
     assert [h["best_fitness"] for h in resumed.metadata["history"]] == [h["best_fitness"] for h in history]
+    # single fidelity: cost = evaluations, also across the resume
+    assert full.metadata["fitness_cost"] == full.metadata["fitness_evaluations"] == resumed.metadata["fitness_cost"]
 
 
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "gemma3_mixed", "opt", "gpt2"])

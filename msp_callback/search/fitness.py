@@ -86,7 +86,9 @@ class CachedFitness:
         # compare with this fitness's own last levels, not the cache's: another fitness (or
         # restore_dense) may have moved the cache in between
         differ = [i for i, (old, new) in enumerate(zip(self._levels, levels)) if old != new]
-        self._run_blocks(min(differ, default=len(self.blocks)) if self._levels else 0)
+        first = min(differ, default=len(self.blocks)) if self._levels else 0
+        self._levels = []  # until the blocks have run: an exception half-way leaves nothing trusted
+        self._run_blocks(first)
         self._levels = list(levels)
         replay = _StackReplay(self.blocks[-1], self._tuple_output)
         try:

@@ -18,7 +18,7 @@ from ..files import atomic_write_text
 from ..models import fingerprint
 from ..plan import PlanError, SparsityPlan
 from .evolution import EvolutionarySearch
-from .fidelity import MultiFidelityEvaluate
+from .fidelity import CostMeter, MultiFidelityEvaluate
 from .fitness import FITNESSES
 from .levels import LevelCache
 
@@ -42,8 +42,12 @@ class SearchSettings:
     resume: bool = False
 
 
-def _load_checkpoint(path: Path, search: EvolutionarySearch, model_print: dict, criterion: str) -> None:
+def _load_checkpoint(path: Path, search: EvolutionarySearch, model_print: dict, criterion: str,
+                     scoring: dict[str, Any]) -> None:
     state = json.loads(path.read_text())
+    if state.get("scoring", scoring) != scoring:  # cached fitnesses are only comparable under one scoring
+        raise PlanError(f"checkpoint {path} was scored with {state['scoring']}, this search with {scoring}; "
+                        "resume with the same fitness and screening settings, or start a new search")
     if state.get("fingerprint") != model_print or state.get("criterion") != criterion:
         raise PlanError(
             f"checkpoint {path} was written for another model or criterion "
@@ -79,6 +83,9 @@ def search_plan(
     sharded = ShardedEvaluate(fitness)  # in a distributed run each rank scores its share
     evaluate: Callable[[Sequence[Sequence[int]]], list[float]] = sharded
     if settings.screen_windows:
+        if settings.screen_keep < 0.5:
+            raise ValueError(f"screen_keep must be at least 0.5 (the search keeps the better half as parents; fewer "
+                             f"fully scored individuals would make rejected ones parents), got {settings.screen_keep}")
         if not 0 < settings.screen_windows < len(fitness_windows):
             raise ValueError(f"screen_windows must be between 1 and {len(fitness_windows) - 1} (the fitness split has "
                              f"{len(fitness_windows)} windows), got {settings.screen_windows}; 0 turns screening off")
@@ -95,17 +102,21 @@ def search_plan(
         evaluate=evaluate,
     )
     checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
+    scoring = {"fitness": settings.fitness, "screen_windows": settings.screen_windows,
+               "screen_keep": settings.screen_keep if settings.screen_windows else None}
     if checkpoint and settings.resume and checkpoint.exists():
-        _load_checkpoint(checkpoint, search, model_print, criterion)
+        _load_checkpoint(checkpoint, search, model_print, criterion, scoring)
+    meter = CostMeter(search, evaluate)
 
     bar = tqdm(total=settings.generations + 1, initial=search.generation + 1, desc="msp search", disable=not progress)
 
     def after_generation(s: EvolutionarySearch) -> None:
+        meter(s)
         bar.update(s.generation + 1 - bar.n)
         bar.set_postfix(best=f"{s.best[1]:.4g}", evals=s.evaluations)
         if checkpoint and rank == 0:
             atomic_write_text(checkpoint, json.dumps(
-                {"fingerprint": model_print, "criterion": criterion, "search": s.state_dict()}))
+                {"fingerprint": model_print, "criterion": criterion, "scoring": scoring, "search": s.state_dict()}))
         if on_generation:
             on_generation(s)
 
@@ -123,7 +134,7 @@ def search_plan(
             "fitness_tokens": fitness.tokens,
             "fitness_evaluations": search.evaluations,
             "fitness_evaluations_this_rank": sharded.evaluated_here,
-            "fitness_cost": evaluate.cost if isinstance(evaluate, MultiFidelityEvaluate) else search.evaluations,
+            "fitness_cost": meter.total,  # in full-evaluation units; below fitness_evaluations when screening
             "level_cache_seconds": cache_seconds,
             "search_seconds": time.perf_counter() - started,
             "history": search.history,
