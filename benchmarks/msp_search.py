@@ -127,26 +127,33 @@ def main() -> None:
         traces = result.block_traces
         log.info("fisher traces in %.0f s", trace_seconds)
 
+    owl: dict = {}  # OWL's levels come from Wanda-style outlier ratios whatever the criterion: plan once
     for criterion, name in zip(args.criterion, args.name):
         cell = argparse.Namespace(**{**vars(args), "criterion": criterion, "name": name})
-        run_cell(cell, n, m, settings, inputs, restore, dense, search, traces)
+        run_cell(cell, n, m, settings, inputs, restore, dense, search, traces, owl)
 
 
-def run_cell(args, n, m, settings, inputs, restore, dense, search, traces) -> None:
+def run_cell(args, n, m, settings, inputs, restore, dense, search, traces, owl: dict) -> None:
     """Every allocation for one criterion; writes <name>.json and its plots."""
     model, calibration, windows, fitness_windows = inputs.model, inputs.calibration, inputs.windows, inputs.fitness_windows
     rows = []
     for allocation in args.allocations:
         if args.replay:
             plan, plan_seconds = SparsityPlan(m, n, args.replay_levels[allocation], args.criterion, allocation), 0.0
+        elif allocation == "owl" and owl:
+            plan, plan_seconds = SparsityPlan(m, n, owl["levels"], args.criterion, "owl"), 0.0
         else:
             plan, plan_seconds = timed(lambda: make_plan(allocation, model, n, m, args.criterion, calibration=calibration,
                                                          fitness_windows=fitness_windows, search=search,
                                                          seed=args.seed, traces=traces))
+        if allocation == "owl" and not owl:
+            owl.update(levels=plan.levels, criterion=args.criterion)
         _, prune_seconds = timed(lambda: prune(model, plan, calibration))
         row = {"allocation": allocation, "levels": plan.levels, **scored(model, windows, allocation),
                "plan_seconds": plan_seconds, "prune_seconds": prune_seconds,
                "measured_sparsity_pct": measure_sparsity(model).pruned_linears}
+        if allocation == "owl" and owl["criterion"] != args.criterion:
+            row["plan_shared_with"] = owl["criterion"]  # same levels, planned once in this run
         for key in ("fitness_evaluations", "level_cache_seconds", "search_seconds", "best_fitness", "history"):
             if key in plan.metadata:
                 row[key] = plan.metadata[key]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Literal
 
@@ -66,6 +67,11 @@ class Criterion:
         """Return (pruned weight, keep-mask), both (out, in), with ``level`` zeros per group."""
         keep = nm_mask(self.scores(weight, stats), level, m)
         return weight * keep, keep
+
+    def prune_levels(self, weight: Tensor, stats: InputStats | None, levels: Sequence[int], m: int
+                     ) -> dict[int, tuple[Tensor, Tensor]]:
+        """`prune_weight` at each of ``levels`` (criteria with shared per-weight work override it)."""
+        return {level: self.prune_weight(weight, stats, level, m) for level in levels}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

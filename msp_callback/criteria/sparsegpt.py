@@ -8,6 +8,8 @@ layer's output on the calibration inputs changes as little as possible.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import Tensor
 
@@ -25,28 +27,39 @@ class SparseGPT(Criterion):
         self.block_size = block_size
         self.damping = damping
 
-    def _inverse_hessian_factor(self, weight: Tensor, stats: InputStats) -> Tensor:
-        """Upper Cholesky factor of H^-1, H = 2 X^T X / n, damped; dead inputs zero ``weight``."""
+    def _inverse_hessian_factor(self, stats: InputStats | None) -> tuple[Tensor, Tensor]:
+        """(upper Cholesky factor of H^-1, dead inputs), H = 2 X^T X / n, damped."""
         if stats is None or stats.gram is None or stats.count == 0:
             raise ValueError("sparsegpt needs calibration inputs (no input statistics were collected)")
         hessian = stats.gram.double() * (2.0 / stats.count)
         dead = hessian.diagonal() == 0
         hessian[dead, dead] = 1.0
-        weight[:, dead] = 0.0
         hessian.diagonal().add_(self.damping * hessian.diagonal().mean())
         inverse = torch.cholesky_inverse(torch.linalg.cholesky(hessian))
-        return torch.linalg.cholesky(inverse, upper=True).float()
+        return torch.linalg.cholesky(inverse, upper=True).float(), dead
 
     @torch.no_grad()
     def prune_weight(self, weight: Tensor, stats: InputStats | None, level: int, m: int) -> tuple[Tensor, Tensor]:
-        out_features, in_features = weight.shape
-        check_divisible(in_features, m)
+        return self.prune_levels(weight, stats, [level], m)[level]
+
+    @torch.no_grad()
+    def prune_levels(self, weight: Tensor, stats: InputStats | None, levels: Sequence[int], m: int
+                     ) -> dict[int, tuple[Tensor, Tensor]]:
+        """One inverse-Hessian factor serves every level (the level cache asks for 1..M-1)."""
+        check_divisible(weight.shape[1], m)
+        factor = self._inverse_hessian_factor(stats) if any(levels) else None
+        return {level: self._sweep(weight, factor, level, m) for level in levels}
+
+    def _sweep(self, weight: Tensor, factor: tuple[Tensor, Tensor] | None, level: int, m: int) -> tuple[Tensor, Tensor]:
+        """The OBS column sweep at one level, on a float32 copy of ``weight``."""
+        in_features = weight.shape[1]
         block_size = max(m, self.block_size - self.block_size % m)
         w = weight.clone().float()
         keep = torch.ones_like(w, dtype=torch.bool)
-        if level == 0:
+        if level == 0 or factor is None:
             return w, keep
-        hinv = self._inverse_hessian_factor(w, stats)
+        hinv, dead = factor
+        w[:, dead] = 0.0
         for start in range(0, in_features, block_size):
             end = min(start + block_size, in_features)
             w_blk = w[:, start:end].clone()

@@ -64,11 +64,9 @@ class LevelCache:
             if self.criterion.score_based:
                 self.ranks[index][name] = group_ranks(self.criterion.scores(weight, stats[name]), self.m)
             else:
-                self.pruned[index][name] = {
-                    level: from_out_in(module, self.criterion.prune_weight(weight.clone(), stats[name], level, self.m)[0])
-                    .to(module.weight.dtype)
-                    for level in range(1, self.m)
-                }
+                pruned = self.criterion.prune_levels(weight, stats[name], range(1, self.m), self.m)
+                self.pruned[index][name] = {level: from_out_in(module, w).to(module.weight.dtype)
+                                            for level, (w, _) in pruned.items()}
 
     def weight(self, index: int, name: str, level: int) -> Tensor:
         """Weight (module layout) of linear ``name`` in block ``index`` at ``level``."""
