@@ -20,7 +20,7 @@ def _load(name: str) -> dict | None:
 
 
 def _fmt(x: float) -> str:
-    return f"{x:,.2f}" if x < 1e5 else f"{x:,.0f}"
+    return f"{x:,.2f}" if x < 1000 else f"{x:,.0f}"
 
 
 def baselines_section(r: dict) -> list[str]:

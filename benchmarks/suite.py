@@ -3,7 +3,8 @@ benchmarks/results/ and is skipped on the next run (``--force`` re-runs). BENCHM
 regenerated from the JSON at the end.
 
     python benchmarks/suite.py --quick        # the 75% row (3:4) for magnitude, Wanda, SparseGPT:
-                                              # uniform / OWL / MSP, small budget (~20 min on 2 cores)
+                                              # uniform / OWL / MSP, small budget, one process
+                                              # (19.3 min measured on the idle 2-core machine)
     python benchmarks/suite.py                # the paper's grid: 3 criteria x 10 N:M targets x
                                               # uniform / OWL / MSP, plus export speed and stage cost
     python benchmarks/suite.py --criteria wanda --sparsities 3:4 6:8 --dry-run   # what would run
