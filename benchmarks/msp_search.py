@@ -2,7 +2,8 @@
 
     python benchmarks/msp_search.py                 # the setting: smollm2-135m, wanda, 3:4,
                                                     # 32 x 1024 C4 calibration, 40 x 1024 Wikipedia
-    python benchmarks/msp_search.py --quick         # small budget, a few minutes
+    python benchmarks/msp_search.py --quick         # smaller calibration and evaluation, 20 x 14 search:
+                                                    # about 15 min for one criterion on 2 cores
     python benchmarks/msp_search.py --replay benchmarks/results/msp_search.json --name replay
                                                     # re-prune each recorded plan (no search) and
                                                     # re-evaluate with the recorded settings
@@ -66,7 +67,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--naive-individuals", type=int, default=2, help="individuals timed naively (0: skip)")
     p.add_argument("--no-cost", action="store_true", help="skip the fitness-cost measurement")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="8 x 512 calibration, 8 eval windows, 8 x 5 search")
+    p.add_argument("--quick", action="store_true",
+                   help="8 x 512 calibration, 8 eval windows, 20 x 14 search (the fitness split is the full setting's)")
     p.add_argument("--name", nargs="+", default=None,
                    help="result file name per criterion (default: msp_search[_quick], _<criterion> after the first)")
     p.add_argument("--replay", type=Path, default=None,
@@ -85,7 +87,7 @@ def parse_args() -> argparse.Namespace:
         return args
     if args.quick:
         args.calib_samples, args.calib_seqlen, args.eval_windows = 8, 512, 8
-        args.population, args.generations, args.naive_individuals = 8, 5, 1
+        args.population, args.generations, args.naive_individuals = 20, 14, 1
     base = "msp_search_quick" if args.quick else "msp_search"
     args.name = args.name or [base] + [f"{base}_{c}" for c in args.criterion[1:]]
     if len(args.name) != len(args.criterion):

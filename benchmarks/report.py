@@ -200,13 +200,25 @@ def _with_interval(row: dict) -> str:
     return f"{_fmt(row['ppl'])} ({_fmt(low)}-{_fmt(high)})"
 
 
-def quick_noise_section(full: dict, quick: list[dict], full_seeds: list[dict]) -> list[str]:
+def _search_budget(result: dict) -> tuple:
+    a = result["arguments"]
+    return a["calib_samples"], a["calib_seqlen"], a["population"], a["generations"]
+
+
+def quick_noise_section(full: dict, quick: list[dict], full_seeds: list[dict], searched: list[dict]) -> list[str]:
     """Does the quick mode reproduce the main row? Full-setting plans re-pruned and re-evaluated with
     window NLLs (a replay) against quick runs with several seeds, each with its bootstrap interval;
-    other full-setting seeds, where run, are shown beside (not part of the rule)."""
+    other full-setting seeds, where run, are shown beside (not part of the rule). ``searched``: the
+    full-setting runs whose search budgets are quoted."""
     quick = sorted(quick, key=lambda r: r["arguments"]["seed"])
+    setting = _search_budget(quick[0])
+    stale = [q for q in quick if _search_budget(q) != setting]  # run under an earlier --quick setting
+    quick = [q for q in quick if q not in stale]
     full_seeds = sorted(full_seeds, key=lambda r: r["arguments"]["seed"])
     n_quick = quick[0]["arguments"]["eval_windows"]
+    evals = [str(x.get("fitness_evaluations", "?")) for q in quick for x in q["rows"] if x["allocation"] == "msp"]
+    full_evals = [f"{x['fitness_evaluations']} in seed {r['arguments']['seed']}" for r in searched
+                  for x in r["rows"] if x["allocation"] == "msp" and "fitness_evaluations" in x]
     lines = [
         "## Does the quick mode reproduce the main 75% row?",
         "",
@@ -215,6 +227,14 @@ def quick_noise_section(full: dict, quick: list[dict], full_seeds: list[dict]) -
         f"NLL kept). Quick: `benchmarks/msp_search.py --quick` with seeds {', '.join(str(q['arguments']['seed']) for q in quick)} "
         f"(a seed changes the calibration sample, the fitness windows and the search; the {n_quick} evaluation windows "
         "are the first of the full setting's). Intervals: 95% percentile bootstrap over windows.",
+        "",
+        f"Quick setting: calibration {setting[0]} x {setting[1]} tokens, search population {setting[2]} x "
+        f"{setting[3]} generations ({', '.join(evals)} fitness evaluations by seed); full setting: calibration "
+        f"{full['arguments']['calib_samples']} x {full['arguments']['calib_seqlen']}, "
+        f"{full['arguments']['population']} x {full['arguments']['generations']}"
+        + (f" ({', '.join(full_evals)})." if full_evals else ".")
+        + (f" Left out, run under an earlier quick setting: {', '.join(q['arguments']['name'] for q in stale)}."
+           if stale else ""),
         "",
         "Rule, fixed before the runs: the quick mode reproduces an allocation when the full-setting (seed 0, "
         f"{full['arguments']['eval_windows']}-window) perplexity lies inside the span of the quick seeds' intervals "
@@ -391,7 +411,8 @@ def main() -> None:
                    and "ppl_interval" in r["rows"][0]]
     full_seeds = [json.loads(p.read_text()) for p in sorted(RESULTS.glob("msp_search_seed*.json"))]
     if replay is not None and quick_seeds:
-        out += quick_noise_section(replay, quick_seeds, full_seeds)
+        searched = [r for r in [_load("msp_search"), *full_seeds] if r is not None]
+        out += quick_noise_section(replay, quick_seeds, full_seeds, searched)
     if (r := _load("search_ablation")) is not None:
         out += ablation_section(r)
     for r in full:

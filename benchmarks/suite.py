@@ -2,9 +2,9 @@
 benchmarks/results/ and is skipped on the next run (``--force`` re-runs). BENCHMARKS.md is
 regenerated from the JSON at the end.
 
-    python benchmarks/suite.py --quick        # the 75% row (3:4) for magnitude, Wanda, SparseGPT:
-                                              # uniform / OWL / MSP, small budget, one process
-                                              # (19.3 min measured on the idle 2-core machine)
+    python benchmarks/suite.py --quick        # the main 75% row (Wanda 3:4): uniform / OWL / MSP with
+                                              # a smaller calibration and evaluation and a 20 x 14 search
+    python benchmarks/suite.py --quick --criteria magnitude sparsegpt   # the other 3:4 rows, same budget
     python benchmarks/suite.py                # the paper's grid: 3 criteria x 10 N:M targets x
                                               # uniform / OWL / MSP, plus export speed and stage cost
     python benchmarks/suite.py --criteria wanda --sparsities 3:4 6:8 --dry-run   # what would run
@@ -64,7 +64,8 @@ def plan_steps(args: argparse.Namespace, done=lambda name: False) -> list[tuple[
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="3:4 only, small budget (msp_search.py --quick)")
-    p.add_argument("--criteria", nargs="+", default=CRITERIA)
+    p.add_argument("--criteria", nargs="+", default=None,
+                   help=f"criteria (default: all of {', '.join(CRITERIA)}; --quick: {MAIN_CELL[0]}, the main row)")
     p.add_argument("--sparsities", nargs="+", default=None, help="N:M targets (default: all ten; --quick: 3:4)")
     p.add_argument("--allocations", nargs="+", default=["uniform", "owl", "msp"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0],
@@ -73,7 +74,8 @@ def main() -> int:
     p.add_argument("--force", action="store_true", help="re-run cells whose result exists")
     p.add_argument("--dry-run", action="store_true", help="list the steps and whether each is done")
     args = p.parse_args()
-    args.sparsities = args.sparsities or (["3:4"] if args.quick else SPARSITIES)
+    args.sparsities = args.sparsities or ([MAIN_CELL[1]] if args.quick else SPARSITIES)
+    args.criteria = args.criteria or ([MAIN_CELL[0]] if args.quick else CRITERIA)
 
     def done(name: str) -> bool:
         return (RESULTS / f"{name}.json").exists() and not args.force
