@@ -68,7 +68,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--no-cost", action="store_true", help="skip the fitness-cost measurement")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true",
-                   help="8 x 512 calibration, 8 eval windows, 20 x 14 search (the fitness split is the full setting's)")
+                   help="preset: 8 x 512 calibration, 8 eval windows, 20 x 14 search (the fitness split is the "
+                        "full setting's); options given explicitly override it")
     p.add_argument("--name", nargs="+", default=None,
                    help="result file name per criterion (default: msp_search[_quick], _<criterion> after the first)")
     p.add_argument("--replay", type=Path, default=None,
@@ -85,9 +86,10 @@ def parse_args() -> argparse.Namespace:
         args.criterion = [recorded["criterion"]]
         args.allocations, args.replay_levels, args.quick = list(replay_rows), replay_rows, False
         return args
-    if args.quick:
-        args.calib_samples, args.calib_seqlen, args.eval_windows = 8, 512, 8
-        args.population, args.generations, args.naive_individuals = 20, 14, 1
+    if args.quick:  # a preset of defaults: options given on the command line win
+        p.set_defaults(calib_samples=8, calib_seqlen=512, eval_windows=8, population=20, generations=14,
+                       naive_individuals=1)
+        args = p.parse_args()
     base = "msp_search_quick" if args.quick else "msp_search"
     args.name = args.name or [base] + [f"{base}_{c}" for c in args.criterion[1:]]
     if len(args.name) != len(args.criterion):
