@@ -6,7 +6,8 @@ regenerated from the JSON at the end.
                                               # a smaller calibration and evaluation and a 20 x 14 search
     python benchmarks/suite.py --quick --criteria magnitude sparsegpt   # the other 3:4 rows, same budget
     python benchmarks/suite.py                # the paper's grid: 3 criteria x 10 N:M targets x
-                                              # uniform / OWL / MSP, plus export speed and stage cost
+                                              # uniform / OWL / MSP, plus export speed, stage cost and
+                                              # the thread-count check
     python benchmarks/suite.py --criteria wanda --sparsities 3:4 6:8 --dry-run   # what would run
     python benchmarks/suite.py --quick --criteria wanda --seeds 1 2   # the main row's seed-to-seed noise
 
@@ -57,7 +58,8 @@ def plan_steps(args: argparse.Namespace, done=lambda name: False) -> list[tuple[
                            "--seed", str(seed), "--allocations", *args.allocations, *cost, "--name", *names]
                 steps.append((names, command + (["--quick"] if args.quick else [])))
     if not args.quick and not args.grid_only:
-        steps += [([name], [f"benchmarks/{name}.py"]) for name in ("export_speed", "stage_cost") if not done(name)]
+        steps += [([name], [f"benchmarks/{name}.py"]) for name in ("export_speed", "stage_cost", "thread_check")
+                  if not done(name)]
     return steps
 
 
@@ -70,7 +72,7 @@ def main() -> int:
     p.add_argument("--allocations", nargs="+", default=["uniform", "owl", "msp"])
     p.add_argument("--seeds", nargs="+", type=int, default=[0],
                    help="seeds per cell (calibration sample, fitness windows, search); seed k > 0 adds _seedk to the name")
-    p.add_argument("--grid-only", action="store_true", help="skip export speed and stage cost")
+    p.add_argument("--grid-only", action="store_true", help="skip export speed, stage cost and the thread check")
     p.add_argument("--force", action="store_true", help="re-run cells whose result exists")
     p.add_argument("--dry-run", action="store_true", help="list the steps and whether each is done")
     args = p.parse_args()
