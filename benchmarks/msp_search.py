@@ -3,7 +3,7 @@
     python benchmarks/msp_search.py                 # the setting: smollm2-135m, wanda, 3:4,
                                                     # 32 x 1024 C4 calibration, 40 x 1024 Wikipedia
     python benchmarks/msp_search.py --quick         # smaller calibration and evaluation, 20 x 14 search:
-                                                    # about 15 min for one criterion on 2 cores
+                                                    # 18.4 min for Wanda on the idle 2-core machine
     python benchmarks/msp_search.py --replay benchmarks/results/msp_search.json --name replay
                                                     # re-prune each recorded plan (no search) and
                                                     # re-evaluate with the recorded settings

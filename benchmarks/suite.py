@@ -65,7 +65,9 @@ def plan_steps(args: argparse.Namespace, done=lambda name: False) -> list[tuple[
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="3:4 only, small budget (msp_search.py --quick)")
+    p.add_argument("--quick", action="store_true",
+                   help="the main row (Wanda 3:4 unless --criteria/--sparsities say otherwise) at the quick budget "
+                        "(msp_search.py --quick)")
     p.add_argument("--criteria", nargs="+", default=None,
                    help=f"criteria (default: all of {', '.join(CRITERIA)}; --quick: {MAIN_CELL[0]}, the main row)")
     p.add_argument("--sparsities", nargs="+", default=None, help="N:M targets (default: all ten; --quick: 3:4)")

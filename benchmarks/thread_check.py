@@ -4,7 +4,7 @@
                                                # calibration, 8 evaluation windows), 1 and 2 threads
 
 Prunes the same dense model with the same calibration at each thread count and compares the
-pruning decisions (which weights are zero) and the held-out perplexity. Score-based criteria rank
+pruning decisions (the installed N:M masks) and the held-out perplexity. Score-based criteria rank
 weights by element-wise scores; SparseGPT sums a Hessian and inverts it, so BLAS reduction order
 (which depends on the thread count) can flip near-tied decisions, and the sequential weight update
 carries each flip into the blocks after it. Writes benchmarks/results/thread_check.json.
@@ -24,7 +24,8 @@ from torch import Tensor
 
 from msp_callback.evaluate import perplexity_report
 from msp_callback.files import atomic_write_text
-from msp_callback.models import block_linears, find_blocks
+from msp_callback.models import find_blocks, named_block_linears
+from msp_callback.nm import mask_of
 from msp_callback.plan import SparsityPlan, nm_string, parse_nm
 from msp_callback.pruner import prune
 from msp_callback.workflow import PruneSettings, prepare
@@ -34,9 +35,10 @@ log = logging.getLogger("thread_check")
 
 
 def pruned_mask(model: torch.nn.Module) -> Tensor:
-    """One flat bool tensor: which weights of the prunable linears are zero."""
-    return torch.cat([(lin.weight == 0).flatten() for block in find_blocks(model)
-                      for lin in block_linears(block).values()])
+    """One flat bool tensor: which weights of the prunable linears the installed masks prune."""
+    masks = [(mask_of(lin), lin.weight.numel()) for lin in named_block_linears(model).values()]
+    return torch.cat([~mask.flatten() if mask is not None else torch.zeros(size, dtype=torch.bool)
+                      for mask, size in masks])
 
 
 def main() -> None:
