@@ -142,7 +142,10 @@ def test_real_sparse_lora_merge_and_export_round_trip(texts, tmp_path):
     with torch.no_grad():
         adapted = peft_model(x).logits
         merged = peft_model.merge_and_unload()
-        torch.testing.assert_close(merged(x).logits, adapted, rtol=1e-4, atol=1e-4)
+        # merged W + dW x vs W x + dW x: float32 re-association through 30 blocks; 2.1e-4 seen when
+        # this runs after the module's other tests (logits of magnitude ~20)
+        merged_logits = merged(x).logits
+        torch.testing.assert_close(merged_logits, adapted, rtol=1e-4, atol=5e-4)
     for i, (block, level) in enumerate(zip(find_blocks(merged), levels)):
         for name, module in block_linears(block).items():
             weight = to_out_in(module, module.weight.detach())
@@ -154,7 +157,7 @@ def test_real_sparse_lora_merge_and_export_round_trip(texts, tmp_path):
     plain = AutoModelForCausalLM.from_pretrained(tmp_path / "out")
     library, _ = load_pruned(tmp_path / "out")
     with torch.no_grad():
-        torch.testing.assert_close(plain(x).logits, adapted, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(plain(x).logits, merged_logits, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(library(x).logits, plain(x).logits, rtol=0, atol=0)
     kept = [s for i, s in enumerate(measure_sparsity(merged).per_block) if i != 28]
     assert measure_sparsity(library).per_block == pytest.approx(kept)
