@@ -4,6 +4,7 @@ from . import data
 from .criteria import Criterion, get_criterion, register_criterion
 from .plan import PlanError, SparsityPlan, nm_string, parse_nm
 from .pruner import prune
+from .saving import restore_masks
 
 __version__ = "0.1.0"
 
@@ -32,4 +33,5 @@ __all__ = [
     "parse_nm",
     "prune",
     "register_criterion",
+    "restore_masks",
 ]

@@ -19,14 +19,12 @@ from .calibration import CalibrationError
 from .distributed import broadcast, broadcast_masks
 from .models import block_linears, find_blocks, fingerprint
 from .nm import has_pruning_masks, install_mask, mask_of, to_out_in, zeros_per_group
-from .plan import SparsityPlan, parse_nm
+from .plan import PlanError, SparsityPlan, nm_string, parse_nm
 from .pruner import check_model_fits, prune
+from .saving import masks_installed, plan_from_config, restore_masks
 from .search.runner import SearchSettings
 
 log = logging.getLogger(__name__)
-
-MASK_SUFFIX = ".parametrizations.weight.0.mask"
-
 
 @dataclass
 class MSPConfig:
@@ -90,17 +88,6 @@ def causal_lm_of(module: nn.Module) -> nn.Module:
     return module
 
 
-def install_masks_from_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor]) -> int:
-    """Install mask parametrizations for every mask saved in ``state_dict`` (so that a masked
-    checkpoint loads into a fresh model). Returns the number installed."""
-    count = 0
-    for key, mask in state_dict.items():
-        if key.endswith(MASK_SUFFIX):
-            install_mask(model.get_submodule(key[: -len(MASK_SUFFIX)]), mask.to(torch.bool))
-            count += 1
-    return count
-
-
 def install_identity_masks(model: nn.Module) -> int:
     """Give every block linear an all-kept N:M mask, so the parametrizations exist before a data-
     parallel wrapper (DDP) takes the model: one installed later breaks its gradient sync. Pruning
@@ -135,6 +122,26 @@ class MSPEngine:
         """Fail early, with the fix, on a model this configuration cannot prune."""
         find_blocks(model)
         check_model_fits(model, parse_nm(self.config.sparsity)[1])
+
+    def restore_recorded_masks(self, model: nn.Module) -> bool:
+        """A model loaded from an ordinary save of a pruned model (``from_pretrained``: weights with
+        zeros and the plan in ``config.msp_sparsity``, but no masks): install its masks again, so
+        that it trains on sparse and is not pruned a second time. Refuses a plan of another target."""
+        found = plan_from_config(model)
+        if found is None or masks_installed(model):
+            return False
+        plan, removed = found
+        n, m = parse_nm(self.config.sparsity)
+        if (plan.target, plan.m) != (n, m):
+            raise PlanError(
+                f"the model was pruned to {nm_string(plan.target, plan.m)} (config.msp_sparsity) but the callback "
+                f"asks for sparsity {self.config.sparsity!r}: set sparsity='{plan.target}:{plan.m}' to train it on, "
+                "or load the dense model to prune it again"
+            )
+        count = restore_masks(model, plan, removed)
+        self.plan = plan
+        log.info("re-installed %d N:M masks from the plan in the model's config: %s", count, plan.describe())
+        return True
 
     def adopt_installed_masks(self, model: nn.Module) -> SparsityPlan | None:
         """If every block linear of ``model`` already carries an N:M mask (e.g. installed while a

@@ -30,8 +30,9 @@ from .calibration import block_output
 from .distributed import world
 from .files import atomic_write_text, give_default_permissions
 from .models import block_linears, blocks_path, find_blocks, fingerprint
-from .nm import check_pattern, install_mask, mask_from_zeros, masked_modules, to_out_in
+from .nm import check_pattern, to_out_in
 from .plan import PlanError, SparsityPlan
+from .saving import CONFIG_KEY, config_entry, plan_from_config, restore_masks
 
 log = logging.getLogger(__name__)
 
@@ -79,18 +80,14 @@ class ExportRecord:
 
 # ---------------------------------------------------------------------------- weights
 def effective_state_dict(model: nn.Module) -> dict[str, Tensor]:
-    """``model.state_dict()`` with every masked weight stored under its plain key as its
-    effective (masked) value, and the mask buffers left out."""
-    masked = dict(masked_modules(model))
-    out: dict[str, Tensor] = {}
-    for key, value in model.state_dict().items():
-        if ".parametrizations.weight." not in key:
-            out[key] = value
-            continue
-        owner = key.split(".parametrizations.weight.")[0]
-        if key.endswith(".parametrizations.weight.original") and owner in masked:
-            out[f"{owner}.weight"] = masked[owner].weight.detach()
-    return out
+    """``model.state_dict()``: masked layers already write their effective weights under the plain
+    keys (see `saving`); a layer with other parametrizations besides the mask is refused."""
+    state = model.state_dict()
+    left = [key for key in state if ".parametrizations." in key]
+    if left:
+        raise ExportError(f"{left[0]} belongs to a parametrization msp_callback did not install: remove it "
+                          "(torch.nn.utils.parametrize.remove_parametrizations) before exporting")
+    return state
 
 
 def _without_blocks(state: dict[str, Tensor], prefix: str, removed: list[int]) -> dict[str, Tensor]:
@@ -273,8 +270,9 @@ def _save(model: nn.Module, directory: Path, plan: SparsityPlan | ExportRecord, 
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         model.save_pretrained(staging, state_dict=dict(state))  # (it consumes the dict) fills config.architectures / dtype
-        if removed:
-            _config_without_blocks(model.config, len(original), removed).save_pretrained(staging)
+        config = _config_without_blocks(model.config, len(original), removed) if removed else copy.deepcopy(model.config)
+        setattr(config, CONFIG_KEY, config_entry(plan, record.removed_blocks))
+        config.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         record.fingerprint = _check_folder_matches(staging, state)
@@ -351,38 +349,35 @@ def read_record(directory: str | os.PathLike) -> ExportRecord:
     return ExportRecord.from_dict(json.loads(path.read_text()))
 
 
-def install_saved_masks(model: nn.Module, record: ExportRecord) -> int:
-    """Install each remaining block's masks from its zeros at its planned level (exactly
-    ``level`` pruned per group; where a group has more zeros, the leftmost are taken)."""
-    blocks = find_blocks(model)
-    kept = record.kept_blocks
-    if len(blocks) != len(kept):
-        raise ExportError(f"the model has {len(blocks)} blocks but {RECORD_FILE} expects {len(kept)}: "
-                          "it belongs to another export")
-    count = 0
-    for block, original in zip(blocks, kept):
-        level = record.plan.levels[original]
-        for name, module in block_linears(block).items():
-            weight = module.weight.detach()
-            keep = mask_from_zeros(to_out_in(module, weight), level, record.plan.m, f"block {original} {name}")
-            install_mask(module, to_out_in(module, keep))
-            count += 1
-    return count
+def load_pruned(directory: str | os.PathLike, dtype: torch.dtype | str = "auto", masks: bool = True, **kwargs: Any):
+    """Load a pruned model folder: ``(model, record)``, with the N:M masks installed
+    (``masks=True``) so that further training keeps the sparsity. The folder is one written by
+    `save_pruned` (its ``msp_export.json``), or by any ``save_pretrained`` / ``trainer.save_model``
+    of a model pruned with this library (the plan in its ``config.json``). ``dtype="auto"`` keeps
+    the saved one; other keyword arguments go to ``from_pretrained``."""
+    from transformers import AutoConfig, AutoModelForCausalLM
 
-
-def load_pruned(directory: str | os.PathLike, dtype: torch.dtype | str = "auto", masks: bool = True):
-    """Load a folder written by `save_pruned`: ``(model, record)``, with the N:M masks installed
-    (``masks=True``) so that further training keeps the sparsity. ``dtype="auto"`` keeps the
-    saved one."""
-    from transformers import AutoModelForCausalLM
-
-    record = read_record(directory)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype)
+    directory = Path(directory)
+    if (directory / RECORD_FILE).exists():
+        record = read_record(directory)
+    else:
+        found = plan_from_config(AutoConfig.from_pretrained(directory)) if (directory / "config.json").exists() else None
+        if found is None:
+            raise ExportError(f"{directory} holds no pruned model: no {RECORD_FILE} and no plan (msp_sparsity) in "
+                              "its config.json; save the model after pruning it with msp_callback")
+        record = ExportRecord(plan=found[0], removed_blocks=found[1])
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
     model.eval()
     if record.fingerprint is not None:
-        found = fingerprint(model)
-        if found["shape_digest"] != record.fingerprint["shape_digest"]:
+        found_print = fingerprint(model)
+        if found_print["shape_digest"] != record.fingerprint["shape_digest"]:
             raise ExportError(f"the weights in {directory} do not match {RECORD_FILE} (different shapes)")
     if masks:
         install_saved_masks(model, record)
     return model, record
+
+
+def install_saved_masks(model: nn.Module, record: ExportRecord) -> int:
+    """Install each remaining block's masks from its zeros at its planned level (see
+    `saving.restore_masks`)."""
+    return restore_masks(model, record.plan, record.removed_blocks)

@@ -10,7 +10,9 @@ Ranks are computed once per weight (one sort); the mask for any level 0..M is th
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -137,15 +139,73 @@ def stored_weight(module: nn.Module) -> Tensor:
     return module.weight
 
 
+def _mask_key(module: nn.Module) -> str:
+    """State-dict key of the mask buffer below the module's prefix (its index in the
+    parametrization list is looked up, never assumed)."""
+    for index, p in enumerate(module.parametrizations["weight"]):
+        if isinstance(p, NMMask):
+            return f"parametrizations.weight.{index}.mask"
+    raise KeyError("no NMMask on this module")
+
+
+ORIGINAL_KEY = "parametrizations.weight.original"
+
+
+def _only_nm_mask(module: nn.Module) -> bool:
+    """True if the weight's parametrizations are exactly one `NMMask` (others are left alone)."""
+    return parametrize.is_parametrized(module, "weight") and len(module.parametrizations["weight"]) == 1 \
+        and mask_of(module) is not None
+
+
+@torch.no_grad()
+def _save_effective_weight(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """State-dict post-hook of a masked module: write its weight as the plain ``weight`` key,
+    holding the effective (masked) values, and leave the parametrization keys out. Every way of
+    saving (``save_pretrained``, ``torch.save(model.state_dict())``, Lightning checkpoints) then
+    writes an ordinary model that loads anywhere with the pruned weights. The stored original's
+    pruned entries are zeroed in place first (they are invisible through the mask; the pruners
+    already write zeros there), so no copy of the weight is made."""
+    if not _only_nm_mask(module):
+        if mask_of(module) is not None:
+            warnings.warn(f"{prefix}weight carries parametrizations besides the N:M mask: it is saved under "
+                          "parametrization keys, which a plain from_pretrained / load_state_dict does not read; "
+                          "remove the other parametrizations before saving", stacklevel=2)
+        return
+    original = state_dict.pop(prefix + ORIGINAL_KEY, None)
+    state_dict.pop(prefix + _mask_key(module), None)
+    if original is None:
+        return
+    stored = module.parametrizations["weight"].original
+    stored.data.masked_fill_(~mask_of(module), 0)
+    state_dict[prefix + "weight"] = original
+
+
+def _load_plain_weight(module: nn.Module, state_dict: dict, prefix: str, *args: Any) -> None:
+    """Load-state-dict pre-hook of a masked module: a plain ``weight`` key (as written by
+    `_save_effective_weight`, or by any unpruned model) loads into the stored original, and the
+    installed mask is kept unless the state dict carries its own (an older checkpoint format)."""
+    if not _only_nm_mask(module) or prefix + "weight" not in state_dict or prefix + ORIGINAL_KEY in state_dict:
+        return
+    state_dict[prefix + ORIGINAL_KEY] = state_dict.pop(prefix + "weight")
+    state_dict.setdefault(prefix + _mask_key(module), mask_of(module))
+
+
 def install_mask(module: nn.Module, mask: Tensor) -> None:
-    """Install (or update in place) the N:M mask of one module; ``mask`` in module layout."""
+    """Install (or update in place) the N:M mask of one module; ``mask`` in module layout.
+
+    The module then saves its weight under the plain key with the mask applied, and loads a plain
+    weight into the masked layer (see `_save_effective_weight`, `_load_plain_weight`)."""
     if tuple(mask.shape) != tuple(module.weight.shape):
         raise NMPatternError(f"mask shape {tuple(mask.shape)} != weight shape {tuple(module.weight.shape)}")
     current = mask_of(module)
     if current is not None:
         current.copy_(mask)
-    else:
-        parametrize.register_parametrization(module, "weight", NMMask(mask.to(module.weight.device)))
+        return
+    parametrize.register_parametrization(module, "weight", NMMask(mask.to(module.weight.device)))
+    if not getattr(module, "_msp_state_hooks", False):  # once per module; idle while it is unmasked
+        module.register_state_dict_post_hook(_save_effective_weight)
+        module.register_load_state_dict_pre_hook(_load_plain_weight)
+        module._msp_state_hooks = True
 
 
 def install_masks(modules: dict[str, nn.Module], masks: dict[str, Tensor]) -> None:
@@ -176,6 +236,10 @@ def remove_masks(model: nn.Module, bake: bool = True) -> int:
     for _, module in list(masked_modules(model)):
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=bake)
         count += 1
+    if not bake:
+        from .saving import forget_plan  # the restored originals no longer follow the plan
+
+        forget_plan(model)
     return count
 
 

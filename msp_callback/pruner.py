@@ -18,6 +18,7 @@ from .criteria import Criterion, get_criterion
 from .models import block_linears, find_blocks, fingerprint
 from .nm import check_divisible, from_out_in, has_pruning_masks, install_mask, stored_weight, to_out_in
 from .plan import SparsityPlan
+from .saving import record_in_config
 
 log = logging.getLogger(__name__)
 
@@ -81,4 +82,5 @@ def prune(
             "calibration=[token-id tensors] (see msp_callback.data.sample_calibration)"
         )
     walk_blocks(model, calibration, visit, desc=f"prune ({criterion.name})", progress=progress, needs_inputs=needs_inputs)
+    record_in_config(model, plan)  # save_pretrained then carries the plan (see saving.py)
     return model

@@ -178,3 +178,38 @@ def test_msp_run_recipe_end_to_end(tmp_path, capsys):
     assert result["export"]["measured_sparsity_after_reload"]["pruned_linears_pct"] == pytest.approx(75.0, abs=0.01)
     assert (out / "model" / "msp_export.json").exists() and (out / "plan.json").exists()
     assert json.loads(capsys.readouterr().out)["ppl_after_reload"] == result["export"]["ppl_after_reload"]
+
+
+def test_real_trainer_save_model_keeps_the_pruned_model(texts, tmp_path):
+    """The issue-17 story on smollm2-135m: MSPTrainerCallback prunes, `trainer.save_model`, then a
+    plain `from_pretrained` gives the pruned model exactly and `load_pruned` its masks."""
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from msp_callback import MSPTrainerCallback
+    from msp_callback.export import load_pruned
+    from msp_callback.models import named_block_linears
+    from msp_callback.nm import mask_of
+
+    model, _ = load_causal_lm("smollm2-135m")
+    rows = data.sample_calibration(texts[0], 2, 64, seed=4, batch_size=1)
+    dataset = [{"input_ids": r[0], "labels": r[0]} for r in rows]
+    callback = MSPTrainerCallback(sparsity="2:4", allocation="uniform", criterion="magnitude", when="fit_start",
+                                  calib_samples=1, fitness_samples=0, progress=False)
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, per_device_train_batch_size=1, report_to=[],
+                             save_strategy="no", use_cpu=True, disable_tqdm=True, learning_rate=1e-5)
+    trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[callback])
+    trainer.train()
+    trainer.save_model(str(tmp_path / "out"))
+
+    x = data.evaluation_windows(texts[1], 64, max_windows=1)
+    plain, info = AutoModelForCausalLM.from_pretrained(tmp_path / "out", output_loading_info=True)
+    library, _ = load_pruned(tmp_path / "out")
+    assert not (info["missing_keys"] or info["unexpected_keys"] or info["mismatched_keys"])
+    with torch.no_grad():
+        reference = model.eval()(x).logits
+        assert torch.equal(plain.eval()(x).logits, reference)
+    pruned, reloaded, masked = named_block_linears(model), named_block_linears(plain), named_block_linears(library)
+    for name, module in pruned.items():
+        assert torch.equal(reloaded[name].weight == 0, module.weight.detach() == 0), name
+        assert torch.equal(mask_of(masked[name]), mask_of(module)), name
+    assert measure_sparsity(plain).pruned_linears == pytest.approx(50.0, abs=0.1)

@@ -8,7 +8,9 @@ from typing import Any, Literal
 
 from torch import nn
 
-from ..engine import MSPConfig, MSPEngine, install_masks_from_state_dict
+from ..engine import MSPConfig, MSPEngine, causal_lm_of
+from ..plan import parse_nm
+from ..saving import install_masks_for_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -28,18 +30,24 @@ def check_strategy(name: str) -> None:
         )
 
 
-def _install_saved_masks(module: nn.Module, state_dict, prefix: str, *args: Any) -> None:
-    own = {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
-    installed = install_masks_from_state_dict(module, own)
-    if installed:
-        log.info("installed %d N:M masks from the checkpoint before loading it", installed)
+def _install_checkpoint_masks(module: nn.Module, state_dict, prefix: str, *args: Any) -> None:
+    install_masks_for_checkpoint(causal_lm_of(module), state_dict, module._msp_mask_loader_m,
+                                 prefix + _relative_name(module, causal_lm_of(module)))
 
 
-def register_mask_loader(module: nn.Module) -> None:
-    """Make ``module.load_state_dict`` install the N:M parametrizations a masked checkpoint
-    holds before its weights load (so resuming into a fresh model keeps the sparsity). Idempotent."""
+def _relative_name(root: nn.Module, inner: nn.Module) -> str:
+    """``"model."`` for a causal LM held as ``root.model``; ``""`` when it is ``root`` itself."""
+    name = next(name for name, module in root.named_modules() if module is inner)
+    return f"{name}." if name else ""
+
+
+def register_mask_loader(module: nn.Module, sparsity: str) -> None:
+    """Make ``module.load_state_dict`` install the N:M masks a pruned checkpoint implies before
+    its weights load (see `saving.install_masks_for_checkpoint`), so resuming into a fresh model
+    keeps the sparsity, and the optimizer is built on the masked layers. Idempotent."""
+    module._msp_mask_loader_m = parse_nm(sparsity)[1]
     if not getattr(module, "_msp_mask_loader", False):
-        module.register_load_state_dict_pre_hook(_install_saved_masks)
+        module.register_load_state_dict_pre_hook(_install_checkpoint_masks)
         module._msp_mask_loader = True
 
 

@@ -30,7 +30,8 @@ class MSPTrainerCallback(MSPSettingsMixin, TrainerCallback):
         model = kwargs.get("model")
         if model is not None:
             self.engine.check_model(causal_lm_of(model))
-            register_mask_loader(model)  # resume_from_checkpoint of a masked checkpoint
+            register_mask_loader(model, self.engine.config.sparsity)  # resume_from_checkpoint of a pruned checkpoint
+            self.engine.restore_recorded_masks(causal_lm_of(model))  # a pruned model loaded plainly
             if args.world_size > 1:  # before the Trainer wraps the model in DDP
                 install_identity_masks(causal_lm_of(model))
 

@@ -23,7 +23,8 @@ class MSPCallback(MSPSettingsMixin, pl.Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         check_strategy(type(trainer.strategy).__name__)
         self.engine.check_model(causal_lm_of(pl_module))
-        register_mask_loader(pl_module)  # resuming a masked checkpoint
+        register_mask_loader(pl_module, self.engine.config.sparsity)  # resuming a pruned checkpoint
+        self.engine.restore_recorded_masks(causal_lm_of(pl_module))  # a pruned model loaded plainly
         if trainer.world_size > 1 and install_identity_masks(causal_lm_of(pl_module)):
             log.info("installed all-kept masks before DDP wraps the model; pruning fills them in place")
 
