@@ -10,7 +10,8 @@ properly (sequentially, with the criterion) and evaluated on held-out text, with
 interval over windows. Population sizes are compared at the same number of generations, so the
 larger population spends more evaluations; the convergence plots' x axis is the cost in
 full-evaluation units for that reason (a multi-fidelity screen on one of four windows costs 1/4).
-With screening, the population mean counts only the fully scored individuals. Writes benchmarks/results/<name>.json and one convergence plot per study.
+With screening, the population mean counts only the fully scored individuals. Writes
+benchmarks/results/<name>.json and one convergence plot per study.
 """
 
 from __future__ import annotations

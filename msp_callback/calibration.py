@@ -172,6 +172,12 @@ def walk_blocks(
     blocks = find_blocks(model)
     inputs = stack.block(0)
     for index, block in enumerate(tqdm(blocks, desc=desc, disable=not progress)):
+        if not all(bool(torch.isfinite(h).all()) for h in inputs.hidden):
+            raise CalibrationError(
+                f"the inputs of decoder block {index} hold NaN or inf values: "
+                + ("the embeddings are not finite (check the checkpoint)" if index == 0 else
+                   f"block {index - 1} overflowed; in float16 load the model in bfloat16 or float32")
+            )
         visit(index, block, inputs)
         if index + 1 < len(blocks):
             inputs = stack.block(index + 1, run_block(block, inputs))

@@ -6,14 +6,14 @@ import argparse
 import json
 import logging
 import sys
-from dataclasses import fields
+import typing
 
-from .allocation import ALLOCATIONS
-from .criteria import CRITERIA
+from .config import add_arguments, suggest
 from .packaged import PACKAGED_MODELS, PACKAGED_TEXT
+from .preflight import USER_ERRORS, check_job
 from .workflow import PruneSettings, run_prune, write_outputs
 
-DEFAULTS = PruneSettings()
+log = logging.getLogger("msp")
 
 EPILOG = """\
 N:M follows the paper: N of every M consecutive input weights are PRUNED, so 3:4 is 75%% zeros
@@ -39,43 +39,7 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
         epilog=EPILOG % {"models": ", ".join(PACKAGED_MODELS), "texts": ", ".join(PACKAGED_TEXT)},
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    d = DEFAULTS
-    p.add_argument("--model", default=d.model, help="packaged name, local folder or hub id (default: %(default)s)")
-    p.add_argument("--sparsity", default=d.sparsity, help="target N:M, N pruned of M (default: %(default)s = 75%%)")
-    p.add_argument("--criterion", default=d.criterion, choices=sorted(CRITERIA), help="importance criterion (default: %(default)s)")
-    p.add_argument("--allocation", default=d.allocation, choices=sorted(ALLOCATIONS), help="how per-block levels are chosen (default: %(default)s)")
-    p.add_argument("--plan", default=None, help="apply this plan.json instead of making one")
-    g = p.add_argument_group("data")
-    g.add_argument("--calib-corpus", default=d.calib_corpus, help="calibration text (default: %(default)s)")
-    g.add_argument("--eval-corpus", default=d.eval_corpus, help="evaluation text (default: %(default)s)")
-    g.add_argument("--calib-samples", type=int, default=d.calib_samples, help="calibration windows (default: %(default)s)")
-    g.add_argument("--calib-seqlen", type=int, default=d.calib_seqlen, help="tokens per calibration window (default: %(default)s)")
-    g.add_argument("--eval-seqlen", type=int, default=d.eval_seqlen, help="tokens per evaluation window (default: %(default)s)")
-    g.add_argument("--eval-windows", type=int, default=d.eval_windows, help="evaluation windows; 0 = all of the text (default: %(default)s)")
-    g.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size, help="windows per forward (default: %(default)s)")
-    g.add_argument("--bos", default=d.bos, choices=["auto", "yes", "no"], help="start each window with BOS; auto = if the tokenizer does (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=d.seed, help="seed for calibration sampling and search (default: %(default)s)")
-    g.add_argument("--no-dense-eval", action="store_true", help="skip the dense perplexity")
-    s = p.add_argument_group("search (--allocation msp)")
-    s.add_argument("--population", type=int, default=d.population, help="individuals per generation (default: %(default)s)")
-    s.add_argument("--generations", type=int, default=d.generations, help="generations after the initial one (default: %(default)s)")
-    s.add_argument("--mutation-rate", type=float, default=d.mutation_rate, help="probability an offspring mutates (default: %(default)s)")
-    s.add_argument("--init", default=d.init, choices=["random", "sensitivity", "trace"],
-                   help="initial population: random (Alg. 2), sensitivity (Alg. 3, front fifth of blocks below "
-                        "target), trace (from measured Fisher traces) (default: %(default)s)")
-    s.add_argument("--fitness", default=d.fitness, choices=["ppl", "kl"],
-                   help="fitness: ppl = perplexity on the fitness split (paper), kl = KL to the dense model's "
-                        "top-64 next-token distribution (default: %(default)s)")
-    s.add_argument("--screen-windows", type=int, default=d.screen_windows,
-                   help="multi-fidelity search: score new individuals on this many fitness windows first and only "
-                        "the better half on all of them; 1 of 4 costs 3/4 per generation (default: %(default)s = off)")
-    s.add_argument("--fitness-samples", type=int, default=d.fitness_samples, help="fitness windows, drawn from the calibration corpus (default: %(default)s)")
-    s.add_argument("--fitness-seqlen", type=int, default=d.fitness_seqlen, help="tokens per fitness window (default: %(default)s)")
-    s.add_argument("--resume", action="store_true", help="continue the search from OUTPUT/search_checkpoint.json (written every generation)")
-    o = p.add_argument_group("output")
-    o.add_argument("--output", default=None, help="folder for plan.json (default: runs/<model>-<N>of<M>-<criterion>-<allocation>)")
-    o.add_argument("--json", default=None, help="write the machine-readable result here")
-    o.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+    add_arguments(p, PruneSettings)  # every option, its default and help: from msp_callback.config
 
 
 RUN_EPILOG = """\
@@ -101,8 +65,23 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors (exit status 2) that point at ``--help``, and a "did you
+    mean" for a misspelt option."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extra = super().parse_known_args(args, namespace)
+        unknown = [a.split("=")[0] for a in extra if a.startswith("--")]
+        if unknown:
+            self.error(f"unrecognized option {unknown[0]}{suggest(unknown[0], self._option_string_actions)}")
+        return namespace, extra
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="msp", description="Mixed Sparsity Pruning for LLMs (per-block N:M levels).")
+    parser = _Parser(prog="msp", description="Mixed Sparsity Pruning for LLMs (per-block N:M levels).")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prune(sub)
     _add_run(sub)
@@ -124,37 +103,41 @@ def _summary(result: dict) -> dict:
 def _run(args: argparse.Namespace) -> int:
     from .recipe import load_recipe, run_recipe
 
-    try:
-        recipe = load_recipe(args.recipe, args.overrides)
-        recipe.prune.progress = not args.quiet
-        result = run_recipe(recipe)
-    except (ValueError, RuntimeError) as err:  # our errors say what to fix
-        logging.getLogger("msp").error("%s", err)
-        return 2
+    recipe = load_recipe(args.recipe, args.overrides)
+    recipe.prune.progress = recipe.prune.progress and not args.quiet
+    result = run_recipe(recipe)
+    print(json.dumps(_summary(result), indent=2))
+    return 0
+
+
+def _prune(args: argparse.Namespace) -> int:
+    given = {k: v for k, v in vars(args).items() if k != "command"}
+    settings = PruneSettings(**given)
+    output = settings.output or (f"runs/{settings.model.replace('/', '_')}-{settings.sparsity.replace(':', 'of')}-"
+                                 f"{settings.criterion}-{settings.allocation}")
+    settings.search_checkpoint = f"{output}/search_checkpoint.json"
+    check_job(settings, given, output)
+    result, plan = run_prune(settings)
+    write_outputs(result, plan, output, settings.json)
     print(json.dumps(_summary(result), indent=2))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
+    """``msp prune`` / ``msp run``. A mistake in the input ends with one line naming the option or
+    file and exit status 2; anything else is a bug and shows its traceback."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.command == "run":
-        return _run(args)
-    known = {f.name for f in fields(PruneSettings)}
-    settings = PruneSettings(**{k: v for k, v in vars(args).items() if k in known})
-    settings.eval_windows = args.eval_windows or None
-    settings.dense_eval = not args.no_dense_eval
-    settings.progress = not args.quiet
-    output = args.output or f"runs/{settings.model.replace('/', '_')}-{settings.sparsity.replace(':', 'of')}-{settings.criterion}-{settings.allocation}"
-    settings.checkpoint = f"{output}/search_checkpoint.json"
+    quiet = getattr(args, "quiet", False) or getattr(args, "progress", True) is False
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        result, plan = run_prune(settings)
-    except (ValueError, RuntimeError) as err:  # our errors say what to fix
-        logging.getLogger("msp").error("%s", err)
+        return _run(args) if args.command == "run" else _prune(args)
+    except USER_ERRORS as err:  # our errors say what to fix
+        log.error("%s", str(err).replace("\n", " "))
         return 2
-    write_outputs(result, plan, output, args.json)
-    print(json.dumps(_summary(result), indent=2))
-    return 0
+    except Exception:
+        log.exception("this is a bug in msp-callback, not a problem with your input: please report it with the "
+                      "command line and the traceback below")
+        return 1
 
 
 if __name__ == "__main__":

@@ -71,13 +71,13 @@ def reduce_traces(traces: Sequence[float], count: int) -> list[float]:
 def broadcast_masks(model: nn.Module) -> None:
     """Copy rank 0's N:M masks, and the weights it pruned with them (SparseGPT also updates the
     kept weights), to every rank."""
-    from .nm import masked_modules, stored_weight
+    from .nm import mask_of, masked_modules, stored_weight
 
     rank, size = world()
     if size == 1:
         return
     for _, module in masked_modules(model):
-        mask = module.parametrizations["weight"][0].mask
+        mask = mask_of(module)
         as_bytes = mask.to(torch.uint8)
         dist.broadcast(as_bytes, src=0)
         mask.copy_(as_bytes.bool())

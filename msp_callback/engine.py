@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, replace
 from typing import Any
 
 import torch
@@ -16,39 +16,15 @@ from torch import Tensor, nn
 
 from .allocation import make_plan
 from .calibration import CalibrationError
+from .config import MSPConfig, SearchSettings, extract
 from .distributed import broadcast, broadcast_masks
 from .models import block_linears, find_blocks, fingerprint
 from .nm import has_pruning_masks, install_mask, mask_of, to_out_in, zeros_per_group
 from .plan import PlanError, SparsityPlan, nm_string, parse_nm
 from .pruner import check_model_fits, prune
 from .saving import masks_installed, plan_from_config, restore_masks
-from .search.runner import SearchSettings
 
 log = logging.getLogger(__name__)
-
-@dataclass
-class MSPConfig:
-    """What to prune to and how. Plain typed values, so a YAML config can set them."""
-
-    sparsity: str = "3:4"  # N:M, N pruned of every M
-    criterion: str = "wanda"
-    allocation: str = "msp"  # uniform | owl | fisher | msp
-    calib_samples: int = 16  # token rows taken from the calibration batches
-    fitness_samples: int = 4  # further rows held apart as the search's fitness split
-    population: int = 20
-    generations: int = 20
-    mutation_rate: float = 0.5
-    init: str = "sensitivity"
-    fitness: str = "ppl"
-    screen_windows: int = 0  # multi-fidelity screening on this many fitness rows (0: off)
-    seed: int = 0
-    search_checkpoint: str | None = None
-
-    def __post_init__(self) -> None:
-        parse_nm(self.sparsity)  # a clear error now, not after training
-        if self.calib_samples < 1:
-            raise ValueError(f"calib_samples must be at least 1, got {self.calib_samples}")
-
 
 def input_ids_of(batch: Any) -> Tensor:
     """Token ids from a batch: a tensor, a mapping with ``input_ids``, or a tuple/list whose
@@ -190,9 +166,8 @@ class MSPEngine:
             if cfg.allocation == "msp":
                 log.warning("no rows left for a separate fitness split: the search scores on the calibration rows")
         n, m = parse_nm(cfg.sparsity)
-        search = SearchSettings(population=cfg.population, generations=cfg.generations,
-                                mutation_rate=cfg.mutation_rate, init=cfg.init, fitness=cfg.fitness,
-                                screen_windows=cfg.screen_windows, checkpoint=cfg.search_checkpoint, resume=cfg.search_checkpoint is not None)
+        search = extract(cfg, SearchSettings)  # a callback's search resumes whenever its checkpoint exists
+        search = replace(search, resume=search.resume or search.search_checkpoint is not None)
         was_training = model.training
         # Lightning runs some hooks under inference mode; masks made there could not be trained.
         with torch.inference_mode(False), torch.enable_grad():

@@ -59,6 +59,26 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
     return best[1]
 
 
+def check_causal_lm(model: nn.Module) -> None:
+    """Refuse transformers models that do not predict the next token from the left context alone
+    (encoders such as BERT, encoder-decoders such as T5): N:M levels are scored and reported with
+    next-token perplexity. Modules without a transformers config are taken as they are."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "model_type"):
+        return
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    kind = f"{type(model).__name__} ({config.model_type})"
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelStructureError(f"{kind} is an encoder-decoder model; msp-callback prunes causal language models "
+                                  "(decoder-only, e.g. Llama, Qwen, Gemma, GPT-2, OPT)")
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+    if config.model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES and not (
+            type(model).__name__ in causal and getattr(config, "is_decoder", False)):
+        raise ModelStructureError(f"{kind} is a bidirectional encoder, not a causal language model: next-token "
+                                  "perplexity does not measure it; msp-callback prunes decoder-only causal LMs")
+
+
 def blocks_path(model: nn.Module) -> str:
     """Dotted name of the decoder-block list inside ``model`` (e.g. ``model.layers``)."""
     blocks = find_blocks(model)
@@ -158,5 +178,6 @@ def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
+    check_causal_lm(model)
     find_blocks(model)  # fail early, clearly, on a model we cannot prune
     return model, tokenizer

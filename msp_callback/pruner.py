@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .calibration import BlockInputs, CalibrationError, collect_input_stats, walk_blocks
 from .criteria import Criterion, get_criterion
-from .models import block_linears, find_blocks, fingerprint
+from .models import ModelStructureError, block_linears, check_causal_lm, find_blocks, fingerprint
 from .nm import check_divisible, from_out_in, has_pruning_masks, install_mask, stored_weight, to_out_in
 from .plan import SparsityPlan
 from .saving import record_in_config
@@ -24,10 +24,14 @@ log = logging.getLogger(__name__)
 
 
 def check_model_fits(model: nn.Module, m: int) -> None:
-    """Every block linear's input width must split into groups of M."""
+    """A causal LM whose every block linear splits into groups of M and holds finite weights."""
+    check_causal_lm(model)
     for i, block in enumerate(find_blocks(model)):
         for name, module in block_linears(block).items():
             check_divisible(to_out_in(module, module.weight).shape[1], m, f"block {i} {name}")
+            if not bool(torch.isfinite(module.weight.detach()).all()):
+                raise ModelStructureError(f"block {i} {name}: the weight holds NaN or inf values, and pruning would "
+                                          "carry them into every output; load a checkpoint with finite weights")
 
 
 @torch.no_grad()

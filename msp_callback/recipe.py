@@ -15,17 +15,17 @@ merge, after plain reload. Overrides use dotted keys: ``--set lora.steps=10 spar
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import typing
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .files import atomic_write_text
+from .config import ConfigError, refuse_unknown
+from .preflight import check_job
 from .workflow import PruneSettings, prune_and_measure, write_outputs
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class Recipe:
     export: ExportSettings | None = None
     output: str | None = None  # default: runs/<recipe file stem>
     source: dict[str, Any] = field(default_factory=dict)
+    given: dict[str, Any] = field(default_factory=dict)  # the prune settings the recipe sets
 
 
 SECTIONS = {"lora": LoraSettings, "export": ExportSettings}
@@ -120,12 +121,16 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     raise RecipeError(f"{where}: expected {kind.__name__}, got {value!r}")
 
 
+RENAMED = {"checkpoint": "search_checkpoint"}  # earlier recipe keys that still work
+
+
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    values = {RENAMED.get(k, k) if cls is PruneSettings else k: v for k, v in values.items()}
+    try:
+        refuse_unknown(cls, values, where)
+    except ConfigError as error:
+        raise RecipeError(str(error)) from None
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise RecipeError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
     return cls(**{k: _coerce(v, hints[k], f"{where}: {k}") for k, v in values.items()})
 
 
@@ -163,7 +168,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
             built[name] = _build(cls, section, f"{path}: {name}")
         else:
             raise RecipeError(f"{path}: {name} must be a mapping of settings (or false to skip the stage), got {section!r}")
-    return Recipe(prune=prune, output=output, source={"path": str(path), "overrides": list(overrides)}, **built)
+    return Recipe(prune=prune, output=output, source={"path": str(path), "overrides": list(overrides)}, given=raw, **built)
 
 
 def run_recipe(recipe: Recipe) -> dict[str, Any]:
@@ -175,7 +180,8 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
         folder = Path(recipe.export.folder or f"{recipe.output}/model")
         if folder.exists() and not recipe.export.overwrite:
             raise RecipeError(f"export folder {folder} exists: set export.overwrite=true or another export.folder")
-    settings.checkpoint = settings.checkpoint or f"{recipe.output}/search_checkpoint.json"
+    settings.search_checkpoint = settings.search_checkpoint or f"{recipe.output}/search_checkpoint.json"
+    check_job(settings, recipe.given, recipe.output)
     result, plan, inputs = prune_and_measure(settings)
     result["recipe"] = {**recipe.source, **{k: asdict(v) for k, v in (("lora", recipe.lora), ("export", recipe.export)) if v}}
     model = inputs.model
@@ -185,6 +191,8 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
         _export_stage(recipe.export, settings, model, plan, inputs, result, recipe.output)
     result["seconds"] = time.perf_counter() - start
     write_outputs(result, plan, recipe.output, Path(recipe.output) / "result.json")
+    if settings.json:
+        write_outputs(result, plan, None, settings.json)
     return result
 
 

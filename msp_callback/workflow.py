@@ -10,7 +10,7 @@ import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,49 +18,33 @@ import torch
 
 from . import data
 from .allocation import make_plan
+from .config import CalibrationSettings, DataSettings, OutputSettings, SearchSettings, TargetSettings, check, extract, option
 from .evaluate import perplexity
 from .files import atomic_write_text
 from .models import load_causal_lm, measure_sparsity
 from .nm import remove_masks
 from .plan import SparsityPlan, nm_string, parse_nm
 from .pruner import prune
-from .search.runner import SearchSettings, search_summary
+from .search.runner import search_summary
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
-class PruneSettings:
-    """Everything one pruning job needs; defaults are the embedded real-model run."""
+class PruneSettings(OutputSettings, SearchSettings, DataSettings, CalibrationSettings, TargetSettings):
+    """Everything one pruning job needs (``msp prune``, recipes); defaults are the embedded
+    real-model run. Each setting is declared once, in its section in `config`."""
 
-    model: str = "smollm2-135m"
-    sparsity: str = "3:4"
-    criterion: str = "wanda"
-    allocation: str = "uniform"
-    calib_corpus: str = "c4"
-    eval_corpus: str = "wikipedia"
-    calib_samples: int = 16
-    calib_seqlen: int = 512
-    eval_seqlen: int = 1024
-    eval_windows: int | None = 40
-    eval_batch_size: int = 1
-    bos: str = "auto"  # auto: a BOS per window when the tokenizer adds one itself
-    seed: int = 0
-    plan: str | None = None  # apply this plan file instead of making one
-    # search (allocation msp): see search.runner.SearchSettings
-    population: int = 20
-    generations: int = 20
-    mutation_rate: float = 0.5
-    init: str = "sensitivity"
-    fitness: str = "ppl"
-    screen_windows: int = 0  # multi-fidelity: screen on this many fitness windows first (0: off)
-    fitness_samples: int = 4  # fitness split: windows drawn from the calibration corpus
-    fitness_seqlen: int = 512
-    checkpoint: str | None = None
-    resume: bool = False
-    dense_eval: bool = True
-    progress: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)  # allocation settings (search, ...)
+    model: str = option("smollm2-135m", "packaged name, local folder or hub id")
+    plan: str | None = option(None, "apply this plan.json instead of making one")
+    # the job's default stays uniform (the callbacks' is msp) until the search fits a short run
+    allocation: str = option("uniform", "how per-block levels are chosen: uniform | owl | fisher | msp (the search)")
+    extra: dict[str, Any] = option(None, "allocation settings (search, ...)", cli=False, factory=dict)
+
+    def __post_init__(self) -> None:
+        check(self)
+        if self.eval_windows == 0:
+            self.eval_windows = None  # all of the text
 
 
 def _bos_id(tokenizer, bos: str) -> int | None:
@@ -145,9 +129,7 @@ def prune_and_measure(settings: PruneSettings) -> tuple[dict[str, Any], Sparsity
         plan = SparsityPlan.load(settings.plan)
         plan.criterion = settings.criterion
     else:
-        search = SearchSettings(population=settings.population, generations=settings.generations,
-                                mutation_rate=settings.mutation_rate, init=settings.init, fitness=settings.fitness,
-                                screen_windows=settings.screen_windows, checkpoint=settings.checkpoint, resume=settings.resume)
+        search = extract(settings, SearchSettings)
         plan = make_plan(settings.allocation, model, n, m, settings.criterion, calibration=calibration,
                          fitness_windows=inputs.fitness_windows, search=search, seed=settings.seed,
                          progress=settings.progress, **settings.extra)

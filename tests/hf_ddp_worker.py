@@ -11,6 +11,7 @@ from transformers import Trainer, TrainingArguments
 from msp_callback import MSPTrainerCallback
 from msp_callback.distributed import world
 from msp_callback.models import block_linears, find_blocks
+from msp_callback.nm import mask_of
 from tests.conftest import VOCAB, tiny_model
 
 out = sys.argv[1]
@@ -30,7 +31,7 @@ for block, level in zip(find_blocks(model), cb.plan.levels):
     for module in block_linears(block).values():
         weight = module.weight.detach()
         digest.update(weight.numpy().tobytes())
-        masked_zero &= bool((weight[~module.parametrizations.weight[0].mask] == 0).all())
+        masked_zero &= bool((weight[~mask_of(module)] == 0).all())
 rank, size = world()
 with open(f"{out}/rank{rank}.json", "w") as f:
     json.dump({"size": size, "levels": cb.plan.levels, "traces": cb.plan.metadata["traces"],

@@ -4,7 +4,6 @@ import hashlib
 import json
 
 import lightning.pytorch as pl
-import torch
 
 from msp_callback import MSPCallback
 from msp_callback.distributed import world

@@ -83,7 +83,7 @@ def test_screened_search_resumes_with_its_cost_and_refuses_other_scoring(tmp_pat
         if search.generation == 1:
             raise Stop
 
-    settings = SearchSettings(population=6, generations=3, screen_windows=1, checkpoint=str(ckpt))
+    settings = SearchSettings(population=6, generations=3, screen_windows=1, search_checkpoint=str(ckpt))
     with pytest.raises(Stop):
         search_plan(model, 2, 4, "wanda", calibration, fitness_windows, settings, progress=False, on_generation=stop_at_one)
     settings.resume = True
@@ -92,7 +92,7 @@ def test_screened_search_resumes_with_its_cost_and_refuses_other_scoring(tmp_pat
     assert resumed.metadata["fitness_cost"] == pytest.approx(whole.metadata["fitness_cost"])
     with pytest.raises(PlanError, match="screen"):
         search_plan(model, 2, 4, "wanda", calibration, fitness_windows,
-                    SearchSettings(population=6, generations=3, checkpoint=str(ckpt), resume=True), progress=False)
+                    SearchSettings(population=6, generations=3, search_checkpoint=str(ckpt), resume=True), progress=False)
     with pytest.raises(ValueError, match="screen_keep"):
         search_plan(model, 2, 4, "wanda", calibration, fitness_windows,
                     SearchSettings(population=6, generations=3, screen_windows=1, screen_keep=0.25), progress=False)

@@ -10,7 +10,7 @@ from msp_callback.nm import check_pattern, to_out_in
 from msp_callback.plan import SparsityPlan
 from msp_callback.pruner import prune
 
-from .conftest import ARCHITECTURES, token_batches, tiny_model
+from .conftest import ARCHITECTURES, tiny_model, token_batches
 
 EXPECTED_LINEARS = {"llama": 7, "qwen2": 7, "gemma3": 7, "opt": 6, "gpt2": 4}
 

@@ -5,11 +5,11 @@ from transformers.pytorch_utils import Conv1D
 
 from msp_callback.criteria import get_criterion
 from msp_callback.nm import (
-    mask_from_zeros,
     NMPatternError,
     check_pattern,
     from_out_in,
     group_ranks,
+    mask_from_zeros,
     nm_mask,
     to_out_in,
     zeros_per_group,

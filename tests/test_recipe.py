@@ -40,9 +40,9 @@ def test_overrides_reach_sections_and_convert_numbers(tmp_path):
 def test_bad_recipes_fail_clearly(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("sparsity: '3:4'\nsparsityy: 1\n")
-    with pytest.raises(RecipeError, match=r"unknown keys \['sparsityy'\]"):
+    with pytest.raises(RecipeError, match=r"unknown setting 'sparsityy'; did you mean 'sparsity'"):
         load_recipe(bad)
-    with pytest.raises(RecipeError, match="unknown keys"):
+    with pytest.raises(RecipeError, match="unknown setting 'rnak'; did you mean 'rank'"):
         load_recipe(RECIPE_DIR / "compress_then_lora.yaml", ["lora.rnak=3"])
     with pytest.raises(RecipeError, match="KEY=VALUE"):
         load_recipe(RECIPE_DIR / "compress_then_lora.yaml", ["lora.rank"])

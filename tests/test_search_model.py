@@ -15,7 +15,7 @@ from msp_callback.pruner import prune
 from msp_callback.search.levels import LevelCache
 from msp_callback.search.runner import SearchSettings
 
-from .conftest import token_batches, tiny_model
+from .conftest import tiny_model, token_batches
 
 
 @pytest.mark.parametrize("criterion", ["magnitude", "wanda", "sparsegpt"])
@@ -79,7 +79,7 @@ def test_msp_search_improves_on_its_initial_population_and_resumes(tmp_path):
         if search.generation == 2:
             raise Stop
 
-    settings = SearchSettings(population=6, generations=4, checkpoint=str(ckpt))
+    settings = SearchSettings(population=6, generations=4, search_checkpoint=str(ckpt))
     with pytest.raises(Stop):
         runner.search_plan(model, 2, 4, "wanda", batches, fitness, settings, seed=1, progress=False, on_generation=stop_at_two)
     assert json.loads(ckpt.read_text())["search"]["generation"] == 2

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
+import typing
 from collections.abc import Iterable
 from typing import Any, Literal
 
 from torch import nn
 
-from ..engine import MSPConfig, MSPEngine, causal_lm_of
+from ..config import ConfigError, MSPConfig, keyword_signature, refuse_unknown, suggest
+from ..engine import MSPEngine, causal_lm_of
 from ..plan import parse_nm
 from ..saving import install_masks_for_checkpoint
 
@@ -52,52 +55,40 @@ def register_mask_loader(module: nn.Module, sparsity: str) -> None:
 
 
 class MSPSettingsMixin:
-    """Holds an `MSPEngine` built from plain typed arguments (LightningCLI / YAML friendly)."""
+    """Holds an `MSPEngine` built from keyword arguments: every field of `config.MSPConfig`
+    (sparsity, criterion, allocation, calibration sizes, seed and the search's settings) plus
+    ``when``, ``calibration`` and ``progress``. The signature is generated from the configuration,
+    so LightningCLI / YAML, ``help()`` and IDEs see every option with its default."""
 
-    def __init__(
-        self,
-        sparsity: str = "3:4",
-        criterion: str = "wanda",
-        allocation: str = "msp",
-        when: When = "fit_end",
-        calib_samples: int = 16,
-        fitness_samples: int = 4,
-        population: int = 20,
-        generations: int = 20,
-        mutation_rate: float = 0.5,
-        init: str = "sensitivity",
-        fitness: str = "ppl",
-        screen_windows: int = 0,
-        seed: int = 0,
-        search_checkpoint: str | None = None,
-        calibration: Iterable[Any] | None = None,
-        progress: bool = True,
-    ):
+    def __init__(self, *, when: When = "fit_end", calibration: Iterable[Any] | None = None, progress: bool = True,
+                 **settings: Any):
         """
         Args:
-            sparsity: target N:M, N pruned of every M ("3:4" = 75%).
-            criterion: magnitude | wanda | sparsegpt | a registered name.
-            allocation: uniform | owl | fisher | msp (the search).
             when: "fit_end" (post-training, default), "fit_start" (prune, then train sparse), or
                 "manual" (call ``compress`` yourself).
-            calib_samples / fitness_samples: token rows for calibration and for the search's fitness.
             calibration: batches to calibrate on; default: the trainer's train dataloader.
-            screen_windows: multi-fidelity search: new individuals are first scored on this many
-                fitness rows and only the better half on all of them (0: off).
-            search_checkpoint: JSON file the search writes every generation and resumes from.
+            progress: progress bars.
+            **settings: the fields of `msp_callback.config.MSPConfig` (see ``msp prune --help``
+                for each one's meaning); ``search_checkpoint`` is resumed from whenever it exists.
         """
         super().__init__()
         if when not in ("fit_end", "fit_start", "manual"):
-            raise ValueError(f"when must be 'fit_end', 'fit_start' or 'manual', got {when!r}")
+            raise ConfigError(f"when must be 'fit_end', 'fit_start' or 'manual', got {when!r}{suggest(str(when), WHEN)}")
+        refuse_unknown(MSPConfig, settings, type(self).__name__)
         self.when = when
         self.calibration = calibration
         self.progress = progress
-        self.engine = MSPEngine(MSPConfig(
-            sparsity=sparsity, criterion=criterion, allocation=allocation, calib_samples=calib_samples,
-            fitness_samples=fitness_samples, population=population, generations=generations,
-            mutation_rate=mutation_rate, init=init, fitness=fitness, screen_windows=screen_windows, seed=seed, search_checkpoint=search_checkpoint,
-        ))
+        self.engine = MSPEngine(MSPConfig(**settings))
 
     @property
     def plan(self):
         return self.engine.plan
+
+
+WHEN = ("fit_end", "fit_start", "manual")
+_EXTRA = [inspect.Parameter("when", inspect.Parameter.KEYWORD_ONLY, default="fit_end", annotation=When),
+          inspect.Parameter("calibration", inspect.Parameter.KEYWORD_ONLY, default=None,
+                            annotation=typing.Optional[Iterable[Any]]),
+          inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=True, annotation=bool)]
+MSPSettingsMixin.__init__.__signature__ = keyword_signature(
+    MSPConfig, [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)], _EXTRA)

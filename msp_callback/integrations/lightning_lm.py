@@ -3,8 +3,8 @@ examples run with `LightningCLI` as they are. Your own modules work with `MSPCal
 
 from __future__ import annotations
 
-import torch
 import lightning.pytorch as pl
+import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from .. import data

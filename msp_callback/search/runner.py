@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..config import SearchSettings, check
 from ..distributed import ShardedEvaluate, world
 from ..files import atomic_write_text
 from ..models import fingerprint
@@ -25,36 +28,38 @@ from .levels import LevelCache
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class SearchSettings:
-    """The search's knobs; defaults as in the paper (20 individuals x 20 generations, rate 0.5)."""
-
-    population: int = 20
-    generations: int = 20
-    mutation_rate: float = 0.5
-    init: str = "sensitivity"  # random | sensitivity (Algorithm 3) | trace (measured Fisher traces)
-    trace_strength: float = 1.0
-    fitness: str = "ppl"  # ppl (the paper's) | kl (to the dense model's top-k, as in EvoPress)
-    fitness_batch_size: int = 4
-    screen_windows: int = 0  # > 0: multi-fidelity, new individuals screened on this many fitness windows
-    screen_keep: float = 0.5  # fraction of screened individuals then scored on the whole fitness split
-    checkpoint: str | None = None  # JSON file written after every generation
-    resume: bool = False
+def data_digest(calibration: Sequence[Tensor], fitness_windows: Tensor) -> str:
+    """SHA-256 of the token ids the level cache and the fitness are computed from: a resumed
+    search's cached scores are only valid on the same data."""
+    digest = hashlib.sha256()
+    for tensor in [*calibration, fitness_windows]:
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().to(torch.int64).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _load_checkpoint(path: Path, search: EvolutionarySearch, model_print: dict, criterion: str,
                      scoring: dict[str, Any]) -> None:
-    state = json.loads(path.read_text())
-    if state.get("scoring", scoring) != scoring:  # cached fitnesses are only comparable under one scoring
-        raise PlanError(f"checkpoint {path} was scored with {state['scoring']}, this search with {scoring}; "
-                        "resume with the same fitness and screening settings, or start a new search")
+    try:
+        state = json.loads(path.read_text())
+        stored = state["scoring"] if "scoring" in state else {}
+        saved_search = state["search"]
+    except (ValueError, KeyError, TypeError) as error:
+        raise PlanError(f"search checkpoint {path} is damaged ({error}); delete it to start a new search") from None
+    for key, value in scoring.items():  # cached fitnesses are only comparable under one scoring
+        if key not in stored:
+            log.warning("search checkpoint %s does not record its %s: resuming without checking it", path, key)
+        elif stored[key] != value:
+            what = "calibration or fitness data (corpus, rows, lengths or seed)" if key == "data" else key
+            raise PlanError(f"checkpoint {path} was scored with other {what} than this search; resume with the same "
+                            "settings, or delete the checkpoint to start a new search")
     if state.get("fingerprint") != model_print or state.get("criterion") != criterion:
         raise PlanError(
             f"checkpoint {path} was written for another model or criterion "
-            f"({state.get('fingerprint', {}).get('architecture')}, {state.get('criterion')}); "
+            f"({(state.get('fingerprint') or {}).get('architecture')}, {state.get('criterion')}); "
             "delete it or pass another --checkpoint to start a new search"
         )
-    search.load_state_dict(state["search"])
+    search.load_state_dict(saved_search)
     log.info("resumed search from %s at generation %d", path, search.generation)
 
 
@@ -83,12 +88,8 @@ def search_plan(
     sharded = ShardedEvaluate(fitness)  # in a distributed run each rank scores its share
     evaluate: Callable[[Sequence[Sequence[int]]], list[float]] = sharded
     if settings.screen_windows:
-        if settings.screen_keep < 0.5:
-            raise ValueError(f"screen_keep must be at least 0.5 (the search keeps the better half as parents; fewer "
-                             f"fully scored individuals would make rejected ones parents), got {settings.screen_keep}")
-        if not 0 < settings.screen_windows < len(fitness_windows):
-            raise ValueError(f"screen_windows must be between 1 and {len(fitness_windows) - 1} (the fitness split has "
-                             f"{len(fitness_windows)} windows), got {settings.screen_windows}; 0 turns screening off")
+        check(settings)  # screen_keep >= 0.5: the better half are parents, so every parent must be fully scored
+        settings.check_screening(len(fitness_windows))
         screen = FITNESSES[settings.fitness](model, cache, fitness_windows[: settings.screen_windows],
                                              settings.fitness_batch_size)
         evaluate = MultiFidelityEvaluate(ShardedEvaluate(screen), sharded, settings.screen_keep, screen.tokens,
@@ -101,9 +102,10 @@ def search_plan(
         traces=list(traces) if traces is not None else None, trace_strength=settings.trace_strength,
         evaluate=evaluate,
     )
-    checkpoint = Path(settings.checkpoint) if settings.checkpoint else None
+    checkpoint = Path(settings.search_checkpoint) if settings.search_checkpoint else None
     scoring = {"fitness": settings.fitness, "screen_windows": settings.screen_windows,
-               "screen_keep": settings.screen_keep if settings.screen_windows else None}
+               "screen_keep": settings.screen_keep if settings.screen_windows else None,
+               "data": data_digest(calibration, fitness_windows)}
     if checkpoint and settings.resume and checkpoint.exists():
         _load_checkpoint(checkpoint, search, model_print, criterion, scoring)
     meter = CostMeter(search, evaluate)

@@ -1,0 +1,267 @@
+"""The one configuration: every setting declared once, with its default, help and check.
+
+Settings are grouped by stage in small dataclasses (target, calibration, data, search, output);
+what an entry point takes is a combination of them, flat in use:
+
+- `MSPConfig` (both callbacks): target + calibration + search.
+- `PruneSettings` in `workflow` (``msp prune``, recipes): model, plan file, all sections.
+
+The command line (`add_arguments`), recipes (`build`) and the callbacks' keyword arguments
+(`keyword_signature`) are generated from these fields, so adding an option is one field here.
+`check` validates a whole configuration before any model work and names the option at fault.
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import types
+import typing
+from dataclasses import MISSING, Field, dataclass, field, fields
+from typing import Any
+
+from .plan import PlanError, parse_nm
+
+
+class ConfigError(ValueError):
+    """A setting that cannot work, named with how to fix it."""
+
+
+def option(default: Any, help: str, *, minimum: float | None = None, maximum: float | None = None,
+           choices: tuple[str, ...] | None = None, flag: str | None = None, cli: bool = True,
+           factory: typing.Callable[[], Any] | None = None) -> Any:
+    """A configuration field: its default (or ``factory``), help text, and what values it accepts.
+    ``flag`` overrides the command-line name (``--no-dense-eval`` for ``dense_eval``, which it then
+    negates); ``cli=False`` keeps it off the command line."""
+    meta = {"help": help, "minimum": minimum, "maximum": maximum, "choices": choices, "flag": flag, "cli": cli}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---------------------------------------------------------------------------- sections
+@dataclass
+class TargetSettings:
+    """What to prune to, and with what."""
+
+    sparsity: str = option("3:4", "target N:M, N pruned of every M (3:4 = 75%)")
+    criterion: str = option("wanda", "importance criterion: magnitude | wanda | sparsegpt | a registered one")
+    allocation: str = option("msp", "how per-block levels are chosen: uniform | owl | fisher | msp (the search)")
+
+
+@dataclass
+class CalibrationSettings:
+    """How much text calibrates and scores the search, and the seed."""
+
+    calib_samples: int = option(16, "calibration windows (token rows)", minimum=1)
+    fitness_samples: int = option(4, "fitness windows for the search, drawn apart from the calibration rows", minimum=0)
+    seed: int = option(0, "seed for calibration sampling and the search", minimum=0)
+
+
+@dataclass
+class DataSettings:
+    """Which texts, and the window sizes (the command-line job and recipes)."""
+
+    calib_corpus: str = option("c4", "calibration text: c4 | wikipedia (packaged), wikitext2 | c4-hub (hub), or a text file")
+    eval_corpus: str = option("wikipedia", "evaluation text (same choices; never overlaps the calibration text)")
+    calib_seqlen: int = option(512, "tokens per calibration window", minimum=2)
+    fitness_seqlen: int = option(512, "tokens per fitness window", minimum=2)
+    eval_seqlen: int = option(1024, "tokens per evaluation window", minimum=2)
+    eval_windows: int | None = option(40, "evaluation windows; 0 = all of the text", minimum=0)
+    eval_batch_size: int = option(1, "evaluation windows per forward", minimum=1)
+    bos: str = option("auto", "start each window with BOS; auto = if the tokenizer does", choices=("auto", "yes", "no"))
+
+
+@dataclass
+class SearchSettings:
+    """The search's knobs; defaults as in the paper (20 individuals x 20 generations, rate 0.5)."""
+
+    population: int = option(20, "individuals per generation", minimum=2)
+    generations: int = option(20, "generations after the initial one", minimum=0)
+    mutation_rate: float = option(0.5, "probability an offspring mutates", minimum=0.0, maximum=1.0)
+    init: str = option("sensitivity", "initial population: random (Alg. 2), sensitivity (Alg. 3, front fifth of blocks "
+                       "below target), trace (from measured Fisher traces)", choices=("random", "sensitivity", "trace"))
+    trace_strength: float = option(1.0, "init=trace: levels move by this many steps per standard deviation of "
+                                   "log Fisher trace", minimum=0.0)
+    fitness: str = option("ppl", "fitness: ppl = perplexity on the fitness split (paper), kl = KL to the dense "
+                          "model's top-64 next-token distribution", choices=("ppl", "kl"))
+    fitness_batch_size: int = option(4, "fitness windows per forward", minimum=1)
+    screen_windows: int = option(0, "multi-fidelity search: score new individuals on this many fitness windows first "
+                                 "and only the better ones on all; 1 of 4 costs 3/4 per generation (0 = off)", minimum=0)
+    screen_keep: float = option(0.5, "with screening: the fraction of screened individuals scored on every window",
+                                minimum=0.5, maximum=1.0)
+    search_checkpoint: str | None = option(None, "JSON file the search writes every generation and resumes from", cli=False)
+    resume: bool = option(False, "continue the search from its checkpoint (written every generation)")
+
+    def check_screening(self, fitness_windows: int) -> None:
+        """Screening needs fewer screen windows than the fitness split has."""
+        if self.screen_windows and not self.screen_windows < fitness_windows:
+            raise ConfigError(f"screen_windows (--screen-windows) must be below the {fitness_windows} fitness windows, "
+                              f"got {self.screen_windows}; 0 turns screening off")
+
+
+@dataclass
+class OutputSettings:
+    """What the command-line job reports and where."""
+
+    output: str | None = option(None, "folder for plan.json and plots (default: runs/<model>-<N>of<M>-<criterion>-<allocation>)")
+    json: str | None = option(None, "write the machine-readable result here")
+    dense_eval: bool = option(True, "skip the dense perplexity", flag="--no-dense-eval")
+    progress: bool = option(True, "no progress bars, warnings only", flag="--quiet")
+
+
+@dataclass
+class MSPConfig(SearchSettings, CalibrationSettings, TargetSettings):
+    """Everything the callbacks (`MSPEngine`) need: target, calibration and search."""
+
+    def __post_init__(self) -> None:
+        check(self)
+
+
+# ---------------------------------------------------------------------------- reading
+def sections(cls: type) -> list[type]:
+    """The setting sections ``cls`` combines, in declaration order (its own fields last)."""
+    return [base for base in reversed(cls.__mro__) if "__dataclass_fields__" in vars(base)]
+
+
+def own_fields(section: type) -> list[Field]:
+    """The fields a section declares itself (not the ones it inherits)."""
+    names = set(vars(section).get("__annotations__", {}))
+    return [f for f in fields(section) if f.name in names]
+
+
+def section_of(cls: type, name: str) -> type:
+    return next(s for s in reversed(sections(cls)) if name in {f.name for f in own_fields(s)})
+
+
+def extract(config: Any, section: type) -> Any:
+    """The ``section`` part of a combined configuration, as that section's own dataclass."""
+    return section(**{f.name: getattr(config, f.name) for f in fields(section)})
+
+
+def suggest(name: str, known: typing.Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(known), n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def refuse_unknown(cls: type, values: typing.Iterable[str], where: str) -> None:
+    known = [f.name for f in fields(cls)]
+    for name in values:
+        if name not in known:
+            raise ConfigError(f"{where}: unknown setting {name!r}{suggest(name, known)} (known: {', '.join(known)})")
+
+
+def flag_of(f: Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def field_types(cls: type) -> dict[str, Any]:
+    """Each field's type, with string annotations resolved."""
+    return typing.get_type_hints(cls)
+
+
+def alternatives(kind: Any) -> tuple[Any, ...]:
+    """The types a field accepts: the members of ``X | None``, else the type itself."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        return typing.get_args(kind)
+    return (kind,)
+
+
+# ---------------------------------------------------------------------------- checks
+def _check_field(f: Field, value: Any, kind: Any) -> None:
+    name, meta = f.name, f.metadata
+    label = f"{name} ({flag_of(f)})" if meta.get("cli", True) else name
+    if value is None:
+        if type(None) not in alternatives(kind):
+            raise ConfigError(f"{label} needs a value")
+        return
+    wanted = [t for t in alternatives(kind) if t is not type(None)]
+    if bool in wanted:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{label} must be true or false, got {value!r}")
+        return
+    if int in wanted and (isinstance(value, bool) or not isinstance(value, int)):
+        raise ConfigError(f"{label} must be a whole number, got {value!r}")
+    if float in wanted and (isinstance(value, bool) or not isinstance(value, (int, float)) or value != value):
+        raise ConfigError(f"{label} must be a number, got {value!r}")
+    if str in wanted and not isinstance(value, str):
+        raise ConfigError(f"{label} must be text, got {value!r}")
+    if meta.get("minimum") is not None and value < meta["minimum"]:
+        raise ConfigError(f"{label} must be at least {meta['minimum']}, got {value!r}")
+    if meta.get("maximum") is not None and value > meta["maximum"]:
+        raise ConfigError(f"{label} must be at most {meta['maximum']}, got {value!r}")
+    if meta.get("choices") and value not in meta["choices"]:
+        raise ConfigError(f"{label} must be one of {', '.join(meta['choices'])}, got {value!r}{suggest(str(value), meta['choices'])}")
+
+
+def check(config: Any) -> None:
+    """Check every field of ``config`` and the settings that depend on each other; raise a
+    `ConfigError` naming the first setting at fault. Runs before any model work."""
+    from .allocation import ALLOCATIONS
+    from .criteria import CRITERIA
+
+    kinds = field_types(type(config))
+    for f in fields(config):
+        _check_field(f, getattr(config, f.name), kinds[f.name])
+    if hasattr(config, "sparsity"):
+        try:
+            parse_nm(config.sparsity)
+        except PlanError as error:
+            raise PlanError(f"sparsity (--sparsity): {error}") from None
+    for name, registry in (("criterion", CRITERIA), ("allocation", ALLOCATIONS)):
+        value = getattr(config, name, None)
+        if value is not None and value not in registry:
+            raise ConfigError(f"{name} (--{name}) {value!r} is unknown{suggest(value, registry)} "
+                              f"(available: {', '.join(sorted(registry))})")
+    if isinstance(config, SearchSettings) and hasattr(config, "fitness_samples") and config.screen_windows:
+        config.check_screening(config.fitness_samples)
+
+
+# ---------------------------------------------------------------------------- generated interfaces
+def keyword_signature(cls: type, before: list[inspect.Parameter], after: list[inspect.Parameter]) -> inspect.Signature:
+    """A signature with every field of ``cls`` as a keyword argument with its default (so that
+    `inspect`, IDEs and jsonargparse / LightningCLI see the real options)."""
+    kinds = field_types(cls)
+    params = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default, annotation=kinds[f.name])
+              for f in fields(cls) if f.default is not MISSING]
+    return inspect.Signature([*before, *params, *after])
+
+
+def add_arguments(parser: Any, cls: type, skip: typing.Iterable[str] = ()) -> None:
+    """One command-line option per field of ``cls``, grouped by section. Defaults are left out of
+    the parsed namespace (argparse.SUPPRESS), so the caller sees exactly what was given."""
+    import argparse
+
+    done, kinds, final = set(skip), field_types(cls), {f.name: f for f in fields(cls)}
+    for section in sections(cls):
+        title = (section.__doc__ or section.__name__).splitlines()[0].rstrip(".").lower()
+        group = parser if section is cls else parser.add_argument_group(title)
+        for name in [f.name for f in own_fields(section) if f.name not in done]:
+            done.add(name)
+            f, kind = final[name], kinds[name]
+            accepted = alternatives(kind)
+            if not f.metadata.get("cli", True):
+                continue
+            if bool in accepted:
+                group.add_argument(flag_of(f), dest=name, default=argparse.SUPPRESS, help=f.metadata["help"],
+                                   action="store_false" if f.metadata.get("flag") else "store_true")
+                continue
+            number = next((t for t in (int, float) if t in accepted), None)
+            shown = "" if f.default is None else f" (default: {f.default})"
+            group.add_argument(flag_of(f), dest=name, default=argparse.SUPPRESS, choices=f.metadata.get("choices"),
+                               type=_number_reader(f, number) if number else str,
+                               help=(f.metadata["help"] + shown).replace("%", "%%"))
+
+
+def _number_reader(f: Field, kind: type):
+    """argparse type: a number, or a `ConfigError` naming the option (exit status 2)."""
+    import argparse
+
+    def read(text: str):
+        try:
+            return kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"must be a {'whole number' if kind is int else 'number'}, got {text!r}") from None
+
+    return read

@@ -1,0 +1,131 @@
+"""Checks of everything a job touches outside its settings, before the model loads.
+
+The settings themselves are checked by `config.check` when they are built; here are the files and
+folders they name: the model folder, the corpora, a plan to apply, a search checkpoint to resume,
+and the places the results go. Each failure names the option or file and how to fix it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from .config import ConfigError
+from .export import ExportError
+from .plan import PlanError, SparsityPlan, nm_string, parse_nm
+from .semistructured import SemiStructuredError
+
+# What the command line reports in one line with exit status 2 (anything else is a bug).
+USER_ERRORS = (ValueError, OSError, ExportError, SemiStructuredError)
+
+RUN_FILES = ("plan.json", "search_checkpoint.json", "result.json", "history.json", "levels.png", "convergence.png")
+
+
+def check_model_source(name: str) -> None:
+    """A packaged name, a hub id, or a local folder holding a readable ``config.json``."""
+    from .packaged import PACKAGED_MODELS
+
+    if name in PACKAGED_MODELS:
+        return
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"--model {name}: is a file; give a model folder (with config.json), a packaged name "
+                              f"({', '.join(PACKAGED_MODELS)}) or a hub id")
+        config = path / "config.json"
+        if not config.is_file():
+            raise ConfigError(f"--model {name}: the folder has no config.json, so it is not a transformers model folder")
+        try:
+            json.loads(config.read_text())
+        except (ValueError, UnicodeDecodeError) as error:
+            raise ConfigError(f"--model {name}: config.json is not valid JSON ({error})") from None
+        return
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a hub id (org/name)
+        raise ConfigError(f"--model {name}: no such folder; give a model folder, a packaged name "
+                          f"({', '.join(PACKAGED_MODELS)}) or a hub id (org/name)")
+
+
+def check_corpus(option: str, name: str) -> None:
+    from .packaged import PACKAGED_TEXT
+
+    if name in PACKAGED_TEXT or name in ("wikitext2", "c4-hub"):
+        return
+    path = Path(name)
+    if not path.is_file():
+        raise ConfigError(f"{option} {name}: not a packaged corpus ({', '.join(sorted(PACKAGED_TEXT))}), a hub corpus "
+                          "(wikitext2, c4-hub) or an existing text file")
+    if not path.read_text(encoding="utf-8", errors="replace").strip():
+        raise ConfigError(f"{option} {name}: the text file is empty")
+
+
+def read_plan_file(path: str) -> SparsityPlan:
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--plan {path}: no such file")
+    try:
+        return SparsityPlan.load(file)
+    except (ValueError, TypeError, KeyError) as error:
+        raise PlanError(f"--plan {path}: not a valid plan file ({str(error).splitlines()[0]})") from None
+
+
+def check_output_folder(option: str, folder: str | os.PathLike) -> None:
+    """A folder the job may write into: new, empty, or an earlier run's; never a file or a
+    folder holding other things; inside something writable."""
+    path = Path(folder)
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"{option} {folder}: is a file; give a folder for the run's outputs")
+        entries = {p.name for p in path.iterdir()}
+        if entries and not entries & set(RUN_FILES):
+            raise ConfigError(f"{option} {folder}: the folder holds other files ({', '.join(sorted(entries)[:3])}...); "
+                              "give a new folder or an earlier run's")
+    _check_writable(option, path)
+
+
+def check_output_file(option: str, file: str | os.PathLike) -> None:
+    path = Path(file)
+    if path.is_dir():
+        raise ConfigError(f"{option} {file}: is a folder; give a file name")
+    _check_writable(option, path.parent)
+
+
+def _check_writable(option: str, path: Path) -> None:
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{option} {path}: {existing} is a file, so nothing can be written below it")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: {existing} is not writable")
+
+
+def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike) -> None:
+    """Everything a `workflow.PruneSettings` job names, before the model loads. ``given`` are the
+    settings the user set explicitly (a value they set that the job would ignore is refused)."""
+    check_model_source(settings.model)
+    check_corpus("--calib-corpus", settings.calib_corpus)
+    check_corpus("--eval-corpus", settings.eval_corpus)
+    if settings.plan:
+        plan = read_plan_file(settings.plan)
+        if "sparsity" in given and parse_nm(settings.sparsity) != (plan.target, plan.m):
+            raise ConfigError(f"--sparsity {settings.sparsity} contradicts --plan {settings.plan}, which is "
+                              f"{nm_string(plan.target, plan.m)}: drop --sparsity (the plan decides)")
+        if "allocation" in given:
+            raise ConfigError("--allocation is not used with --plan (the plan's levels are applied): drop one of them")
+    if settings.resume:
+        if settings.plan or settings.allocation != "msp":
+            raise ConfigError("--resume continues an MSP search: it needs --allocation msp and no --plan")
+        checkpoint = Path(settings.search_checkpoint)
+        if not checkpoint.is_file():
+            raise ConfigError(f"--resume: there is no search checkpoint at {checkpoint} (a search writes one every "
+                              "generation); drop --resume to start a new search, or give the earlier run's --output")
+        try:
+            json.loads(checkpoint.read_text())
+        except ValueError as error:
+            raise ConfigError(f"--resume: the search checkpoint {checkpoint} is damaged ({error}); delete it and "
+                              "drop --resume to start again") from None
+    check_output_folder("--output", output)
+    if settings.json:
+        check_output_file("--json", settings.json)

@@ -1,0 +1,215 @@
+"""Bad input is refused up front: before the model loads, in under a second, with one line naming
+the option or file (exit status 2 on the command line), and no file left behind (issue 18)."""
+
+import json
+import logging
+import time
+from dataclasses import fields
+
+import pytest
+import torch
+
+from msp_callback import MSPCallback, MSPTrainerCallback, SparsityPlan, prune
+from msp_callback.calibration import CalibrationError
+from msp_callback.cli import build_parser, main
+from msp_callback.config import ConfigError, MSPConfig, SearchSettings, sections
+from msp_callback.models import ModelStructureError
+from msp_callback.plan import PlanError
+from msp_callback.recipe import RecipeError, load_recipe
+from msp_callback.workflow import PruneSettings
+
+from .conftest import tiny_model, token_batches
+
+
+def _files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    """An empty working folder with a few prepared inputs; loading a model there fails the test."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{ not json")
+    (tmp_path / "a_file.txt").write_text("text")
+    (tmp_path / "empty.txt").write_text("  \n")
+    (tmp_path / "corrupt_plan.json").write_text('{"m": 4, "levels": [1, ')
+    SparsityPlan(m=4, target=2, levels=[2, 2, 2]).save(tmp_path / "plan_2of4.json")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "thesis.tex").write_text("mine")
+    (tmp_path / "json_dir").mkdir()
+    (tmp_path / "damaged_run").mkdir()
+    (tmp_path / "damaged_run" / "search_checkpoint.json").write_text("{ half written")
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was loaded before the bad input was found")
+
+    monkeypatch.setattr("msp_callback.workflow.load_causal_lm", no_model)
+    return tmp_path
+
+
+CLI_CASES = [
+    (["--sparsity", "5:4"], "--sparsity"),
+    (["--sparsity", "three-quarters"], "--sparsity"),
+    (["--sparsity", "3:0"], "--sparsity"),
+    (["--criterion", "wand"], "did you mean 'wanda'"),
+    (["--allocation", "msq"], "--allocation"),
+    (["--calib-samples", "0"], "--calib-samples"),
+    (["--calib-seqlen", "0"], "--calib-seqlen"),
+    (["--calib-seqlen", "many"], "--calib-seqlen"),
+    (["--eval-seqlen", "0"], "--eval-seqlen"),
+    (["--eval-windows", "-1"], "--eval-windows"),
+    (["--eval-batch-size", "0"], "--eval-batch-size"),
+    (["--fitness-samples", "-1"], "--fitness-samples"),
+    (["--fitness-seqlen", "1"], "--fitness-seqlen"),
+    (["--seed", "-1"], "--seed"),
+    (["--bos", "maybe"], "--bos"),
+    (["--population", "1"], "--population"),
+    (["--generations", "-1"], "--generations"),
+    (["--mutation-rate", "1.5"], "--mutation-rate"),
+    (["--init", "paper"], "--init"),
+    (["--fitness", "mse"], "--fitness"),
+    (["--fitness-batch-size", "0"], "--fitness-batch-size"),
+    (["--trace-strength", "-1"], "--trace-strength"),
+    (["--screen-windows", "4"], "--screen-windows"),
+    (["--screen-keep", "0.2"], "--screen-keep"),
+    (["--popualtion", "3"], "did you mean '--population'"),
+    (["--model", "./no-such-model"], "--model ./no-such-model"),
+    (["--model", "broken"], "config.json is not valid JSON"),
+    (["--model", "a_file.txt"], "--model a_file.txt"),
+    (["--calib-corpus", "no-such-corpus"], "--calib-corpus"),
+    (["--eval-corpus", "empty.txt"], "--eval-corpus empty.txt"),
+    (["--plan", "missing.json"], "--plan missing.json"),
+    (["--plan", "corrupt_plan.json"], "--plan corrupt_plan.json"),
+    (["--plan", "plan_2of4.json", "--sparsity", "3:4"], "--sparsity 3:4 contradicts --plan"),
+    (["--plan", "plan_2of4.json", "--allocation", "msp"], "--allocation"),
+    (["--resume", "--allocation", "msp", "--output", "new_run"], "--resume"),
+    (["--resume", "--allocation", "uniform"], "--resume"),
+    (["--resume", "--allocation", "msp", "--output", "damaged_run"], "damaged"),
+    (["--output", "a_file.txt"], "--output a_file.txt"),
+    (["--output", "foreign"], "--output foreign"),
+    (["--json", "json_dir"], "--json json_dir"),
+    (["--json", "a_file.txt/result.json"], "--json"),
+]
+
+
+@pytest.mark.parametrize("argv,names", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
+def test_cli_refuses_bad_input_up_front(workdir, capsys, caplog, argv, names):
+    before = _files(workdir)
+    started = time.perf_counter()
+    with caplog.at_level(logging.ERROR):
+        try:
+            code = main(["prune", *argv])
+        except SystemExit as exit_:  # argparse's own errors
+            code = exit_.code
+    seconds = time.perf_counter() - started
+    message = (capsys.readouterr().err + "".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)).strip()
+    assert code == 2, message
+    assert names in message, message
+    assert "\n" not in message and "Traceback" not in message, message
+    assert seconds < 1.0, seconds
+    assert _files(workdir) == before
+
+
+RECIPE_CASES = [
+    ("populaton: 3\n", [], "did you mean 'population'"),
+    ("population: 0\n", [], "population"),
+    ("sparsity: '3:4'\n", ["calib_seqlen=0"], "calib_seqlen"),
+    ("lora:\n  rnak: 3\n", [], "did you mean 'rank'"),
+    ("plan: missing.json\n", [], "--plan missing.json"),
+]
+
+
+@pytest.mark.parametrize("text,overrides,names", RECIPE_CASES, ids=[t.split(":")[0] for t, _, _ in RECIPE_CASES])
+def test_recipes_refuse_bad_input_up_front(workdir, caplog, text, overrides, names):
+    (workdir / "job.yaml").write_text(text)
+    before = _files(workdir)
+    started = time.perf_counter()
+    with caplog.at_level(logging.ERROR):
+        code = main(["run", "job.yaml", *[a for o in overrides for a in ("--set", o)]])
+    message = "".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+    assert code == 2 and names in message and "\n" not in message, message
+    assert time.perf_counter() - started < 1.0
+    assert _files(workdir) == before
+
+
+def test_python_api_refuses_bad_settings_by_name():
+    with pytest.raises(ConfigError, match="did you mean 'population'"):
+        MSPCallback(popualtion=3)
+    with pytest.raises(ConfigError, match="population .* at least 2"):
+        MSPTrainerCallback(population=1)
+    with pytest.raises(ConfigError, match="when must be"):
+        MSPCallback(when="end")
+    with pytest.raises(PlanError, match="sparsity .* must lie in 0..4"):
+        MSPCallback(sparsity="5:4")
+    with pytest.raises(ConfigError, match="mutation_rate"):
+        MSPConfig(mutation_rate=2.0)
+    with pytest.raises(ConfigError, match="calib_seqlen"):
+        PruneSettings(calib_seqlen=0)
+    with pytest.raises(RecipeError, match="not found"):
+        load_recipe("no/such/recipe.yaml")
+
+
+def test_non_finite_weights_and_activations_are_caught_before_pruning():
+    model = tiny_model("llama")
+    plan = SparsityPlan(m=4, target=2, levels=[2, 2, 2], criterion="wanda")
+    with torch.no_grad():
+        model.model.layers[1].mlp.down_proj.weight[0, 0] = float("nan")
+    with pytest.raises(ModelStructureError, match="block 1 mlp.down_proj: the weight holds NaN"):
+        prune(model, plan, token_batches(2), progress=False)
+    model = tiny_model("llama")
+    with torch.no_grad():
+        model.model.embed_tokens.weight.fill_(float("inf"))
+    with pytest.raises(CalibrationError, match="inputs of decoder block 0 hold NaN or inf"):
+        prune(model, plan, token_batches(2), progress=False)
+
+
+def test_encoder_models_are_refused():
+    from transformers import BertConfig, BertForMaskedLM
+
+    bert = BertForMaskedLM(BertConfig(vocab_size=128, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                                      intermediate_size=128))
+    with pytest.raises(ModelStructureError, match="bidirectional encoder, not a causal language model"):
+        prune(bert, SparsityPlan(m=4, target=2, levels=[2, 2]), token_batches(2), progress=False)
+
+
+def test_a_resumed_search_refuses_other_data(tmp_path):
+    from msp_callback.search.runner import search_plan
+
+    model = tiny_model("llama")
+    ckpt = tmp_path / "search.json"
+    settings = SearchSettings(population=4, generations=1, search_checkpoint=str(ckpt))
+    fitness = torch.cat(token_batches(2, seed=9))
+    search_plan(model, 2, 4, "wanda", token_batches(2), fitness, settings, progress=False)
+    settings.resume = True
+    with pytest.raises(PlanError, match="other calibration or fitness data"):
+        search_plan(model, 2, 4, "wanda", token_batches(2, seed=3), fitness, settings, progress=False)
+
+
+def test_every_setting_reaches_the_cli_recipes_and_both_callbacks():
+    """Each option is one field of the configuration; every entry point exposes all of them."""
+    import inspect
+
+    parser = build_parser()
+    prune_parser = parser._subparsers._group_actions[0].choices["prune"]
+    dests = {action.dest for action in prune_parser._actions}
+    for section in sections(PruneSettings):
+        for f in fields(section):
+            if f.metadata.get("cli", True):
+                assert f.name in dests, f"msp prune has no option for {f.name}"
+    recipe_keys = {f.name for f in fields(PruneSettings)}
+    for f in fields(SearchSettings):
+        assert f.name in recipe_keys, f"recipes cannot set {f.name}"
+    for callback in (MSPCallback, MSPTrainerCallback):
+        params = inspect.signature(callback).parameters
+        for f in fields(MSPConfig):
+            assert f.name in params and params[f.name].default == f.default, (callback.__name__, f.name)
+    assert {f.name for f in fields(SearchSettings)} <= {f.name for f in fields(MSPConfig)}
+
+
+def test_plan_file_and_search_defaults_are_declared_once():
+    """The search defaults come from `SearchSettings` everywhere (the job, the callbacks)."""
+    job, callback = PruneSettings(), MSPConfig()
+    for f in fields(SearchSettings):
+        assert getattr(job, f.name) == getattr(callback, f.name) == f.default, f.name
+    assert json.loads(json.dumps({f.name: f.default for f in fields(SearchSettings)}))
