@@ -19,10 +19,10 @@ from .calibration import CalibrationError
 from .config import MSPConfig, SearchSettings, extract
 from .distributed import broadcast, broadcast_masks
 from .models import block_linears, find_blocks, fingerprint
-from .nm import has_pruning_masks, install_mask, mask_of, to_out_in, zeros_per_group
+from .nm import NMPatternError, has_pruning_masks, install_mask, mask_of, remove_masks, to_out_in, zeros_per_group
 from .plan import PlanError, SparsityPlan, nm_string, parse_nm
 from .pruner import check_model_fits, prune
-from .saving import masks_installed, plan_from_config, restore_masks
+from .saving import forget_plan, masks_installed, plan_from_config, restore_masks
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +102,20 @@ class MSPEngine:
     def restore_recorded_masks(self, model: nn.Module) -> bool:
         """A model loaded from an ordinary save of a pruned model (``from_pretrained``: weights with
         zeros and the plan in ``config.msp_sparsity``, but no masks): install its masks again, so
-        that it trains on sparse and is not pruned a second time. Refuses a plan of another target."""
+        that it trains on sparse and is not pruned a second time. A recorded plan the weights no
+        longer follow (trained dense after baking, or a new model built from a pruned config) is
+        dropped with a warning; one of another target than the callback's is refused."""
         found = plan_from_config(model)
         if found is None or masks_installed(model):
             return False
         plan, removed = found
+        try:
+            count = restore_masks(model, plan, removed)
+        except (NMPatternError, PlanError) as error:
+            remove_masks(model, bake=True)  # masks taken from zeros: baking changes no weight
+            forget_plan(model)
+            log.warning("config.msp_sparsity records a plan these weights do not follow (%s): ignoring it", error)
+            return False
         n, m = parse_nm(self.config.sparsity)
         if (plan.target, plan.m) != (n, m):
             raise PlanError(
@@ -114,7 +123,6 @@ class MSPEngine:
                 f"asks for sparsity {self.config.sparsity!r}: set sparsity='{plan.target}:{plan.m}' to train it on, "
                 "or load the dense model to prune it again"
             )
-        count = restore_masks(model, plan, removed)
         self.plan = plan
         log.info("re-installed %d N:M masks from the plan in the model's config: %s", count, plan.describe())
         return True

@@ -357,14 +357,17 @@ def load_pruned(directory: str | os.PathLike, dtype: torch.dtype | str = "auto",
     the saved one; other keyword arguments go to ``from_pretrained``."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    directory = Path(directory)
-    if (directory / RECORD_FILE).exists():
+    if (Path(directory) / RECORD_FILE).exists():
         record = read_record(directory)
-    else:
-        found = plan_from_config(AutoConfig.from_pretrained(directory)) if (directory / "config.json").exists() else None
+    else:  # a folder or a hub id holding an ordinary save (the plan in its config)
+        where = {k: kwargs[k] for k in ("revision", "subfolder", "token", "cache_dir", "local_files_only") if k in kwargs}
+        try:
+            found = plan_from_config(AutoConfig.from_pretrained(directory, **where))
+        except (OSError, ValueError):  # no config there, or not a transformers one
+            found = None
         if found is None:
             raise ExportError(f"{directory} holds no pruned model: no {RECORD_FILE} and no plan (msp_sparsity) in "
-                              "its config.json; save the model after pruning it with msp_callback")
+                              "a config.json; save the model after pruning it with msp_callback")
         record = ExportRecord(plan=found[0], removed_blocks=found[1])
     model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
     model.eval()

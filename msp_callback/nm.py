@@ -162,21 +162,22 @@ def _save_effective_weight(module: nn.Module, state_dict: dict, prefix: str, loc
     """State-dict post-hook of a masked module: write its weight as the plain ``weight`` key,
     holding the effective (masked) values, and leave the parametrization keys out. Every way of
     saving (``save_pretrained``, ``torch.save(model.state_dict())``, Lightning checkpoints) then
-    writes an ordinary model that loads anywhere with the pruned weights. The stored original's
-    pruned entries are zeroed in place first (they are invisible through the mask; the pruners
-    already write zeros there), so no copy of the weight is made."""
+    writes an ordinary model that loads anywhere with the pruned weights. The stored original is
+    written as it is when its pruned entries are already zero (the pruners write zeros there), so
+    no copy is made; otherwise a masked copy is (the model is never changed)."""
     if not _only_nm_mask(module):
         if mask_of(module) is not None:
             warnings.warn(f"{prefix}weight carries parametrizations besides the N:M mask: it is saved under "
                           "parametrization keys, which a plain from_pretrained / load_state_dict does not read; "
-                          "remove the other parametrizations before saving", stacklevel=2)
+                          "remove the other parametrizations before saving")
         return
     original = state_dict.pop(prefix + ORIGINAL_KEY, None)
     state_dict.pop(prefix + _mask_key(module), None)
     if original is None:
         return
-    stored = module.parametrizations["weight"].original
-    stored.data.masked_fill_(~mask_of(module), 0)
+    mask = mask_of(module)
+    if bool(original.detach()[~mask].any()):
+        original = original.detach() * mask
     state_dict[prefix + "weight"] = original
 
 
@@ -236,10 +237,6 @@ def remove_masks(model: nn.Module, bake: bool = True) -> int:
     for _, module in list(masked_modules(model)):
         parametrize.remove_parametrizations(module, "weight", leave_parametrized=bake)
         count += 1
-    if not bake:
-        from .saving import forget_plan  # the restored originals no longer follow the plan
-
-        forget_plan(model)
     return count
 
 

@@ -45,10 +45,15 @@ def record_in_config(model: nn.Module, plan: SparsityPlan, removed_blocks: Itera
     setattr(config, CONFIG_KEY, config_entry(plan, removed_blocks))
 
 
+# Provenance kept in config.json; the rest of a plan's metadata (search history, settings with
+# local paths, per-rank counts) stays in the run's own files.
+CONFIG_METADATA = ("seed", "best_fitness", "fitness_tokens", "fitness_evaluations", "traces")
+
+
 def config_entry(plan: SparsityPlan, removed_blocks: Iterable[int] = ()) -> dict[str, Any]:
-    """The JSON written under ``config.msp_sparsity`` (the search history stays in its own files)."""
+    """The JSON written under ``config.msp_sparsity``."""
     data = plan.to_dict()
-    data["metadata"] = {k: v for k, v in data["metadata"].items() if k != "history"}
+    data["metadata"] = {k: v for k, v in data["metadata"].items() if k in CONFIG_METADATA}
     return {"format_version": CONFIG_FORMAT_VERSION, "plan": data, "removed_blocks": sorted(removed_blocks)}
 
 
@@ -95,15 +100,22 @@ def restore_masks(model: nn.Module, plan: SparsityPlan | None = None, removed_bl
     if len(blocks) != len(kept):
         raise PlanError(f"the plan describes {len(kept)} decoder blocks but the model has {len(blocks)}: "
                         "it belongs to another model")
-    count = 0
-    for block, original in zip(blocks, kept):
-        level = plan.levels[original]
-        for name, module in block_linears(block).items():
-            weight = module.weight.detach()
-            keep = mask_from_zeros(to_out_in(module, weight), level, plan.m, f"block {original} {name}")
-            install_mask(module, to_out_in(module, keep))
-            count += 1
+    names = {module: f"block {original} {name}" for block, original in zip(blocks, kept)
+             for name, module in block_linears(block).items()}
+    count = _install_from_zeros([(plan.levels[original], {m: m.weight for m in block_linears(block).values()})
+                                 for block, original in zip(blocks, kept)], plan.m, names)
     record_in_config(model, plan, removed)
+    return count
+
+
+def _install_from_zeros(blocks: list[tuple[int, dict[nn.Module, Tensor]]], m: int, names: dict[nn.Module, str]) -> int:
+    """For each (level, {linear: weight}) install the mask pruning ``level`` zeros of every group."""
+    count = 0
+    for level, weights in blocks:
+        for module, weight in weights.items():
+            keep = mask_from_zeros(to_out_in(module, weight.detach()), level, m, names[module])
+            install_mask(module, to_out_in(module, keep).to(module.weight.device))
+            count += 1
     return count
 
 
@@ -115,8 +127,10 @@ def install_masks_for_checkpoint(model: nn.Module, state_dict: Mapping[str, Tens
     """Before ``state_dict`` loads into ``model``, install the masks it implies: from its mask
     entries (the older checkpoint format), else from the zeros of its plain weights. Each block's
     level is the fewest zeros any group of its linears holds (a dense block has groups without
-    zeros); when every block reads as level 0 the checkpoint is dense and nothing is installed.
-    Blocks absent from ``state_dict`` (another shard) are left alone. Returns the count."""
+    zeros); when every block reads as level 0 the state dict is dense and nothing is installed.
+    Otherwise every block linear ends up masked: blocks in ``state_dict`` at their level, blocks
+    absent from it (another shard of a sharded checkpoint) all-kept until their own shard loads.
+    Returns the number of masks installed or updated."""
     count = 0
     for key, mask in state_dict.items():
         if key.startswith(prefix) and ".parametrizations.weight." in key and key.endswith(_MASK_KEY_TAIL):
@@ -128,17 +142,18 @@ def install_masks_for_checkpoint(model: nn.Module, state_dict: Mapping[str, Tens
     names = {module: name for name, module in model.named_modules()}
     present: list[tuple[int, dict[nn.Module, Tensor]]] = []
     for block in find_blocks(model):
-        weights = {module: state_dict[f"{prefix}{names[module]}.weight"]
-                   for module in block_linears(block).values() if f"{prefix}{names[module]}.weight" in state_dict}
+        linears = block_linears(block).values()
+        weights = {mod: state_dict[f"{prefix}{names[mod]}.weight"] for mod in linears if f"{prefix}{names[mod]}.weight" in state_dict}
         if weights:
-            present.append((min(_fewest_zeros(module, w, m) for module, w in weights.items()), weights))
+            present.append((min(_fewest_zeros(mod, w, m) for mod, w in weights.items()), weights))
     if not any(level for level, _ in present):
         return 0
-    for level, weights in present:
-        for module, weight in weights.items():
-            keep = mask_from_zeros(to_out_in(module, weight.detach()), level, m, names[module])
-            install_mask(module, to_out_in(module, keep).to(module.weight.device))
-            count += 1
+    count = _install_from_zeros(present, m, names)
+    loaded = {mod for _, weights in present for mod in weights}
+    for block in find_blocks(model):
+        for mod in block_linears(block).values():
+            if mod not in loaded and mask_of(mod) is None:
+                install_mask(mod, torch.ones_like(mod.weight, dtype=torch.bool))
     log.info("installed %d N:M masks from the checkpoint's zeros before loading it", count)
     return count
 

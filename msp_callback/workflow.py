@@ -25,6 +25,7 @@ from .models import load_causal_lm, measure_sparsity
 from .nm import remove_masks
 from .plan import SparsityPlan, nm_string, parse_nm
 from .pruner import prune
+from .saving import forget_plan
 from .search.runner import search_summary
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class Inputs:
         def restore() -> None:
             remove_masks(self.model, bake=False)
             self.model.load_state_dict(state)
+            forget_plan(self.model)  # dense again: a later save must not carry the plan
 
         return restore
 

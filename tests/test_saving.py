@@ -15,7 +15,7 @@ from msp_callback.export import ExportError, load_pruned
 from msp_callback.models import block_linears, find_blocks, named_block_linears
 from msp_callback.nm import mask_of, remove_masks
 from msp_callback.plan import PlanError
-from msp_callback.saving import CONFIG_KEY, plan_from_config, restore_masks
+from msp_callback.saving import plan_from_config, restore_masks
 
 from .conftest import VOCAB, tiny_model, token_batches
 from .test_callbacks import FAST, LitLM, loader, trainer
@@ -216,14 +216,59 @@ def test_restoring_without_a_plan_or_with_a_wrong_one_fails_clearly(tmp_path):
         restore_masks(dense, SparsityPlan(m=4, target=2, levels=[2, 2, 2, 2]))
 
 
-def test_removing_masks_without_baking_forgets_the_plan():
-    model, plan = _pruned("llama", "prune", None)
-    assert getattr(model.config, CONFIG_KEY)["plan"]["levels"] == plan.levels
-    remove_masks(model, bake=True)
-    assert plan_from_config(model) is not None  # the zeros are still there
+def test_a_plan_the_weights_no_longer_follow_is_ignored_by_the_callbacks(tmp_path, caplog):
+    """Trained dense after baking, or a new model built from a pruned model's config: the recorded
+    plan is stale; the callback says so and prunes as usual instead of failing."""
     model, _ = _pruned("llama", "prune", None)
-    remove_masks(model, bake=False)
-    assert plan_from_config(model) is None
+    remove_masks(model, bake=True)
+    assert plan_from_config(model) is not None  # baked: the zeros are still there
+    fresh = AutoModelForCausalLM.from_config(model.config)  # random weights, the pruned config
+    cb = MSPTrainerCallback(sparsity="2:4", allocation="uniform", criterion="magnitude", when="fit_start", progress=False)
+    with caplog.at_level("WARNING"):
+        Trainer(model=fresh, args=_hf_args(tmp_path, max_steps=1, save_strategy="no"), train_dataset=_dataset(),
+                callbacks=[cb]).train()
+    assert "do not follow" in caplog.text
+    assert cb.plan.levels == [2, 2, 2] and all(mask_of(m) is not None for m in named_block_linears(fresh).values())
+
+
+def test_the_jobs_dense_restore_forgets_the_plan():
+    from msp_callback.workflow import Inputs
+
+    model = tiny_model("llama")
+    inputs = Inputs(model, None, token_batches(2), torch.cat(token_batches(2)), torch.cat(token_batches(2)))
+    restore = inputs.dense_snapshot()
+    prune(model, SparsityPlan(m=4, target=2, levels=[1, 2, 3], criterion="wanda"), token_batches(2), progress=False)
+    assert plan_from_config(model) is not None
+    restore()
+    assert plan_from_config(model) is None and not any(mask_of(m) for m in named_block_linears(model).values())
+
+
+def test_saving_never_changes_the_model():
+    model, _ = _pruned("llama", "prune", None)
+    module = find_blocks(model)[0].self_attn.q_proj
+    original = module.parametrizations.weight.original
+    with torch.no_grad():
+        original.add_(1.0)  # hidden entries under the mask become non-zero
+    before = original.clone()
+    saved = model.state_dict()["model.layers.0.self_attn.q_proj.weight"]
+    assert torch.equal(original, before)
+    assert torch.equal(saved, module.weight.detach()) and not saved[~mask_of(module)].any()
+
+
+def test_a_sharded_checkpoint_resumes_whatever_its_shards_hold(tmp_path):
+    """A shard holding only level-0 blocks still gets (all-kept) masks before its weights load."""
+    model = tiny_model("llama")
+    plan = SparsityPlan(m=4, target=2, levels=[0, 2, 4], criterion="magnitude")
+    prune(model, plan, progress=False)
+    state = model.state_dict()
+    first = {k: v for k, v in state.items() if "layers.0." in k or "embed" in k}
+    second = {k: v for k, v in state.items() if k not in first}
+    fresh, cb = tiny_model("llama", seed=5), MSPTrainerCallback(sparsity="2:4", when="manual", progress=False)
+    Trainer(model=fresh, args=_hf_args(tmp_path), train_dataset=_dataset(), callbacks=[cb])
+    for shard in (first, second):  # as transformers' load_sharded_checkpoint does
+        fresh.load_state_dict(shard, strict=False)
+    assert cb.engine.adopt_installed_masks(fresh).levels == plan.levels
+    assert torch.equal(_logits(fresh), _logits(model))
 
 
 def test_export_records_the_plan_in_its_config_with_removed_blocks(tmp_path):
