@@ -19,12 +19,12 @@ from pathlib import Path
 
 import torch
 
+from msp_callback.atomic_files import atomic_write_text
 from msp_callback.evaluate import perplexity
-from msp_callback.files import atomic_write_text
+from msp_callback.job import PruneSettings, prepare
 from msp_callback.models import fingerprint, measure_sparsity
 from msp_callback.plan import SparsityPlan, nm_string, parse_nm
 from msp_callback.pruner import prune
-from msp_callback.workflow import PruneSettings, prepare
 
 RESULTS = Path(__file__).parent / "results"
 

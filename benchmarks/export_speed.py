@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM
 
+from msp_callback.atomic_files import atomic_write_text
 from msp_callback.export import save_pruned, weight_bytes
-from msp_callback.files import atomic_write_text
+from msp_callback.job import PruneSettings, prepare
 from msp_callback.models import fingerprint
 from msp_callback.plan import SparsityPlan
 from msp_callback.pruner import prune
-from msp_callback.workflow import PruneSettings, prepare
 
 RESULTS = Path(__file__).parent / "results"
 

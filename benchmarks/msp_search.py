@@ -31,17 +31,17 @@ from pathlib import Path
 import torch
 
 from msp_callback.allocation import make_plan
+from msp_callback.atomic_files import atomic_write_text
 from msp_callback.evaluate import perplexity, perplexity_report
-from msp_callback.files import atomic_write_text
+from msp_callback.job import PruneSettings, prepare
 from msp_callback.models import fingerprint, measure_sparsity
 from msp_callback.plan import SparsityPlan, nm_string, parse_nm
 from msp_callback.plots import plot_convergence, plot_levels
 from msp_callback.pruner import prune
 from msp_callback.search.evolution import sensitivity_population
 from msp_callback.search.fitness import PerplexityFitness
-from msp_callback.search.levels import LevelCache
+from msp_callback.search.level_cache import LevelCache
 from msp_callback.search.runner import SearchSettings
-from msp_callback.workflow import PruneSettings, prepare
 
 RESULTS = Path(__file__).parent / "results"
 log = logging.getLogger("msp_search")

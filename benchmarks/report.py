@@ -158,7 +158,7 @@ def ablation_section(r: dict) -> list[str]:
 def _ablation_reading(r: dict) -> list[str]:
     """A few sentences computed from the runs (one seed: differences smaller than the intervals
     or than seed-to-seed variation are not findings)."""
-    from msp_callback.search.evolution import trace_levels
+    from msp_callback.budget import trace_levels
 
     runs = {(k, run[k]): run for run in r["runs"] for k in ("init", "population", "mutation_rate", "fitness", "fidelity")
             if all(run[j] == v for j, v in r["baseline"].items() if j != k)}

@@ -26,8 +26,9 @@ from pathlib import Path
 
 import torch
 
+from msp_callback.atomic_files import atomic_write_text
 from msp_callback.evaluate import perplexity_report
-from msp_callback.files import atomic_write_text
+from msp_callback.job import PruneSettings, prepare
 from msp_callback.models import fingerprint
 from msp_callback.plan import SparsityPlan, nm_string, parse_nm
 from msp_callback.plots import plot_convergence
@@ -35,9 +36,8 @@ from msp_callback.pruner import prune
 from msp_callback.search.evolution import EvolutionarySearch
 from msp_callback.search.fidelity import CostMeter, MultiFidelityEvaluate
 from msp_callback.search.fitness import FITNESSES
-from msp_callback.search.levels import LevelCache
+from msp_callback.search.level_cache import LevelCache
 from msp_callback.sensitivity import fisher_traces
-from msp_callback.workflow import PruneSettings, prepare
 
 RESULTS = Path(__file__).parent / "results"
 BASELINE = {"init": "sensitivity", "fitness": "ppl", "population": 10, "mutation_rate": 0.5, "fidelity": "single"}

@@ -23,15 +23,15 @@ from pathlib import Path
 
 import torch
 
+from msp_callback.atomic_files import atomic_write_text
 from msp_callback.evaluate import perplexity
-from msp_callback.files import atomic_write_text
+from msp_callback.job import PruneSettings, prepare
 from msp_callback.models import load_causal_lm
 from msp_callback.plan import nm_string, parse_nm
 from msp_callback.pruner import prune
-from msp_callback.search.levels import LevelCache
+from msp_callback.search.level_cache import LevelCache
 from msp_callback.search.runner import SearchSettings, search_plan
 from msp_callback.sensitivity import fisher_traces
-from msp_callback.workflow import PruneSettings, prepare
 
 RESULTS = Path(__file__).parent / "results"
 

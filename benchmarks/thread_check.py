@@ -22,13 +22,13 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from msp_callback.atomic_files import atomic_write_text
 from msp_callback.evaluate import perplexity_report
-from msp_callback.files import atomic_write_text
+from msp_callback.job import PruneSettings, prepare
 from msp_callback.models import find_blocks, named_block_linears
 from msp_callback.nm import mask_of
 from msp_callback.plan import SparsityPlan, nm_string, parse_nm
 from msp_callback.pruner import prune
-from msp_callback.workflow import PruneSettings, prepare
 
 RESULTS = Path(__file__).parent / "results"
 log = logging.getLogger("thread_check")

@@ -26,12 +26,12 @@ from msp_callback.allocation import make_plan
 from msp_callback.data import sample_calibration
 from msp_callback.evaluate import perplexity
 from msp_callback.export import save_pruned
+from msp_callback.job import PruneSettings, prepare
 from msp_callback.lora import sparse_lora, train_adapters
 from msp_callback.models import measure_sparsity
 from msp_callback.plan import SparsityPlan, parse_nm
 from msp_callback.pruner import prune
 from msp_callback.search.runner import SearchSettings
-from msp_callback.workflow import PruneSettings, prepare
 
 
 def main() -> None:

@@ -13,12 +13,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .calibration import BlockInputs, CalibrationError, collect_input_stats, walk_blocks
+from .block_walk import BlockInputs, CalibrationError, collect_input_stats, walk_blocks
+from .budget import round_to_budget, trace_levels
 from .criteria import get_criterion
 from .models import block_linears, find_blocks, fingerprint
 from .nm import to_out_in
 from .plan import SparsityPlan
-from .search.evolution import round_to_budget, trace_levels
 
 Allocation = Callable[..., SparsityPlan]
 ALLOCATIONS: dict[str, Allocation] = {}

@@ -9,9 +9,9 @@ import sys
 import typing
 
 from .config import add_arguments, suggest
+from .job import PruneSettings, run_prune, write_outputs
 from .packaged import PACKAGED_MODELS, PACKAGED_TEXT
 from .preflight import USER_ERRORS, check_job
-from .workflow import PruneSettings, run_prune, write_outputs
 
 log = logging.getLogger("msp")
 

@@ -13,11 +13,8 @@ The folder is written under a temporary name and renamed at the end: a failed sa
 from __future__ import annotations
 
 import copy
-import json
 import logging
 import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,12 +23,13 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .calibration import block_output
+from .atomic_files import atomic_folder
+from .block_walk import block_output
 from .distributed import world
-from .files import atomic_write_text, give_default_permissions
 from .models import block_linears, blocks_path, find_blocks, fingerprint
 from .nm import check_pattern, to_out_in
 from .plan import PlanError, SparsityPlan
+from .records import load_record, stamp, unstamp, write_json
 from .saving import CONFIG_KEY, config_entry, plan_from_config, restore_masks
 
 log = logging.getLogger(__name__)
@@ -65,14 +63,11 @@ class ExportRecord:
         data = asdict(self)
         data["plan"] = self.plan.to_dict()
         data["kept_full_blocks"] = {str(k): v for k, v in self.kept_full_blocks.items()}
-        return {"format_version": RECORD_VERSION, **data}
+        return stamp(data, RECORD_VERSION)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ExportRecord":
-        data = dict(data)
-        version = data.pop("format_version", None)
-        if version != RECORD_VERSION:
-            raise ExportError(f"{RECORD_FILE} format version {version} is not supported (expected {RECORD_VERSION})")
+        data = unstamp(data, "export record", RECORD_VERSION, ExportError)
         data["plan"] = SparsityPlan.from_dict(data["plan"])
         data["kept_full_blocks"] = {int(k): v for k, v in data.get("kept_full_blocks", {}).items()}
         return cls(**data)
@@ -266,9 +261,7 @@ def _save(model: nn.Module, directory: Path, plan: SparsityPlan | ExportRecord, 
                           kept_full_blocks={original[i]: why for i, why in kept_full.items()},
                           parameters_before=sum(p.numel() for p in model.parameters()),
                           parameters_after=_count_unique(state))
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
-    try:
+    with atomic_folder(directory, may_replace=_check_replaceable) as staging:  # checked again: it may have changed
         model.save_pretrained(staging, state_dict=dict(state))  # (it consumes the dict) fills config.architectures / dtype
         config = _config_without_blocks(model.config, len(original), removed) if removed else copy.deepcopy(model.config)
         setattr(config, CONFIG_KEY, config_entry(plan, record.removed_blocks))
@@ -276,12 +269,7 @@ def _save(model: nn.Module, directory: Path, plan: SparsityPlan | ExportRecord, 
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
         record.fingerprint = _check_folder_matches(staging, state)
-        atomic_write_text(staging / RECORD_FILE, json.dumps(record.to_dict(), indent=2))
-        give_default_permissions(staging)
-        _replace_folder(staging, directory)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_json(staging / RECORD_FILE, record.to_dict())
     log.info("saved %s (%d -> %d parameters)", directory, record.parameters_before, record.parameters_after)
     return record
 
@@ -326,27 +314,11 @@ def weight_bytes(directory: str | os.PathLike) -> int:
     return sum(f.stat().st_size for f in Path(directory).glob("*.safetensors"))
 
 
-def _replace_folder(staging: Path, directory: Path) -> None:
-    if not directory.exists():
-        staging.rename(directory)
-        return
-    _check_replaceable(directory)  # again: it may have changed while we wrote
-    old = directory.with_name(f".{directory.name}.old")
-    shutil.rmtree(old, ignore_errors=True)
-    directory.rename(old)
-    try:
-        staging.rename(directory)
-    except BaseException:
-        old.rename(directory)  # put the previous export back
-        raise
-    shutil.rmtree(old, ignore_errors=True)
-
-
 def read_record(directory: str | os.PathLike) -> ExportRecord:
     path = Path(directory) / RECORD_FILE
     if not path.exists():
         raise ExportError(f"{directory} has no {RECORD_FILE}: it was not written by msp_callback.export.save_pruned")
-    return ExportRecord.from_dict(json.loads(path.read_text()))
+    return load_record(path, "export record", ExportError, ExportRecord.from_dict)
 
 
 def load_pruned(directory: str | os.PathLike, dtype: torch.dtype | str = "auto", masks: bool = True, **kwargs: Any):

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .files import atomic_write_text
+from .records import load_record, stamp, unstamp, write_json
 
 PLAN_FORMAT_VERSION = 1
 
@@ -136,14 +136,11 @@ class SparsityPlan:
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
-        return {"format_version": PLAN_FORMAT_VERSION, **asdict(self)}
+        return stamp(asdict(self), PLAN_FORMAT_VERSION)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SparsityPlan":
-        data = dict(data)
-        version = data.pop("format_version", PLAN_FORMAT_VERSION)
-        if version != PLAN_FORMAT_VERSION:
-            raise PlanError(f"plan format version {version} is not supported (expected {PLAN_FORMAT_VERSION})")
+        data = unstamp(data, "plan", PLAN_FORMAT_VERSION, PlanError, default=PLAN_FORMAT_VERSION)
         known = {"m", "target", "levels", "criterion", "allocation", "fingerprint", "metadata"}
         unknown = set(data) - known
         if unknown:
@@ -158,8 +155,8 @@ class SparsityPlan:
         return cls.from_dict(json.loads(text))
 
     def save(self, path: str | Path) -> Path:
-        return atomic_write_text(path, self.to_json())
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "SparsityPlan":
-        return cls.from_json(Path(path).read_text())
+        return load_record(path, "plan", PlanError, cls.from_dict)

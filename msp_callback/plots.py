@@ -14,13 +14,14 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .atomic_files import atomic_file
+
 
 def _save(fig: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(fig)
-    fig.savefig(path, dpi=120)
-    return path
+    with atomic_file(path) as staging:
+        fig.savefig(staging, dpi=120, format="png")
+    return Path(path)
 
 
 def plot_sensitivity(result_or_traces: Any | Sequence[float], path: str | Path, title: str | None = None) -> Path:

@@ -61,13 +61,10 @@ def check_corpus(option: str, name: str) -> None:
 
 
 def read_plan_file(path: str) -> SparsityPlan:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"--plan {path}: no such file")
     try:
-        return SparsityPlan.load(file)
-    except (ValueError, TypeError, KeyError) as error:
-        raise PlanError(f"--plan {path}: not a valid plan file ({str(error).splitlines()[0]})") from None
+        return SparsityPlan.load(path)
+    except PlanError as error:
+        raise PlanError(f"--plan {path}: {error}") from None
 
 
 def check_output_folder(option: str, folder: str | os.PathLike) -> None:

@@ -1,4 +1,4 @@
-"""The framework-free engine: prune a model to a `SparsityPlan` with a criterion.
+"""Prune a model to a `SparsityPlan` with a criterion (framework-free).
 
 All criteria run on the one sequential driver in `calibration`: each block is pruned using the
 inputs produced by the already-pruned blocks before it, as in SparseGPT and Wanda. Masks are
@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from .calibration import BlockInputs, CalibrationError, collect_input_stats, walk_blocks
+from .block_walk import BlockInputs, CalibrationError, collect_input_stats, walk_blocks
 from .criteria import Criterion, get_criterion
 from .models import ModelStructureError, block_linears, check_causal_lm, find_blocks, fingerprint
 from .nm import check_divisible, from_out_in, has_pruning_masks, install_mask, stored_weight, to_out_in

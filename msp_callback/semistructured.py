@@ -15,14 +15,12 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from .files import give_default_permissions
+from .atomic_files import atomic_file
 from .models import named_block_linears
 from .nm import NMPatternError, check_pattern, is_conv1d, mask_of
 
@@ -182,15 +180,6 @@ def save_packed_2of4(model: nn.Module, path: str | os.PathLike) -> list[LayerVer
         if v.fits:
             values, indices = pack_checked(modules[v.name].weight.detach().contiguous())
             tensors[f"{v.name}.values"], tensors[f"{v.name}.indices"] = values.contiguous(), indices.contiguous()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, staging = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    try:
-        save_file(tensors, staging, metadata={"format": "msp-2of4-packed", "summary": summarize(verdicts)})
-        give_default_permissions(staging)
-        os.replace(staging, path)
-    except BaseException:
-        Path(staging).unlink(missing_ok=True)
-        raise
+    with atomic_file(path) as staging:
+        save_file(tensors, str(staging), metadata={"format": "msp-2of4-packed", "summary": summarize(verdicts)})
     return verdicts

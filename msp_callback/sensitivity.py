@@ -21,7 +21,6 @@ gradient would be the same times the mask.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
@@ -36,10 +35,12 @@ from torch.nn.utils import parametrize
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
-from .files import atomic_write_text
 from .models import block_linears, find_blocks
+from .records import load_record, stamp, unstamp, write_json
 
 log = logging.getLogger(__name__)
+
+RESULT_FORMAT_VERSION = 1
 
 
 # ---------------------------------------------------------------------------- result
@@ -60,21 +61,21 @@ class SensitivityResult:
     num_micro_batches: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return stamp(asdict(self), RESULT_FORMAT_VERSION)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SensitivityResult":
-        data = dict(data)
+        data = unstamp(data, "sensitivity result", RESULT_FORMAT_VERSION, ValueError, default=RESULT_FORMAT_VERSION)
         data["block_traces"] = [float(v) for v in data["block_traces"]]
         data["linear_traces"] = {k: float(v) for k, v in data["linear_traces"].items()}
         return cls(**data)
 
     def save(self, path: str | Path) -> Path:
-        return atomic_write_text(path, json.dumps(self.to_dict(), indent=2))
+        return write_json(path, self.to_dict())
 
     @classmethod
     def load(cls, path: str | Path) -> "SensitivityResult":
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        return load_record(path, "sensitivity result", ValueError, cls.from_dict)
 
 
 # ---------------------------------------------------------------------------- samples

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from msp_callback import MSPCallback, MSPTrainerCallback, SparsityPlan, prune
-from msp_callback.calibration import CalibrationError
+from msp_callback.block_walk import CalibrationError
 from msp_callback.cli import build_parser, main
 from msp_callback.config import ConfigError, MSPConfig, SearchSettings, sections
+from msp_callback.job import PruneSettings
 from msp_callback.models import ModelStructureError
 from msp_callback.plan import PlanError
 from msp_callback.recipe import RecipeError, load_recipe
-from msp_callback.workflow import PruneSettings
 
 from .conftest import tiny_model, token_batches
 
@@ -44,7 +44,7 @@ def workdir(tmp_path, monkeypatch):
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad input was found")
 
-    monkeypatch.setattr("msp_callback.workflow.load_causal_lm", no_model)
+    monkeypatch.setattr("msp_callback.job.load_causal_lm", no_model)
     return tmp_path
 
 

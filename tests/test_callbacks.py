@@ -7,7 +7,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from transformers import Trainer
 
 from msp_callback import MSPCallback, MSPTrainerCallback
-from msp_callback.calibration import CalibrationError
+from msp_callback.block_walk import CalibrationError
 from msp_callback.models import ModelStructureError, block_linears, find_blocks
 from msp_callback.nm import NMPatternError, check_pattern, mask_of, to_out_in
 from msp_callback.plan import PlanError
@@ -137,7 +137,7 @@ def test_hf_trainer_callback(tmp_path, when):
 
 
 def test_sharded_strategies_are_refused_with_the_supported_list():
-    from msp_callback.integrations.common import check_strategy
+    from msp_callback.integrations.callback_base import check_strategy
 
     check_strategy("DDPStrategy")
     check_strategy("SingleDeviceStrategy")

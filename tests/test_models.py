@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from msp_callback.calibration import run_block
+from msp_callback.block_walk import run_block
 from msp_callback.models import ModelStructureError, block_linears, find_blocks, fingerprint, measure_sparsity
 from msp_callback.nm import check_pattern, to_out_in
 from msp_callback.plan import SparsityPlan
@@ -50,7 +50,7 @@ def test_fingerprint_tells_models_apart():
 def test_walk_blocks_reproduces_the_model_own_hidden_states(arch):
     """Each block gets its own call arguments (Gemma's global layer: another mask and rotary
     table), so walking the blocks gives the hidden states of an ordinary forward."""
-    from msp_callback.calibration import walk_blocks
+    from msp_callback.block_walk import walk_blocks
 
     model = tiny_model(arch)
     batches = token_batches(2, seqlen=24, batch=2, seed=9)

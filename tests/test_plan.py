@@ -1,6 +1,6 @@
 import pytest
 
-from msp_callback.calibration import CalibrationError
+from msp_callback.block_walk import CalibrationError
 from msp_callback.models import fingerprint
 from msp_callback.nm import NMPatternError
 from msp_callback.plan import PlanError, SparsityPlan, nm_string, parse_nm

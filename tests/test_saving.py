@@ -232,7 +232,7 @@ def test_a_plan_the_weights_no_longer_follow_is_ignored_by_the_callbacks(tmp_pat
 
 
 def test_the_jobs_dense_restore_forgets_the_plan():
-    from msp_callback.workflow import Inputs
+    from msp_callback.job import Inputs
 
     model = tiny_model("llama")
     inputs = Inputs(model, None, token_batches(2), torch.cat(token_batches(2)), torch.cat(token_batches(2)))

@@ -12,7 +12,7 @@ from msp_callback.models import block_linears, find_blocks
 from msp_callback.nm import check_pattern, to_out_in
 from msp_callback.plan import SparsityPlan
 from msp_callback.pruner import prune
-from msp_callback.search.levels import LevelCache
+from msp_callback.search.level_cache import LevelCache
 from msp_callback.search.runner import SearchSettings
 
 from .conftest import tiny_model, token_batches

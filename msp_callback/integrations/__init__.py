@@ -1,1 +1,1 @@
-"""Thin adapters over `msp_callback.engine.MSPEngine` (imported lazily: each pulls its framework)."""
+"""Thin adapters over `msp_callback.integrations.engine.MSPEngine` (imported lazily: each pulls its framework)."""

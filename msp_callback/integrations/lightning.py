@@ -7,9 +7,9 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from ..engine import align_optimizer_order, causal_lm_of, install_identity_masks
 from ..plan import SparsityPlan
-from .common import MSPSettingsMixin, check_strategy, register_mask_loader
+from .callback_base import MSPSettingsMixin, check_strategy, register_mask_loader
+from .engine import align_optimizer_order, causal_lm_of, install_identity_masks
 
 log = logging.getLogger(__name__)
 

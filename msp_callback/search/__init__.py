@@ -1,5 +1,6 @@
 """Search over per-block N:M levels (the MSP evolutionary search)."""
 
+from ..budget import round_to_budget, trace_levels
 from .evolution import (
     INITIALISATIONS,
     EvolutionarySearch,
@@ -8,9 +9,7 @@ from .evolution import (
     mutate,
     random_population,
     repair,
-    round_to_budget,
     sensitivity_population,
-    trace_levels,
     trace_population,
 )
 

@@ -22,10 +22,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ..calibration import BlockInputs, BlockStandIn, block_output, capture_stack_inputs
+from ..block_walk import BlockInputs, BlockStandIn, block_output, capture_stack_inputs
 from ..evaluate import perplexity
 from ..models import blocks_replaced, find_blocks
-from .levels import LevelCache
+from .level_cache import LevelCache
 
 
 class _StackReplay(BlockStandIn):

@@ -15,15 +15,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from ..atomic_files import atomic_write_text
 from ..config import SearchSettings, check
 from ..distributed import ShardedEvaluate, world
-from ..files import atomic_write_text
 from ..models import fingerprint
 from ..plan import PlanError, SparsityPlan
 from .evolution import EvolutionarySearch
 from .fidelity import CostMeter, MultiFidelityEvaluate
 from .fitness import FITNESSES
-from .levels import LevelCache
+from .level_cache import LevelCache
 
 log = logging.getLogger(__name__)
 

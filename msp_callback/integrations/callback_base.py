@@ -11,9 +11,9 @@ from typing import Any, Literal
 from torch import nn
 
 from ..config import ConfigError, MSPConfig, keyword_signature, refuse_unknown, suggest
-from ..engine import MSPEngine, causal_lm_of
 from ..plan import parse_nm
 from ..saving import install_masks_for_checkpoint
+from .engine import MSPEngine, causal_lm_of
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
-from ..calibration import BlockInputs, collect_input_stats, walk_blocks
+from ..block_walk import BlockInputs, collect_input_stats, walk_blocks
 from ..criteria import Criterion, get_criterion
 from ..models import block_linears, find_blocks
 from ..nm import from_out_in, group_ranks, has_pruning_masks, mask_from_ranks, stored_weight, to_out_in

@@ -18,9 +18,9 @@ import torch
 
 from . import data
 from .allocation import make_plan
+from .atomic_files import atomic_write_text
 from .config import CalibrationSettings, DataSettings, OutputSettings, SearchSettings, TargetSettings, check, extract, option
 from .evaluate import perplexity
-from .files import atomic_write_text
 from .models import load_causal_lm, measure_sparsity
 from .nm import remove_masks
 from .plan import SparsityPlan, nm_string, parse_nm

@@ -14,15 +14,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .allocation import make_plan
-from .calibration import CalibrationError
-from .config import MSPConfig, SearchSettings, extract
-from .distributed import broadcast, broadcast_masks
-from .models import block_linears, find_blocks, fingerprint
-from .nm import NMPatternError, has_pruning_masks, install_mask, mask_of, remove_masks, to_out_in, zeros_per_group
-from .plan import PlanError, SparsityPlan, nm_string, parse_nm
-from .pruner import check_model_fits, prune
-from .saving import forget_plan, masks_installed, plan_from_config, restore_masks
+from ..allocation import make_plan
+from ..block_walk import CalibrationError
+from ..config import MSPConfig, SearchSettings, extract
+from ..distributed import broadcast, broadcast_masks
+from ..models import block_linears, find_blocks, fingerprint
+from ..nm import NMPatternError, has_pruning_masks, install_mask, mask_of, remove_masks, to_out_in, zeros_per_group
+from ..plan import PlanError, SparsityPlan, nm_string, parse_nm
+from ..pruner import check_model_fits, prune
+from ..saving import forget_plan, masks_installed, plan_from_config, restore_masks
 
 log = logging.getLogger(__name__)
 
