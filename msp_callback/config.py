@@ -73,6 +73,15 @@ class DataSettings:
 
 
 @dataclass
+class DeviceSettings:
+    """Where the job runs and in what precision."""
+
+    device: str | None = option(None, "cuda, cuda:N, cpu or mps (default: cuda when available, else cpu)")
+    dtype: str = option("auto", "the weights' precision: auto = bfloat16 on a GPU with fast bf16, float32 on CPUs "
+                        "(statistics accumulate in float32 either way)", choices=("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"))
+
+
+@dataclass
 class SearchSettings:
     """The search's knobs; defaults as in the paper (20 individuals x 20 generations, rate 0.5)."""
 
@@ -215,6 +224,13 @@ def check(config: Any) -> None:
                               f"(available: {', '.join(sorted(registry))})")
     if isinstance(config, SearchSettings) and hasattr(config, "fitness_samples") and config.screen_windows:
         config.check_screening(config.fitness_samples)
+    if isinstance(config, DeviceSettings):
+        from .devices import DeviceError, resolve_device
+
+        try:
+            resolve_device(config.device)
+        except DeviceError as error:
+            raise ConfigError(str(error)) from None
 
 
 # ---------------------------------------------------------------------------- generated interfaces

@@ -19,7 +19,18 @@ import torch
 from . import data
 from .allocation import make_plan
 from .atomic_files import atomic_write_text
-from .config import CalibrationSettings, DataSettings, OutputSettings, SearchSettings, TargetSettings, check, extract, option
+from .config import (
+    CalibrationSettings,
+    DataSettings,
+    DeviceSettings,
+    OutputSettings,
+    SearchSettings,
+    TargetSettings,
+    check,
+    extract,
+    option,
+)
+from .devices import resolve_device, resolve_dtype
 from .evaluate import perplexity
 from .models import load_causal_lm, measure_sparsity
 from .nm import remove_masks
@@ -32,7 +43,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PruneSettings(OutputSettings, SearchSettings, DataSettings, CalibrationSettings, TargetSettings):
+class PruneSettings(OutputSettings, SearchSettings, DeviceSettings, DataSettings, CalibrationSettings, TargetSettings):
     """Everything one pruning job needs (``msp prune``, recipes); defaults are the embedded
     real-model run. Each setting is declared once, in its section in `config`."""
 
@@ -95,7 +106,10 @@ class Inputs:
 def prepare(settings: PruneSettings, loaded: tuple[torch.nn.Module, Any] | None = None) -> Inputs:
     """Load the model (unless ``loaded`` gives ``(model, tokenizer)``) and sample calibration,
     fitness and evaluation tokens."""
-    model, tokenizer = loaded or load_causal_lm(settings.model)
+    if loaded is None:
+        device = resolve_device(settings.device)
+        loaded = load_causal_lm(settings.model, dtype=resolve_dtype(settings.dtype, device), device=device)
+    model, tokenizer = loaded
     bos_id = _bos_id(tokenizer, settings.bos)
     calib_tokens, eval_tokens = load_texts(settings, tokenizer)
     calibration = data.sample_calibration(calib_tokens, settings.calib_samples, settings.calib_seqlen, settings.seed, bos_id)
@@ -165,6 +179,8 @@ def prune_and_measure(settings: PruneSettings) -> tuple[dict[str, Any], Sparsity
         **search_summary(plan),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "device": str(next(model.parameters()).device),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
     return result, plan, inputs
 

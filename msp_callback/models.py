@@ -168,14 +168,14 @@ def resolve_model_path(name_or_path: str) -> str | Path:
     return ensure_packaged_model(name_or_path) if name_or_path in PACKAGED_MODELS else name_or_path
 
 
-def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32):
+def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
     """Load ``(model, tokenizer)``: a packaged name (see `packaged.PACKAGED_MODELS`), a local
-    directory, or a hub id where a hub is reachable."""
+    directory, or a hub id where a hub is reachable; weights in ``dtype`` on ``device``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = resolve_model_path(name_or_path)
-    log.info("loading %s", path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    log.info("loading %s (%s on %s)", path, str(dtype).removeprefix("torch."), device)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
     check_causal_lm(model)

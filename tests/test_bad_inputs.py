@@ -90,6 +90,9 @@ CLI_CASES = [
     (["--output", "foreign"], "--output foreign"),
     (["--json", "json_dir"], "--json json_dir"),
     (["--json", "a_file.txt/result.json"], "--json"),
+    (["--device", "cuda:99"], "--device"),
+    (["--device", "tpu"], "--device"),
+    (["--dtype", "fp8"], "--dtype"),
 ]
 
 

@@ -77,6 +77,17 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert result["pruned_ppl"] > result["dense_ppl"]
     assert SparsityPlan.load(out / "plan.json").levels == [2] * 30
     assert json.loads(capsys.readouterr().out)["pruned_ppl"] == result["pruned_ppl"]
+    assert (result["device"], result["dtype"]) == ("cpu", "float32")  # auto on a CPU
+
+
+def test_cli_in_bf16(tmp_path):
+    code = main(["prune", "--dtype", "bf16", "--sparsity", "2:4", "--criterion", "wanda", "--calib-samples", "1",
+                 "--calib-seqlen", "64", "--eval-seqlen", "128", "--eval-windows", "2", "--quiet",
+                 "--output", str(tmp_path / "run"), "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["dtype"] == "bfloat16" and math.isfinite(result["pruned_ppl"]) and result["pruned_ppl"] > result["dense_ppl"]
+    assert result["measured_sparsity"]["pruned_linears_pct"] == pytest.approx(50.0, abs=0.1)
 
 
 def test_cli_bad_sparsity_is_a_clear_error(caplog):

@@ -45,6 +45,7 @@ class CachedFitness:
     head's logits into one number (lower is better) in `_score`."""
 
     def __init__(self, model: nn.Module, cache: LevelCache, windows: Tensor, batch_size: int = 4):
+        windows = windows.to(next(model.parameters()).device)
         self.model, self.cache, self.windows, self.batch_size = model, cache, windows, batch_size
         self.blocks = find_blocks(model)
         self.evaluations = 0
