@@ -54,7 +54,8 @@ def group_ranks(scores: Tensor, m: int) -> Tensor:
     """Rank of every entry inside its group of ``m`` along the last dim: 0 = least important.
 
     Ties keep their left-to-right order (stable sort), so the result is deterministic.
-    Returns an int16 tensor shaped like ``scores`` (out, in).
+    Returns a tensor shaped like ``scores`` (out, in) in the smallest integer type that holds
+    0..M-1: one byte a weight up to M = 256 (the level cache keeps one per weight), else int16.
     """
     out_features, in_features = scores.shape
     check_divisible(in_features, m)
@@ -63,7 +64,7 @@ def group_ranks(scores: Tensor, m: int) -> Tensor:
     ranks = torch.empty_like(order)
     positions = torch.arange(m, device=scores.device).expand_as(order)
     ranks.scatter_(-1, order, positions)
-    return ranks.reshape(out_features, in_features).to(torch.int16)
+    return ranks.reshape(out_features, in_features).to(torch.uint8 if m <= 256 else torch.int16)
 
 
 def mask_from_ranks(ranks: Tensor, level: int) -> Tensor:

@@ -90,3 +90,12 @@ def test_mask_from_zeros_takes_exactly_level_zeros_leftmost_first():
     assert mask_from_zeros(weight[:, :4], 3, 4).tolist() == [[False, True, False, False]]
     with pytest.raises(NMPatternError, match="group 1 .* has 1 zeros, expected at least 2"):
         mask_from_zeros(weight, 2, 4)
+
+
+def test_ranks_take_one_byte_a_weight():
+    """The level cache keeps one rank per weight: at most one byte up to M = 256."""
+    scores = torch.randn(4, 512)
+    assert group_ranks(scores, 4).dtype == torch.uint8 and group_ranks(scores, 256).dtype == torch.uint8
+    assert group_ranks(scores, 512).dtype == torch.int16
+    expected = scores.reshape(4, 64, 8).argsort(dim=-1, stable=True).argsort(dim=-1, stable=True).reshape(4, 512)
+    assert torch.equal(group_ranks(scores, 8).long(), expected)
