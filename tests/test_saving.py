@@ -284,3 +284,24 @@ def test_export_records_the_plan_in_its_config_with_removed_blocks(tmp_path):
     reloaded, _ = load_pruned(tmp_path / "out")
     assert len(find_blocks(reloaded)) == 2
     assert all(mask_of(m) is not None for b in find_blocks(reloaded) for m in block_linears(b).values())
+
+
+def test_resuming_at_another_sparsity_is_refused_before_training(tmp_path):
+    model, _ = _pruned("llama", "MSPTrainerCallback", tmp_path / "first")  # 2:4
+    state = model.state_dict()
+    fresh = tiny_model("llama", seed=5)
+    cb = MSPTrainerCallback(sparsity="3:4", allocation="uniform", when="fit_end", progress=False)
+    trainer_ = Trainer(model=fresh, args=_hf_args(tmp_path / "hf", max_steps=2, save_strategy="no"),
+                       train_dataset=_dataset(), callbacks=[cb])
+    fresh.load_state_dict(state)  # as resume_from_checkpoint does: masks from the zeros, at 2:4
+    with pytest.raises(PlanError, match="do not match sparsity 3:4"):
+        trainer_.train()
+    assert trainer_.state.global_step == 0  # refused at the start, not after training
+
+    lit, cb = LitLM(), MSPCallback(sparsity="2:4", allocation="uniform", when="fit_start", progress=False)
+    t = trainer(cb, steps=1)
+    t.fit(lit, loader())
+    t.save_checkpoint(tmp_path / "pruned.ckpt")
+    other = MSPCallback(sparsity="3:4", allocation="uniform", when="fit_start", progress=False)
+    with pytest.raises(PlanError, match="pruned to 2:4 .* asks for sparsity '3:4'"):
+        trainer(other, steps=2).fit(LitLM(tiny_model("llama", seed=5)), loader(), ckpt_path=str(tmp_path / "pruned.ckpt"))

@@ -116,16 +116,37 @@ class MSPEngine:
             forget_plan(model)
             log.warning("config.msp_sparsity records a plan these weights do not follow (%s): ignoring it", error)
             return False
-        n, m = parse_nm(self.config.sparsity)
-        if (plan.target, plan.m) != (n, m):
-            raise PlanError(
-                f"the model was pruned to {nm_string(plan.target, plan.m)} (config.msp_sparsity) but the callback "
-                f"asks for sparsity {self.config.sparsity!r}: set sparsity='{plan.target}:{plan.m}' to train it on, "
-                "or load the dense model to prune it again"
-            )
+        self.check_target(plan, "config.msp_sparsity")
         self.plan = plan
         log.info("re-installed %d N:M masks from the plan in the model's config: %s", count, plan.describe())
         return True
+
+    def check_target(self, plan: SparsityPlan, source: str) -> None:
+        """Refuse a plan (found in ``source``) of another target than this configuration's."""
+        n, m = parse_nm(self.config.sparsity)
+        if (plan.target, plan.m) != (n, m):
+            raise PlanError(
+                f"the model was pruned to {nm_string(plan.target, plan.m)} ({source}) but the callback asks for "
+                f"sparsity {self.config.sparsity!r}: set sparsity='{plan.target}:{plan.m}' to train it on, or start "
+                "from the dense model to prune it again"
+            )
+
+    def adopt_or_refuse(self, model: nn.Module) -> SparsityPlan | None:
+        """At the start of training: the plan of the masks already installed (a resumed or reloaded
+        model), or None for a model still to prune; masks of another target are refused now,
+        not after training."""
+        plan = self.adopt_installed_masks(model)
+        if plan is None:
+            self._refuse_installed_masks(model)
+        return plan
+
+    def _refuse_installed_masks(self, model: nn.Module) -> None:
+        if has_pruning_masks(model):
+            raise PlanError(
+                f"the model already carries N:M masks that do not match sparsity {self.config.sparsity} on every "
+                "block: it was pruned before (e.g. loaded from a pruned checkpoint); remove them with "
+                "msp_callback.nm.remove_masks(model) to prune again, or set sparsity to the masks' target"
+            )
 
     def adopt_installed_masks(self, model: nn.Module) -> SparsityPlan | None:
         """If every block linear of ``model`` already carries an N:M mask (e.g. installed while a
@@ -155,12 +176,7 @@ class MSPEngine:
         """Plan (search if the allocation says so) and prune ``model``; masks stay installed."""
         cfg = self.config
         self.check_model(model)
-        if has_pruning_masks(model):
-            raise RuntimeError(
-                f"the model already carries N:M masks that do not match sparsity {cfg.sparsity} on every block: "
-                "it was pruned before (e.g. loaded from a pruned checkpoint); remove them with "
-                "msp_callback.nm.remove_masks(model) to prune again, or set sparsity to the masks' target"
-            )
+        self._refuse_installed_masks(model)
         rows = broadcast(take_rows(batches, cfg.calib_samples + cfg.fitness_samples))  # rank 0's, everywhere
         total = sum(r.shape[0] for r in rows)
         if total == 0:

@@ -43,7 +43,7 @@ class MSPTrainerCallback(MSPSettingsMixin, TrainerCallback):
                 raise RuntimeError(message)
             log.warning("%s; fine for this single-process run unless it resumes a pruned checkpoint", message)
             self._init_seen = True
-        if self.plan is None and self.engine.adopt_installed_masks(causal_lm_of(model)) is None and self.when == "fit_start":
+        if self.plan is None and self.engine.adopt_or_refuse(causal_lm_of(model)) is None and self.when == "fit_start":
             self.compress(model, train_dataloader, kwargs.get("optimizer"))
 
     def on_train_end(self, args, state, control, model: nn.Module | None = None, train_dataloader=None, **kwargs: Any):

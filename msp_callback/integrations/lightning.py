@@ -29,7 +29,7 @@ class MSPCallback(MSPSettingsMixin, pl.Callback):
             log.info("installed all-kept masks before DDP wraps the model; pruning fills them in place")
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self.plan is None and self.engine.adopt_installed_masks(causal_lm_of(pl_module)) is None and self.when == "fit_start":
+        if self.plan is None and self.engine.adopt_or_refuse(causal_lm_of(pl_module)) is None and self.when == "fit_start":
             self.compress(trainer, pl_module)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -56,4 +56,6 @@ class MSPCallback(MSPSettingsMixin, pl.Callback):
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         if state_dict.get("plan"):
-            self.engine.plan = SparsityPlan.from_dict(state_dict["plan"])
+            plan = SparsityPlan.from_dict(state_dict["plan"])
+            self.engine.check_target(plan, "the checkpoint's callback state")
+            self.engine.plan = plan
