@@ -78,7 +78,8 @@ class DeviceSettings:
 
     device: str | None = option(None, "cuda, cuda:N, cpu or mps (default: cuda when available, else cpu)")
     dtype: str = option("auto", "the weights' precision: auto = bfloat16 on a GPU with fast bf16, float32 on CPUs "
-                        "(statistics accumulate in float32 either way)", choices=("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"))
+                        "(statistics accumulate in float32 either way)",
+                        choices=("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"))
 
 
 @dataclass
