@@ -406,6 +406,33 @@ def stage_cost_section(r: dict) -> list[str]:
     return lines + [""]
 
 
+def gpu_check_section(cpu: dict | None, gpu: dict | None) -> list[str]:
+    """The GPU check beside its CPU reference (random weights: speed, memory, plan agreement)."""
+    lines = ["## GPU check (`benchmarks/gpu_check.py`)", ""]
+    if gpu is None:
+        lines += ["Not run on a GPU yet: no session with a lent device has run `python benchmarks/gpu_check.py --out $OUT`.",
+                  "The CPU reference below is what it will be compared with.", ""]
+    for r in (x for x in (cpu, gpu) if x is not None):
+        a = r["arguments"]
+        lines += [f"**{r['device_name']}** ({a['device']}, torch {r['torch']}, {r['threads']} threads): Llama-shaped "
+                  f"{a['size']} model, random weights (seed {a['seed']}) and random tokens; calibration "
+                  f"{a['calib_samples']} x {a['seqlen']}, evaluation {a['eval_windows']} x {a['seqlen']}, search "
+                  f"{a['population']} x {a['generations']}. {r['note']}.", f"Command: `{r['command']}`", "",
+                  "| precision | stage | seconds | peak MiB |", "|---|---|---:|---:|"]
+        for dtype, run in r["runs"].items():
+            lines += [f"| {dtype} | {name} | {v['seconds']:.2f} | {v['peak_mib']:,.0f} |" for name, v in run["stages"].items()]
+        lines += [""]
+        for dtype, run in r["runs"].items():
+            lines += [f"- {dtype}: MSP levels {run['msp_levels']} ({run['fitness_evaluations']} evaluations)"]
+        lines += [""]
+    if cpu is not None and gpu is not None and "float32" in gpu["runs"]:
+        same = gpu["runs"]["float32"]["msp_levels"] == cpu["runs"]["float32"]["msp_levels"]
+        lines += [f"float32 plan on the GPU {'equals' if same else 'differs from'} the CPU's.", ""]
+    if gpu is not None:
+        lines += [f"2:4 semi-structured: {json.dumps(gpu['semi_structured_2of4'])}", ""]
+    return lines
+
+
 def main() -> None:
     out = [
         "# Benchmarks",
@@ -445,6 +472,7 @@ def main() -> None:
         out += export_speed_section(r)
     if (r := _load("stage_cost")) is not None:
         out += stage_cost_section(r)
+    out += gpu_check_section(_load("gpu_check_cpu"), _load("gpu_check"))
     (ROOT / "BENCHMARKS.md").write_text("\n".join(out))
     print(f"wrote {ROOT / 'BENCHMARKS.md'}")
 
