@@ -34,8 +34,8 @@ def check_strategy(name: str) -> None:
 
 
 def _install_checkpoint_masks(module: nn.Module, state_dict, prefix: str, *args: Any) -> None:
-    install_masks_for_checkpoint(causal_lm_of(module), state_dict, module._msp_mask_loader_m,
-                                 prefix + _relative_name(module, causal_lm_of(module)))
+    model = causal_lm_of(module)
+    install_masks_for_checkpoint(model, state_dict, module._msp_mask_loader_m, prefix + _relative_name(module, model))
 
 
 def _relative_name(root: nn.Module, inner: nn.Module) -> str:
