@@ -21,6 +21,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 from .plan import PlanError, parse_nm
+from .storage import STORAGES
 
 
 class ConfigError(ValueError):
@@ -100,6 +101,9 @@ class SearchSettings:
                                  "and only the better ones on all; 1 of 4 costs 3/4 per generation (0 = off)", minimum=0)
     screen_keep: float = option(0.5, "with screening: the fraction of screened individuals scored on every window",
                                 minimum=0.5, maximum=1.0)
+    cache_storage: str = option("auto", "where the level cache (dense copies plus ranks, or SparseGPT's pruned "
+                                "weights) lives: device, cpu (pinned beside a GPU), disk (memory-mapped files), or auto = "
+                                "the first with room", choices=STORAGES)
     search_checkpoint: str | None = option(None, "JSON file the search writes every generation and resumes from", cli=False)
     resume: bool = option(False, "continue the search from its checkpoint (written every generation)")
 

@@ -152,3 +152,32 @@ def test_msp_search_with_kl_fitness():
     with pytest.raises(ValueError, match="unknown fitness 'x'"):
         make_plan("msp", model, 2, 4, "wanda", calibration=token_batches(2), progress=False,
                   search=SearchSettings(fitness="x"))
+
+
+@pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
+def test_level_cache_storage_changes_where_not_what(criterion, monkeypatch):
+    """The same plan whether the cache lives beside the model, in CPU memory or on disk; disk
+    tensors are memory-mapped files, removed when the search ends; auto falls back to disk."""
+    from msp_callback import storage
+
+    batches, fitness = token_batches(2), torch.cat(token_batches(2, seed=9))
+    plans = {}
+    for kind in ("device", "cpu", "disk"):
+        plans[kind] = make_plan("msp", tiny_model("llama"), 2, 4, criterion, calibration=batches, fitness_windows=fitness,
+                                seed=1, search=SearchSettings(population=4, generations=2, cache_storage=kind),
+                                progress=False)
+    assert plans["device"].levels == plans["cpu"].levels == plans["disk"].levels
+    assert plans["device"].metadata["best_fitness"] == plans["disk"].metadata["best_fitness"]
+
+    model = tiny_model("llama")
+    cache = LevelCache(model, criterion, 4, batches, progress=False, storage="disk")
+    first = next(iter(cache.dense[0].values()))
+    folder = cache.store.folder
+    assert first.untyped_storage().filename is not None and folder.is_dir()
+    cache.apply([2, 2, 2])
+    cache.close()
+    assert not folder.exists()
+    assert torch.equal(model(input_ids=batches[0]).logits, tiny_model("llama")(input_ids=batches[0]).logits)
+
+    monkeypatch.setattr(storage, "available_bytes", lambda device: 1000)
+    assert LevelCache(tiny_model("llama"), criterion, 4, batches, progress=False, storage="auto").store.kind == "disk"

@@ -23,6 +23,7 @@ from ..block_walk import BlockInputs, collect_input_stats, walk_blocks
 from ..criteria import Criterion, get_criterion
 from ..models import block_linears, find_blocks
 from ..nm import from_out_in, group_ranks, has_pruning_masks, mask_from_ranks, stored_weight, to_out_in
+from ..storage import TensorStore
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +38,19 @@ class LevelCache:
         m: int,
         calibration: Sequence[Tensor] | None,
         progress: bool = True,
+        storage: str = "device",
     ):
+        """``storage``: where the cached tensors live (see `storage.TensorStore`): device, cpu,
+        disk, or auto (the first that holds `estimated_bytes`)."""
         if has_pruning_masks(model):
             raise RuntimeError("build the level cache on the dense model (it carries pruning N:M masks)")
         self.criterion = get_criterion(criterion)
         self.m = m
         self.blocks = find_blocks(model)
         self.linears = [block_linears(b) for b in self.blocks]
-        self.dense = [{n: mod.weight.detach().clone() for n, mod in lin.items()} for lin in self.linears]
+        device = next(model.parameters()).device
+        self.store = TensorStore(storage, device, self.estimated_bytes(self.linears, self.criterion, m))
+        self.dense = [{n: self.store.put(mod.weight) for n, mod in lin.items()} for lin in self.linears]
         self.ranks: list[dict[str, Tensor]] = [{} for _ in self.blocks]
         self.pruned: list[dict[str, dict[int, Tensor]]] = [{} for _ in self.blocks]
         self.current = [0] * len(self.blocks)  # level each block's weights hold now
@@ -55,17 +61,27 @@ class LevelCache:
         walk_blocks(model, calibration, lambda i, block, inputs: self._fill(i, inputs),
                     desc="level cache", progress=progress, needs_inputs=needs_inputs)
 
+    @staticmethod
+    def estimated_bytes(linears: list[dict[str, nn.Module]], criterion: Criterion, m: int) -> int:
+        """What the cache holds: the dense weights, plus one rank per weight (in the bytes
+        `nm.group_ranks` uses) or the pruned weights of levels 1..M-1."""
+        weights = [mod.weight for lin in linears for mod in lin.values()]
+        dense = sum(w.numel() * w.element_size() for w in weights)
+        rank_bytes = 1 if m <= 256 else 2
+        extra = sum(w.numel() for w in weights) * rank_bytes if criterion.score_based else dense * (m - 1)
+        return dense + extra
+
     @torch.no_grad()
     def _fill(self, index: int, inputs: BlockInputs | None) -> None:
         linears = self.linears[index]
         stats = collect_input_stats(self.blocks[index], linears, inputs, self.criterion.statistic)
         for name, module in linears.items():
-            weight = to_out_in(module, self.dense[index][name]).float()
+            weight = to_out_in(module, module.weight.detach()).float()
             if self.criterion.score_based:
-                self.ranks[index][name] = group_ranks(self.criterion.scores(weight, stats[name]), self.m)
+                self.ranks[index][name] = self.store.put(group_ranks(self.criterion.scores(weight, stats[name]), self.m))
             else:
                 pruned = self.criterion.prune_levels(weight, stats[name], range(1, self.m), self.m)
-                self.pruned[index][name] = {level: from_out_in(module, w).to(module.weight.dtype)
+                self.pruned[index][name] = {level: self.store.put(from_out_in(module, w).to(module.weight.dtype))
                                             for level, (w, _) in pruned.items()}
 
     def weight(self, index: int, name: str, level: int) -> Tensor:
@@ -97,3 +113,8 @@ class LevelCache:
 
     def restore_dense(self) -> None:
         self.apply([0] * len(self.blocks))
+
+    def close(self) -> None:
+        """Put the dense weights back and free the cache's files (disk storage)."""
+        self.restore_dense()
+        self.store.close()

@@ -80,7 +80,7 @@ def search_plan(
     settings = settings or SearchSettings()
     model_print = fingerprint(model)
     started = time.perf_counter()
-    cache = LevelCache(model, criterion, m, calibration, progress=progress)
+    cache = LevelCache(model, criterion, m, calibration, progress=progress, storage=settings.cache_storage)
     cache_seconds = time.perf_counter() - started
     if settings.fitness not in FITNESSES:
         raise ValueError(f"unknown fitness {settings.fitness!r}; available: {sorted(FITNESSES)}")
@@ -126,7 +126,7 @@ def search_plan(
         levels, best = search.run(callback=after_generation)
     finally:
         bar.close()
-        cache.restore_dense()
+        cache.close()
     return SparsityPlan(
         m=m, target=n, levels=levels, criterion=criterion, allocation="msp", fingerprint=model_print,
         metadata={

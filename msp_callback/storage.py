@@ -1,0 +1,80 @@
+"""Where the search's cached tensors live: the model's device, CPU memory, or files on disk.
+
+The level cache holds a copy of every block weight plus, per weight, a rank byte (magnitude,
+Wanda) or M-1 pruned copies (SparseGPT): 5 to 30+ bytes per parameter for a float32 model. That
+fits beside a 135M model, but not beside an 8B one on an 80 GB GPU. `TensorStore` puts each cached
+tensor where the configuration says (``cache_storage``): ``device`` (beside the model), ``cpu``
+(pinned when the model is on CUDA, so copies to it are fast), or ``disk`` (memory-mapped files
+in a temporary folder: the operating system pages them in as blocks are applied, so resident
+memory stays small). ``auto`` picks the first that holds the estimate with a margin.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+log = logging.getLogger(__name__)
+
+STORAGES = ("auto", "device", "cpu", "disk")
+MARGIN = 0.8  # use at most this fraction of the free memory
+
+
+def available_bytes(device: torch.device) -> int:
+    """Free memory on ``device``: CUDA's free bytes, or the CPU's MemAvailable (Linux)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62  # unknown: assume it fits
+
+
+def choose_storage(needed: int, device: torch.device) -> str:
+    """The first of device, cpu, disk whose free memory holds ``needed`` bytes with a margin."""
+    if needed <= MARGIN * available_bytes(device):
+        return "device"
+    if device.type != "cpu" and needed <= MARGIN * available_bytes(torch.device("cpu")):
+        return "cpu"
+    return "disk"
+
+
+class TensorStore:
+    """Keeps tensors on the chosen storage; `close` removes any files."""
+
+    def __init__(self, kind: str, device: torch.device, needed: int = 0):
+        if kind not in STORAGES:
+            raise ValueError(f"cache_storage must be one of {', '.join(STORAGES)}, got {kind!r}")
+        self.kind = choose_storage(needed, device) if kind == "auto" else kind
+        self.device = device
+        self.folder: Path | None = None
+        self.files = 0
+        log.info("level cache: %.2f GB on %s", needed / 1e9, self.kind if self.kind != "device" else device)
+
+    def put(self, tensor: Tensor) -> Tensor:
+        """A copy of ``tensor`` on this store."""
+        tensor = tensor.detach()
+        if self.kind == "device":
+            return tensor.clone()
+        if self.kind == "cpu":
+            copy = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=self.device.type == "cuda")
+            return copy.copy_(tensor)
+        if self.folder is None:
+            self.folder = Path(tempfile.mkdtemp(prefix="msp-level-cache-"))
+        path = self.folder / f"{self.files}.bin"
+        self.files += 1
+        mapped = torch.from_file(str(path), shared=True, size=tensor.numel(), dtype=tensor.dtype)
+        return mapped.view(tensor.shape).copy_(tensor)
+
+    def close(self) -> None:
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
+            self.folder = None
