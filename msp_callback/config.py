@@ -144,10 +144,6 @@ def own_fields(section: type) -> list[Field]:
     return [f for f in fields(section) if f.name in names]
 
 
-def section_of(cls: type, name: str) -> type:
-    return next(s for s in reversed(sections(cls)) if name in {f.name for f in own_fields(s)})
-
-
 def extract(config: Any, section: type) -> Any:
     """The ``section`` part of a combined configuration, as that section's own dataclass."""
     return section(**{f.name: getattr(config, f.name) for f in fields(section)})

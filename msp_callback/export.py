@@ -347,12 +347,6 @@ def load_pruned(directory: str | os.PathLike, dtype: torch.dtype | str = "auto",
         found_print = fingerprint(model)
         if found_print["shape_digest"] != record.fingerprint["shape_digest"]:
             raise ExportError(f"the weights in {directory} do not match {RECORD_FILE} (different shapes)")
-    if masks:
-        install_saved_masks(model, record)
+    if masks:  # each remaining block's masks from its zeros at its planned level
+        restore_masks(model, record.plan, record.removed_blocks)
     return model, record
-
-
-def install_saved_masks(model: nn.Module, record: ExportRecord) -> int:
-    """Install each remaining block's masks from its zeros at its planned level (see
-    `saving.restore_masks`)."""
-    return restore_masks(model, record.plan, record.removed_blocks)
