@@ -157,7 +157,3 @@ def install_masks_for_checkpoint(model: nn.Module, state_dict: Mapping[str, Tens
     log.info("installed %d N:M masks from the checkpoint's zeros before loading it", count)
     return count
 
-
-def masks_installed(model: nn.Module) -> bool:
-    """True if some block linear carries an N:M mask."""
-    return any(mask_of(module) is not None for block in find_blocks(model) for module in block_linears(block).values())

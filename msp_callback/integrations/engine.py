@@ -19,10 +19,10 @@ from ..block_walk import CalibrationError
 from ..config import MSPConfig, SearchSettings, extract
 from ..distributed import broadcast, broadcast_masks
 from ..models import block_linears, find_blocks, fingerprint
-from ..nm import NMPatternError, has_pruning_masks, install_mask, mask_of, remove_masks, to_out_in, zeros_per_group
+from ..nm import NMPatternError, has_pruning_masks, install_mask, mask_of, masked_modules, remove_masks, to_out_in, zeros_per_group
 from ..plan import PlanError, SparsityPlan, nm_string, parse_nm
 from ..pruner import check_model_fits, prune
-from ..saving import forget_plan, masks_installed, plan_from_config, restore_masks
+from ..saving import forget_plan, plan_from_config, restore_masks
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ class MSPEngine:
         longer follow (trained dense after baking, or a new model built from a pruned config) is
         dropped with a warning; one of another target than the callback's is refused."""
         found = plan_from_config(model)
-        if found is None or masks_installed(model):
+        if found is None or next(masked_modules(model), None) is not None:
             return False
         plan, removed = found
         try:
