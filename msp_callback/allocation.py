@@ -84,11 +84,14 @@ def block_traces(model: nn.Module, calibration: Sequence[Tensor], progress: bool
     """Per-block Fisher traces; in a distributed run each rank takes its share of the rows and
     the traces are averaged across ranks."""
     from .distributed import reduce_traces, shard, world
+    from .offload import offload_of
     from .sensitivity import fisher_traces
 
     same_length = len({b.shape[-1] for b in calibration}) == 1
     mine = [shard(torch.cat(list(calibration)))] if same_length else list(calibration)[world()[0]::world()[1]] or list(calibration)[:1]
-    result = fisher_traces(model, mine, progress=progress and world()[0] == 0)
+    # an offloaded model keeps activations bounded too: each block's are recomputed in backward
+    result = fisher_traces(model, mine, progress=progress and world()[0] == 0,
+                           gradient_checkpointing=offload_of(model) is not None)
     return reduce_traces(result.block_traces, result.num_micro_batches)
 
 

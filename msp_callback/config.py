@@ -21,6 +21,7 @@ from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
 from .plan import PlanError, parse_nm
+from .offload import OFFLOADS
 from .storage import STORAGES
 
 
@@ -81,6 +82,10 @@ class DeviceSettings:
     dtype: str = option("auto", "the weights' precision: auto = bfloat16 on a GPU with fast bf16, float32 on CPUs "
                         "(statistics accumulate in float32 either way)",
                         choices=("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"))
+    offload: str = option("none", "disk = keep the weights, masks and level cache in memory-mapped files, so a model "
+                          "larger than memory prunes in bounded memory (CPU only); none = in memory", choices=OFFLOADS)
+    offload_folder: str | None = option(None, "where --offload disk puts its files (default: $MSP_SCRATCH or "
+                                        "~/.cache/msp-callback/scratch; not a RAM-backed /tmp)")
 
 
 @dataclass

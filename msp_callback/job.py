@@ -34,6 +34,7 @@ from .devices import resolve_device, resolve_dtype
 from .evaluate import perplexity
 from .models import load_causal_lm, measure_sparsity
 from .nm import remove_masks
+from .offload import release
 from .plan import SparsityPlan, nm_string, parse_nm
 from .pruner import prune
 from .saving import forget_plan
@@ -107,8 +108,10 @@ def prepare(settings: PruneSettings, loaded: tuple[torch.nn.Module, Any] | None 
     """Load the model (unless ``loaded`` gives ``(model, tokenizer)``) and sample calibration,
     fitness and evaluation tokens."""
     if loaded is None:
-        device = resolve_device(settings.device)
-        loaded = load_causal_lm(settings.model, dtype=resolve_dtype(settings.dtype, device), device=device)
+        # --offload disk runs on the CPU, whatever else the machine has
+        device = resolve_device(settings.device if settings.device or settings.offload == "none" else "cpu")
+        loaded = load_causal_lm(settings.model, dtype=resolve_dtype(settings.dtype, device), device=device,
+                                offload=settings.offload, offload_folder=settings.offload_folder)
     model, tokenizer = loaded
     bos_id = _bos_id(tokenizer, settings.bos)
     calib_tokens, eval_tokens = load_texts(settings, tokenizer)
@@ -123,7 +126,8 @@ def prepare(settings: PruneSettings, loaded: tuple[torch.nn.Module, Any] | None 
 
 def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
     """Run the job; returns (result dict, plan). The model is discarded afterwards."""
-    result, plan, _ = prune_and_measure(settings)
+    result, plan, inputs = prune_and_measure(settings)
+    release(inputs.model)
     return result, plan
 
 
@@ -146,6 +150,8 @@ def prune_and_measure(settings: PruneSettings) -> tuple[dict[str, Any], Sparsity
         plan.criterion = settings.criterion
     else:
         search = extract(settings, SearchSettings)
+        if settings.offload == "disk" and search.cache_storage == "auto":
+            search.cache_storage = "disk"  # the level cache follows the weights out of memory
         plan = make_plan(settings.allocation, model, n, m, settings.criterion, calibration=calibration,
                          fitness_windows=inputs.fitness_windows, search=search, seed=settings.seed,
                          progress=settings.progress, **settings.extra)

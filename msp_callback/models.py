@@ -168,14 +168,27 @@ def resolve_model_path(name_or_path: str) -> str | Path:
     return ensure_packaged_model(name_or_path) if name_or_path in PACKAGED_MODELS else name_or_path
 
 
-def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu"):
+def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
+                   offload: str = "none", offload_folder: str | None = None):
     """Load ``(model, tokenizer)``: a packaged name (see `packaged.PACKAGED_MODELS`), a local
-    directory, or a hub id where a hub is reachable; weights in ``dtype`` on ``device``."""
+    directory, or a hub id where a hub is reachable; weights in ``dtype`` on ``device``.
+
+    ``offload="disk"``: the weights go into memory-mapped files (`offload.offload_to_disk`). The
+    checkpoint is read in its own dtype (transformers maps safetensors without copying) and
+    converted one tensor at a time, so loading never holds the whole model in memory either."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .offload import check_offload, offload_to_disk
+
     path = resolve_model_path(name_or_path)
-    log.info("loading %s (%s on %s)", path, str(dtype).removeprefix("torch."), device)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    check_offload(offload, torch.device(device))
+    log.info("loading %s (%s on %s%s)", path, str(dtype).removeprefix("torch."), device,
+             ", offloaded to disk" if offload == "disk" else "")
+    if offload == "disk":
+        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
+        offload_to_disk(model, offload_folder, dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)
     model.eval()
     check_causal_lm(model)

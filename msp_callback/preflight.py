@@ -123,6 +123,16 @@ def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike) -
         except ValueError as error:
             raise ConfigError(f"--resume: the search checkpoint {checkpoint} is damaged ({error}); delete it and "
                               "drop --resume to start again") from None
+    if settings.offload == "disk" and settings.device and not settings.device.startswith("cpu"):
+        raise ConfigError(f"--offload disk runs on the CPU (the weights are memory-mapped files), not on --device "
+                          f"{settings.device}: drop one of them")
+    if settings.offload_folder:
+        if Path(settings.offload_folder).is_file():
+            raise ConfigError(f"--offload-folder {settings.offload_folder}: is a file; give a folder (the job makes "
+                              "its own subfolder there and deletes it afterwards)")
+        if settings.offload != "disk":
+            raise ConfigError("--offload-folder is only used with --offload disk: add --offload disk or drop it")
+        _check_writable("--offload-folder", Path(settings.offload_folder))
     check_output_folder("--output", output)
     if settings.json:
         check_output_file("--json", settings.json)

@@ -17,6 +17,7 @@ from .block_walk import BlockInputs, CalibrationError, collect_input_stats, walk
 from .criteria import Criterion, get_criterion
 from .models import ModelStructureError, block_linears, check_causal_lm, find_blocks, fingerprint
 from .nm import check_divisible, from_out_in, has_pruning_masks, install_mask, stored_weight, to_out_in
+from .offload import offload_of
 from .plan import SparsityPlan
 from .saving import record_in_config
 
@@ -76,8 +77,12 @@ def prune(
         )
     log.info("pruning with %s: %s", criterion.name, plan.describe())
 
+    offload = offload_of(model)
+
     def visit(index: int, block: nn.Module, inputs: BlockInputs | None) -> None:
         prune_block(block, plan.levels[index], plan.m, criterion, inputs, install)
+        if offload is not None:
+            offload.adopt(block)  # the new masks go to disk with the weights
 
     needs_inputs = criterion.statistic != "none"
     if needs_inputs and (calibration is None or len(calibration) == 0):

@@ -26,6 +26,7 @@ import yaml
 
 from .config import ConfigError, refuse_unknown
 from .job import PruneSettings, prune_and_measure, write_outputs
+from .offload import release
 from .preflight import check_job
 
 log = logging.getLogger(__name__)
@@ -185,10 +186,13 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     result, plan, inputs = prune_and_measure(settings)
     result["recipe"] = {**recipe.source, **{k: asdict(v) for k, v in (("lora", recipe.lora), ("export", recipe.export)) if v}}
     model = inputs.model
-    if recipe.lora is not None:
-        model = _lora_stage(recipe.lora, settings, inputs, result)
-    if recipe.export is not None:
-        _export_stage(recipe.export, settings, model, plan, inputs, result, recipe.output)
+    try:
+        if recipe.lora is not None:
+            model = _lora_stage(recipe.lora, settings, inputs, result)
+        if recipe.export is not None:
+            _export_stage(recipe.export, settings, model, plan, inputs, result, recipe.output)
+    finally:
+        release(inputs.model)
     result["seconds"] = time.perf_counter() - start
     write_outputs(result, plan, recipe.output, Path(recipe.output) / "result.json")
     if settings.json:

@@ -5,13 +5,17 @@ Wanda) or M-1 pruned copies (SparseGPT): 5 to 30+ bytes per parameter for a floa
 fits beside a 135M model, but not beside an 8B one on an 80 GB GPU. `TensorStore` puts each cached
 tensor where the configuration says (``cache_storage``): ``device`` (beside the model), ``cpu``
 (pinned when the model is on CUDA, so copies to it are fast), or ``disk`` (memory-mapped files
-in a temporary folder: the operating system pages them in as blocks are applied, so resident
+in a scratch folder: the operating system pages them in as blocks are applied, so resident
 memory stays small). ``auto`` picks the first that holds the estimate with a margin.
+
+Files go under `scratch_dir` (``$MSP_SCRATCH``, else the user cache), not the system temporary
+folder, which is RAM (tmpfs) on many Linux systems and would defeat the point.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -23,6 +27,15 @@ log = logging.getLogger(__name__)
 
 STORAGES = ("auto", "device", "cpu", "disk")
 MARGIN = 0.8  # use at most this fraction of the free memory
+
+
+def scratch_dir() -> Path:
+    """Where memory-mapped working files go: ``$MSP_SCRATCH``, else ``<cache>/scratch``."""
+    from .packaged import cache_dir
+
+    root = Path(os.environ["MSP_SCRATCH"]) if os.environ.get("MSP_SCRATCH") else cache_dir() / "scratch"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
 
 
 def available_bytes(device: torch.device) -> int:
@@ -50,14 +63,19 @@ def choose_storage(needed: int, device: torch.device) -> str:
 class TensorStore:
     """Keeps tensors on the chosen storage; `close` removes any files."""
 
-    def __init__(self, kind: str, device: torch.device, needed: int = 0):
+    def __init__(self, kind: str, device: torch.device, needed: int = 0, parent: str | Path | None = None,
+                 label: str = "level cache"):
+        """``parent``: the folder under which disk storage makes its own temporary folder
+        (default `scratch_dir`)."""
         if kind not in STORAGES:
             raise ValueError(f"cache_storage must be one of {', '.join(STORAGES)}, got {kind!r}")
         self.kind = choose_storage(needed, device) if kind == "auto" else kind
         self.device = device
+        self.parent = Path(parent) if parent is not None else None
         self.folder: Path | None = None
         self.files = 0
-        log.info("level cache: %.2f GB on %s", needed / 1e9, self.kind if self.kind != "device" else device)
+        if needed:
+            log.info("%s: %.2f GB on %s", label, needed / 1e9, self.kind if self.kind != "device" else device)
 
     def put(self, tensor: Tensor) -> Tensor:
         """A copy of ``tensor`` on this store."""
@@ -68,10 +86,13 @@ class TensorStore:
             copy = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=self.device.type == "cuda")
             return copy.copy_(tensor)
         if self.folder is None:
-            self.folder = Path(tempfile.mkdtemp(prefix="msp-level-cache-"))
+            parent = self.parent if self.parent is not None else scratch_dir()
+            parent.mkdir(parents=True, exist_ok=True)
+            self.folder = Path(tempfile.mkdtemp(prefix="msp-", dir=parent))
         path = self.folder / f"{self.files}.bin"
         self.files += 1
         mapped = torch.from_file(str(path), shared=True, size=tensor.numel(), dtype=tensor.dtype)
+        path.unlink()  # the mapping keeps the file's blocks until the tensor is freed; a killed job leaves no files
         return mapped.view(tensor.shape).copy_(tensor)
 
     def close(self) -> None:

@@ -93,6 +93,10 @@ CLI_CASES = [
     (["--device", "cuda:99"], "--device"),
     (["--device", "tpu"], "--device"),
     (["--dtype", "fp8"], "--dtype"),
+    (["--offload", "nvme"], "--offload"),
+    (["--offload", "disk", "--device", "cuda"], "--device"),
+    (["--offload", "disk", "--offload-folder", "a_file.txt"], "--offload-folder a_file.txt"),
+    (["--offload-folder", "somewhere"], "--offload-folder is only used with --offload disk"),
 ]
 
 

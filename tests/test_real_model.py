@@ -224,3 +224,17 @@ def test_real_trainer_save_model_keeps_the_pruned_model(texts, tmp_path):
         assert torch.equal(reloaded[name].weight == 0, module.weight.detach() == 0), name
         assert torch.equal(mask_of(masked[name]), mask_of(module)), name
     assert measure_sparsity(plain).pruned_linears == pytest.approx(50.0, abs=0.1)
+
+
+def test_cli_offloaded_to_disk_gives_the_same_result(tmp_path):
+    common = ["prune", "--allocation", "msp", "--population", "4", "--generations", "1", "--calib-samples", "1",
+              "--calib-seqlen", "64", "--fitness-samples", "1", "--fitness-seqlen", "64", "--eval-seqlen", "64",
+              "--eval-windows", "2", "--no-dense-eval", "--quiet"]
+    results = []
+    for extra in ([], ["--offload", "disk", "--offload-folder", str(tmp_path / "offload")]):
+        name = "disk" if extra else "memory"
+        assert main(common + extra + ["--output", str(tmp_path / name), "--json", str(tmp_path / f"{name}.json")]) == 0
+        results.append(json.loads((tmp_path / f"{name}.json").read_text()))
+    memory, disk = results
+    assert disk["levels"] == memory["levels"] and disk["pruned_ppl"] == memory["pruned_ppl"]
+    assert list((tmp_path / "offload").iterdir()) == []  # the job deletes its files

@@ -1,0 +1,122 @@
+"""``offload="disk"``: weights, masks and level cache in memory-mapped files, same results."""
+
+import copy
+
+import pytest
+import torch
+
+from msp_callback import offload as offload_module
+from msp_callback.allocation import make_plan
+from msp_callback.config import ConfigError
+from msp_callback.job import PruneSettings
+from msp_callback.models import find_blocks, named_block_linears
+from msp_callback.nm import mask_of
+from msp_callback.offload import OffloadError, check_offload, offload_of, offload_to_disk, release
+from msp_callback.plan import SparsityPlan
+from msp_callback.pruner import prune
+from msp_callback.search.runner import SearchSettings
+from msp_callback.sensitivity import fisher_traces
+
+from .conftest import tiny_model, token_batches
+
+
+@pytest.fixture
+def every_tensor(monkeypatch):
+    """Offload even the tiny model's small tensors."""
+    monkeypatch.setattr(offload_module, "MIN_BYTES", 0)
+
+
+def _mapped_files() -> list[tuple[int, int, str]]:
+    """(start, end, path) of every file mapping of this process (Linux)."""
+    out = []
+    for line in open("/proc/self/maps"):
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5].startswith("/"):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            out.append((start, end, fields[5].strip()))
+    return out
+
+
+def _file_backed(model, offload) -> bool:
+    """Every float tensor of ``model`` is one of ``offload``'s, and lies in a shared mapping of a
+    (deleted) file in its folder."""
+    maps = _mapped_files()
+    folder = str(offload.store.folder)
+    for t in [*model.parameters(), *model.buffers()]:
+        if t.dtype == torch.int64:
+            continue
+        ptr = t.data_ptr()
+        if not offload.holds(t) or not any(a <= ptr < b and path.startswith(folder) for a, b, path in maps):
+            return False
+    return True
+
+
+def test_offloaded_model_gives_the_same_logits_from_files(every_tensor, tmp_path):
+    model = tiny_model("llama")
+    ids = token_batches(1, 16)[0]
+    expected = model(input_ids=ids).logits
+    offload = offload_to_disk(model, tmp_path)
+    assert offload_of(model) is offload and _file_backed(model, offload)
+    assert list(offload.store.folder.iterdir()) == []  # unlinked once mapped: a killed job leaves no files
+    assert model.lm_head.weight is model.model.embed_tokens.weight or not model.config.tie_word_embeddings
+    assert torch.equal(model(input_ids=ids).logits, expected)
+    folder = offload.store.folder
+    release(model)
+    assert not folder.exists() and offload_of(model) is None
+    assert torch.equal(model(input_ids=ids).logits, expected)  # still readable after release
+
+
+def test_pruning_an_offloaded_model_keeps_masks_on_disk_and_matches_memory(every_tensor, tmp_path):
+    memory, disk = tiny_model("llama"), tiny_model("llama")
+    offload = offload_to_disk(disk, tmp_path)
+    calib = token_batches(2, 16)
+    plan = SparsityPlan(m=4, target=2, levels=[1, 3, 2], criterion="wanda")
+    prune(memory, plan, calib, progress=False)
+    prune(disk, plan, calib, progress=False)
+    assert _file_backed(disk, offload)  # the masks prune installed went to files too
+    for (name, a), (_, b) in zip(named_block_linears(memory).items(), named_block_linears(disk).items()):
+        assert torch.equal(a.weight, b.weight), name
+        assert torch.equal(mask_of(a), mask_of(b)), name
+    offload.close()
+
+
+@pytest.mark.parametrize("criterion", ["wanda", "sparsegpt"])
+def test_search_on_an_offloaded_model_finds_the_same_plan(every_tensor, tmp_path, criterion):
+    calib, fitness = token_batches(2, 16), torch.cat(token_batches(2, 16, seed=1))
+    search = SearchSettings(population=4, generations=2, cache_storage="disk")
+    plans = []
+    for offloaded in (False, True):
+        model = tiny_model("llama")
+        if offloaded:
+            offload_to_disk(model, tmp_path)
+        before = copy.deepcopy(model.state_dict())
+        plan = make_plan("msp", model, 2, 4, criterion, calibration=calib, fitness_windows=fitness, search=search,
+                         progress=False)
+        plans.append(plan.levels)
+        for key, value in model.state_dict().items():  # the search leaves the model dense
+            assert torch.equal(value, before[key]), key
+    assert plans[0] == plans[1]
+
+
+def test_fisher_traces_of_an_offloaded_model_match(every_tensor, tmp_path):
+    calib = token_batches(2, 16)
+    expected = fisher_traces(tiny_model("llama"), calib, progress=False).block_traces
+    model = tiny_model("llama")
+    offload_to_disk(model, tmp_path)
+    got = fisher_traces(model, calib, progress=False, gradient_checkpointing=True).block_traces
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
+def test_large_tensors_only_by_default(tmp_path):
+    model = tiny_model("llama")  # every tensor of the tiny model is below MIN_BYTES
+    offload = offload_to_disk(model, tmp_path)
+    assert offload.bytes == 0 and not _file_backed(model, offload)
+
+
+def test_offload_is_refused_off_the_cpu_and_unknown_values_are_refused():
+    with pytest.raises(OffloadError, match="runs on the CPU"):
+        check_offload("disk", torch.device("cuda"))
+    with pytest.raises(OffloadError, match="none, disk"):
+        check_offload("nvme", torch.device("cpu"))
+    with pytest.raises(ConfigError, match="offload"):
+        PruneSettings(offload="nvme")
