@@ -49,10 +49,10 @@ def weight_digests(model) -> dict[str, str]:
 
 def one_run(args: argparse.Namespace, offload: str) -> dict:
     import torch
-
     from memory_probe import MemoryProbe
-    from msp_callback.job import prune_and_measure
     from random_models import block_parameters, random_model_folder
+
+    from msp_callback.job import prune_and_measure
 
     folder = random_model_folder(args.size)
     total, block = block_parameters(folder)

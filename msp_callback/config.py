@@ -20,8 +20,8 @@ import typing
 from dataclasses import MISSING, Field, dataclass, field, fields
 from typing import Any
 
-from .plan import PlanError, parse_nm
 from .offload import OFFLOADS
+from .plan import PlanError, parse_nm
 from .storage import STORAGES
 
 

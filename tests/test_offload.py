@@ -9,7 +9,7 @@ from msp_callback import offload as offload_module
 from msp_callback.allocation import make_plan
 from msp_callback.config import ConfigError
 from msp_callback.job import PruneSettings
-from msp_callback.models import find_blocks, named_block_linears
+from msp_callback.models import named_block_linears
 from msp_callback.nm import mask_of
 from msp_callback.offload import OffloadError, check_offload, offload_of, offload_to_disk, release
 from msp_callback.plan import SparsityPlan
