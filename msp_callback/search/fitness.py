@@ -6,7 +6,8 @@ The fast path, on by default, does three things:
 - the `LevelCache` writes in only the blocks whose level changed since the last individual;
 - the inputs of every block are kept from the last evaluation, so blocks *before* the first
   changed one are not run again (individuals are evaluated in lexicographic order, so
-  neighbours share long prefixes);
+  neighbours share long prefixes); they live where the level cache does (beside the model,
+  in CPU memory, or in memory-mapped files), one reused slot per block and batch;
 - the head (final norm, LM head, any softcapping) runs through the model's own forward, with
   the block stack replaced for that call by a stand-in that returns the cached last hidden
   states: no per-architecture code.
@@ -53,6 +54,20 @@ class CachedFitness:
         self._inputs: list[BlockInputs] = []  # _inputs[k]: inputs of block k (k = L: final output)
         self._levels: list[int] = []  # the levels _inputs were computed at
         self._tuple_output = False
+        self._slots: dict[tuple[int, int], Tensor] = {}  # (block, batch) -> its hidden states on the cache's store
+        self._device = windows.device
+
+    def _keep(self, block: int, batch: int, hidden: Tensor) -> Tensor:
+        """Hidden states to keep as block ``block``'s input: beside the model, or written into
+        one reused slot on the level cache's store (CPU or memory-mapped disk)."""
+        if self.cache.store.kind == "device":
+            return hidden
+        slot = self._slots.get((block, batch))
+        if slot is None or slot.shape != hidden.shape:
+            slot = self._slots[(block, batch)] = self.cache.store.put(hidden)
+        else:
+            slot.copy_(hidden)
+        return slot
 
     @property
     def tokens(self) -> int:
@@ -69,14 +84,15 @@ class CachedFitness:
         del self._inputs[start + 1 :]
         for k in range(start, len(self.blocks)):
             inputs = self._inputs[k]
-            outputs = [self.blocks[k](h, *a, **kw) for h, a, kw in zip(inputs.hidden, inputs.args, inputs.kwargs)]
+            outputs = [self.blocks[k](h.to(self._device, non_blocking=True), *a, **kw)
+                       for h, a, kw in zip(inputs.hidden, inputs.args, inputs.kwargs)]
             self._tuple_output = isinstance(outputs[0], (tuple, list))
-            hidden = [block_output(o) for o in outputs]
+            hidden = [self._keep(k + 1, b, block_output(o)) for b, o in enumerate(outputs)]
             self._inputs.append(self._stack.block(k + 1, hidden) if k + 1 < len(self.blocks) else BlockInputs(hidden))
             self.blocks_run += 1
 
     def _head_logits(self, replay: _StackReplay, index: int, batch: Tensor) -> Tensor:
-        replay.hidden = self._inputs[-1].hidden[index]
+        replay.hidden = self._inputs[-1].hidden[index].to(self._device, non_blocking=True)
         return self.model(input_ids=batch, use_cache=False).logits
 
     def _score(self, logits_fn: Callable[[int, Tensor], Tensor]) -> float:

@@ -1,0 +1,153 @@
+"""Peak resident memory of each pipeline stage, in bytes per model parameter.
+
+    python benchmarks/stage_memory.py                      # 135m (real), 0.5b and 1b (random); wanda, sparsegpt; M=4, 8
+    python benchmarks/stage_memory.py --sizes 1b --offloads disk
+
+One fresh process per (size, criterion, M, offload) runs the stages one after another on a
+float32 model: calibration (one sequential pass collecting the criterion's input statistics),
+Fisher (per-sample traces, as the trace init and ``--allocation fisher`` use), level cache (built
+alone), search (the MSP search on a small budget: it builds its own level cache, then scores), prune
+(sequential, masks installed) and export (`save_pruned` to a folder). `memory_probe` samples RssAnon
+(anonymous memory: tensors and heap) every 20 ms; the table divides each stage's peak, less the
+process's RssAnon before the model loads (interpreter and libraries), by the model's parameter count. In memory, the weights are copied into anonymous memory after loading
+(transformers maps the checkpoint file until a weight is written), so the model itself counts
+its 4 bytes per parameter in every stage. With ``--offloads disk`` the weights, masks and level
+cache are memory-mapped files (`msp_callback.offload`) and only the working set is anonymous.
+
+135m is SmolLM2-135M (real weights); 0.5b and 1b are random-weight Llama-shaped models
+(`random_models`): memory depends on shapes, not on trained values. Token counts are small
+(calibration 4 x 256, Fisher 2 x 256, fitness 2 x 256): activation memory grows with them, weight
+memory does not. Writes results/stage_memory.json (rows are added; a rerun of one row replaces it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent.parent))
+sys.path.insert(0, str(Path(__file__).parent))
+
+RESULTS = Path(__file__).parent / "results"
+STAGES = ("load", "calibration", "fisher", "level cache", "search", "prune", "export")
+
+
+def model_source(size: str) -> str:
+    if size == "135m":
+        return "smollm2-135m"
+    from random_models import random_model_folder
+
+    return str(random_model_folder(size))
+
+
+def one(size: str, criterion: str, m: int, offload: str) -> dict:
+    import torch
+
+    import msp_callback.search.runner as runner
+    from memory_probe import MemoryProbe
+    from msp_callback import data
+    from msp_callback.allocation import make_plan
+    from msp_callback.block_walk import collect_input_stats, walk_blocks
+    from msp_callback.criteria import get_criterion
+    from msp_callback.export import save_pruned
+    from msp_callback.models import block_linears, load_causal_lm, named_block_linears
+    from msp_callback.pruner import prune
+    from msp_callback.search.level_cache import LevelCache
+    from msp_callback.search.runner import SearchSettings
+    from msp_callback.sensitivity import fisher_traces
+
+    from memory_probe import read_status, trim_heap
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM  # noqa: F401  (imported before the baseline)
+
+    storage = "disk" if offload == "disk" else "device"
+    trim_heap()
+    baseline = read_status()["RssAnon"]  # the interpreter and the libraries, before any model
+    with MemoryProbe() as probe:
+        with probe.stage("load"):
+            model, tokenizer = load_causal_lm(model_source(size), offload=offload)
+            if offload == "none":
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.data = p.data.clone()  # into anonymous memory, as after any write
+        parameters = sum(p.numel() for p in model.parameters())
+        block_params = sum(mod.weight.numel() for mod in named_block_linears(model).values())
+        tokens = data.tokenize(tokenizer, data.load_corpus("c4")[:200])
+        calibration = data.sample_calibration(tokens, 4, 256, seed=0)
+        fitness = torch.cat(data.sample_calibration(tokens, 2, 256, seed=1))
+        crit = get_criterion(criterion)
+
+        with probe.stage("calibration"):
+            walk_blocks(model, calibration, lambda i, block, inputs: collect_input_stats(
+                block, block_linears(block), inputs, crit.statistic), progress=False,
+                needs_inputs=crit.statistic != "none")
+        with probe.stage("fisher"):
+            fisher_traces(model, calibration[:2], progress=False, gradient_checkpointing=offload == "disk")
+        with probe.stage("level cache"):
+            LevelCache(model, criterion, m, calibration, progress=False, storage=storage).close()
+
+        class LabelledCache(LevelCache):  # the search's own cache, then its scoring, as two labels
+            def __init__(self, *args, **kwargs):
+                probe.label = "search: level cache"
+                super().__init__(*args, **kwargs)
+                probe.label = "search"
+
+        runner.LevelCache = LabelledCache
+        with probe.stage("search"):
+            plan = make_plan("msp", model, 3 * m // 4, m, criterion, calibration=calibration,
+                             fitness_windows=fitness, progress=False,
+                             search=SearchSettings(population=4, generations=1, cache_storage=storage))
+        with probe.stage("prune"):
+            prune(model, plan, calibration, progress=False)
+        with tempfile.TemporaryDirectory() as folder, probe.stage("export"):
+            save_pruned(model, Path(folder) / "model", plan, drop_pruned_blocks=False)
+    peaks = {name: peak["RssAnon"] for name, peak in probe.peaks.items() if name != "start"}
+    return {"size": size, "criterion": criterion, "m": m, "offload": offload, "parameters": parameters,
+            "block_parameters": block_params, "target": f"{plan.target}:{m}",
+            "peak_rss_anon_bytes": peaks, "peak_vm_rss_bytes": {n: p["VmRSS"] for n, p in probe.peaks.items()},
+            "baseline_rss_anon_bytes": baseline,
+            "bytes_per_parameter": {n: round((v - baseline) / parameters, 2) for n, v in peaks.items()},
+            "seconds": {n: round(s, 1) for n, s in probe.seconds.items()}, "threads": torch.get_num_threads(),
+            "torch": torch.__version__}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", nargs="+", default=["135m", "0.5b", "1b"])
+    p.add_argument("--criteria", nargs="+", default=["wanda", "sparsegpt"])
+    p.add_argument("--ms", nargs="+", type=int, default=[4, 8])
+    p.add_argument("--offloads", nargs="+", default=["none"], choices=("none", "disk"))
+    p.add_argument("--one", nargs=4, metavar=("SIZE", "CRITERION", "M", "OFFLOAD"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.one:
+        size, criterion, m, offload = args.one
+        print("RESULT " + json.dumps(one(size, criterion, int(m), offload)))
+        return
+    path = RESULTS / "stage_memory.json"
+    record = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    record.update(command="python benchmarks/stage_memory.py", sampling_interval_s=0.02,
+                  tokens="calibration 4 x 256, Fisher 2 x 256, fitness 2 x 256 tokens of c4; search 4 x 1 generation",
+                  dtype="float32")
+    for offload in args.offloads:
+        for size in args.sizes:
+            for criterion in args.criteria:
+                for m in args.ms:
+                    out = subprocess.run([sys.executable, __file__, "--one", size, criterion, str(m), offload],
+                                         capture_output=True, text=True)
+                    if out.returncode:
+                        print(f"{size} {criterion} M={m} {offload} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+                        continue
+                    row = json.loads(next(x[7:] for x in out.stdout.splitlines() if x.startswith("RESULT ")))
+                    key = (size, criterion, m, offload)
+                    record["rows"] = [r for r in record["rows"] if (r["size"], r["criterion"], r["m"], r["offload"]) != key]
+                    record["rows"].append(row)
+                    RESULTS.mkdir(exist_ok=True)
+                    path.write_text(json.dumps(record, indent=2))
+                    print(size, criterion, m, offload, row["bytes_per_parameter"], flush=True)
+
+
+if __name__ == "__main__":
+    main()
