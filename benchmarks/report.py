@@ -418,6 +418,105 @@ def cache_storage_section(r: dict) -> list[str]:
     return lines + [""]
 
 
+GB = 1e9
+PROJECTED = {"8B": 8.0e9, "70B": 70.6e9}
+BLOCK_PARAMS = {"1b": 60_817_408, "8B": 218_103_808, "70B": 855_638_016}  # one decoder block's linears
+
+
+def stage_memory_section(r: dict) -> list[str]:
+    """Per-stage peak anonymous memory in bytes per parameter, and what it means for 8B / 70B."""
+    stages = ["load", "calibration", "fisher", "level cache", "search", "prune", "export"]
+    lines = ["## Memory of each stage, in bytes per model parameter", "",
+             f"Peak anonymous resident memory (RssAnon, sampled every {r['sampling_interval_s'] * 1000:.0f} ms) of each "
+             "stage, less the process's RssAnon before the model loads, divided by the model's parameter count; one "
+             f"fresh process per row; {r['dtype']} weights; {r['tokens']}. In memory, the weights themselves are 4 bytes "
+             "per parameter of this. Offloaded (`--offload disk`), weights, masks and level cache are memory-mapped "
+             "files, which the page cache holds as room allows (not counted: the kernel can drop them). 135m is "
+             "SmolLM2-135M; 0.5b and 1b are random-weight Llama-shaped models (`benchmarks/random_models.py`): memory "
+             "depends on shapes, not on trained values.", f"Command: `{r['command']}` (and `--offloads disk`)", ""]
+    for offload in ("none", "disk"):
+        rows = sorted((x for x in r["rows"] if x["offload"] == offload),
+                      key=lambda x: (x["parameters"], x["criterion"], x["m"]))
+        if not rows:
+            continue
+        lines += [f"**{'In memory' if offload == 'none' else 'Offloaded to disk'}**", "",
+                  "| model | parameters | criterion | M | " + " | ".join(stages) + " | peak GB |",
+                  "|---|---:|---|---:|" + "---:|" * (len(stages) + 1)]
+        for x in rows:
+            b = x["bytes_per_parameter"]
+            peak = max(x["peak_rss_anon_bytes"].values()) - x["baseline_rss_anon_bytes"]
+            lines.append(f"| {x['size']} | {x['parameters'] / 1e9:.2f}B | {x['criterion']} | {x['m']} | "
+                         + " | ".join(f"{b[s]:.2f}" if s in b else "-" for s in stages) + f" | {peak / GB:.2f} |")
+        lines.append("")
+    lines += _projection(r)
+    return lines
+
+
+def _projection(r: dict) -> list[str]:
+    big = [x for x in r["rows"] if x["size"] == "1b"]
+    if not big:
+        return []
+    lines = ["Projection for 8B and 70B Llama-shaped models (Llama-3.1 shapes), float32 as measured: bf16 weights "
+             "halve the weight copies but not the one-byte ranks and masks, so bf16 needs between half of this and "
+             "this. In memory, the largest stage's bytes per parameter (1b row) times the parameter count; offloaded, "
+             "the anonymous working set scales with one block, not with the model, so the 1b row's peak is scaled by "
+             "the ratio of block sizes. What is projected is host or device memory for the whole job on one device; "
+             "the GPU cannot run the offloaded form yet (it is CPU-only), so its rows are host RAM.", "",
+             "| criterion | M | form | 8B GB | 70B GB | fits 24 GB | fits 80 GB |", "|---|---:|---|---:|---:|---|---|"]
+    for x in sorted(big, key=lambda x: (x["offload"], x["criterion"], x["m"])):
+        if x["offload"] == "none":
+            per = max(x["bytes_per_parameter"].values())
+            need = {k: per * n / GB for k, n in PROJECTED.items()}
+        else:
+            peak = max(x["peak_rss_anon_bytes"].values()) - x["baseline_rss_anon_bytes"]
+            need = {k: peak * BLOCK_PARAMS[k] / BLOCK_PARAMS["1b"] / GB for k in PROJECTED}
+        fits = {cap: ", ".join(k for k, v in need.items() if v <= cap) or "neither" for cap in (24, 80)}
+        form = "in memory" if x["offload"] == "none" else "offloaded (host RAM)"
+        lines.append(f"| {x['criterion']} | {x['m']} | {form} | {need['8B']:,.0f} | {need['70B']:,.0f} | "
+                     f"{fits[24]} | {fits[80]} |")
+    return lines + [""]
+
+
+def offload_check_section(r: dict) -> list[str]:
+    memory, disk = r["runs"]["none"], r["runs"]["disk"]
+    lines = ["## Offloaded against in memory: a 1B model in bounded memory", "",
+             f"{r['model']}, {memory['parameters'] / 1e9:.2f}B parameters; `msp prune`'s job with {r['criterion']} "
+             f"{r['sparsity']}, `--allocation msp` (search {r['search']}); calibration {r['calibration']}, fitness "
+             f"{r['fitness']}, evaluation {r['evaluation']}; each form in a fresh process, RssAnon and VmRSS sampled "
+             f"every {r['sampling_interval_s'] * 1000:.0f} ms; {r['machine']}, {memory['threads']} threads, torch "
+             f"{memory['torch']}.", f"Command: `{r['command']}`", "",
+             "| form | peak RssAnon GiB | peak VmRSS GiB | seconds | pruned perplexity | levels |",
+             "|---|---:|---:|---:|---:|---|"]
+    for name, run in (("in memory", memory), ("offloaded to disk", disk)):
+        lines.append(f"| {name} | {run['peak_rss_anon_bytes'] / 2**30:.2f} | {run['peak_vm_rss_bytes'] / 2**30:.2f} | "
+                     f"{run['seconds']:.0f} | {run['pruned_ppl']:,.0f} | {' '.join(map(str, run['levels']))} |")
+    lines += ["", f"Same plan: {r['same_plan']}; same pruned weights (SHA-256 of all {r['linears_compared']} block "
+              f"linears): {r['same_pruned_weights']}; same perplexity: {r['same_perplexity']}. VmRSS includes mapped "
+              "file pages (the checkpoint, the weight and cache files), which the kernel drops under memory pressure; "
+              "RssAnon is what the process must hold. Timings are single runs on a shared machine.", ""]
+    return lines
+
+
+def precision_section(r: dict) -> list[str]:
+    lines = ["## bfloat16 against float32", "",
+             f"smollm2-135m, {r['criterion']} {r['sparsity']} ({r['allocation']}); calibration {r['calibration']}, "
+             f"evaluation {r['evaluation']}; each precision in a fresh process; 95% bootstrap intervals over windows; "
+             f"{r['machine']}, torch {r['runs']['float32']['torch']}, {r['runs']['float32']['threads']} threads. This CPU "
+             "has no bf16 units, so bf16 is slower here; on a GPU it is the default.", f"Command: `{r['command']}`", "",
+             "| precision | dense perplexity | pruned perplexity | load s | dense eval s | plan s | prune s | pruned eval s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for dtype, run in r["runs"].items():
+        s = run["seconds"]
+        lines.append(f"| {dtype} | {_with_interval({'ppl': run['dense']['perplexity'], 'ppl_interval': run['dense']['interval']})} | "
+                     f"{_with_interval({'ppl': run['pruned']['perplexity'], 'ppl_interval': run['pruned']['interval']})} | "
+                     f"{s['load']:.0f} | {s['dense perplexity']:.0f} | {s['plan']:.0f} | {s['prune']:.0f} | "
+                     f"{s['pruned perplexity']:.0f} |")
+    within = r["bf16_within_fp32_interval"]
+    lines += ["", f"bf16 perplexity inside the float32 interval: dense {within['dense']}, pruned {within['pruned']}; "
+              f"same levels: {r['same_levels']}.", ""]
+    return lines
+
+
 def gpu_check_section(cpu: dict | None, gpu: dict | None) -> list[str]:
     """The GPU check beside its CPU reference (random weights: speed, memory, plan agreement)."""
     lines = ["## GPU check (`benchmarks/gpu_check.py`)", ""]
@@ -486,6 +585,12 @@ def main() -> None:
         out += stage_cost_section(r)
     if (r := _load("cache_storage")) is not None:
         out += cache_storage_section(r)
+    if (r := _load("stage_memory")) is not None:
+        out += stage_memory_section(r)
+    if (r := _load("offload_check")) is not None:
+        out += offload_check_section(r)
+    if (r := _load("precision_check")) is not None:
+        out += precision_section(r)
     out += gpu_check_section(_load("gpu_check_cpu"), _load("gpu_check"))
     (ROOT / "BENCHMARKS.md").write_text("\n".join(out))
     print(f"wrote {ROOT / 'BENCHMARKS.md'}")

@@ -5,14 +5,17 @@
 
 One fresh process per (size, criterion, M, offload) runs the stages one after another on a
 float32 model: calibration (one sequential pass collecting the criterion's input statistics),
-Fisher (per-sample traces, as the trace init and ``--allocation fisher`` use), level cache (built
-alone), search (the MSP search on a small budget: it builds its own level cache, then scores), prune
+Fisher (per-sample traces, as the trace init and ``--allocation fisher`` use), then the MSP search on
+a small budget in two parts: building its level cache ("level cache") and scoring ("search"), prune
 (sequential, masks installed) and export (`save_pruned` to a folder). `memory_probe` samples RssAnon
 (anonymous memory: tensors and heap) every 20 ms; the table divides each stage's peak, less the
-process's RssAnon before the model loads (interpreter and libraries), by the model's parameter count. In memory, the weights are copied into anonymous memory after loading
-(transformers maps the checkpoint file until a weight is written), so the model itself counts
-its 4 bytes per parameter in every stage. With ``--offloads disk`` the weights, masks and level
-cache are memory-mapped files (`msp_callback.offload`) and only the working set is anonymous.
+process's RssAnon before the model loads (interpreter and libraries), by the model's parameter
+count. In memory, the weights are copied into anonymous memory after loading (transformers maps
+the checkpoint file until a weight is written), so the model itself counts its 4 bytes per
+parameter in every stage. With ``--offloads disk`` the weights, masks and level
+cache are memory-mapped files (`msp_callback.offload`) and only the working set is anonymous. In
+memory the level cache goes where ``cache_storage=auto`` puts it (beside the model when there is
+room, else disk: the row records which).
 
 135m is SmolLM2-135M (real weights); 0.5b and 1b are random-weight Llama-shaped models
 (`random_models`): memory depends on shapes, not on trained values. Token counts are small
@@ -33,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 sys.path.insert(0, str(Path(__file__).parent))
 
 RESULTS = Path(__file__).parent / "results"
-STAGES = ("load", "calibration", "fisher", "level cache", "search", "prune", "export")
+STAGES = ("load", "calibration", "fisher", "level cache", "search", "prune", "export")  # level cache: the search's own
 
 
 def model_source(size: str) -> str:
@@ -46,9 +49,10 @@ def model_source(size: str) -> str:
 
 def one(size: str, criterion: str, m: int, offload: str) -> dict:
     import torch
+    from memory_probe import MemoryProbe, read_status, trim_heap
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM  # noqa: F401  (imported before the baseline)
 
     import msp_callback.search.runner as runner
-    from memory_probe import MemoryProbe
     from msp_callback import data
     from msp_callback.allocation import make_plan
     from msp_callback.block_walk import collect_input_stats, walk_blocks
@@ -60,10 +64,7 @@ def one(size: str, criterion: str, m: int, offload: str) -> dict:
     from msp_callback.search.runner import SearchSettings
     from msp_callback.sensitivity import fisher_traces
 
-    from memory_probe import read_status, trim_heap
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM  # noqa: F401  (imported before the baseline)
-
-    storage = "disk" if offload == "disk" else "device"
+    storage = "disk" if offload == "disk" else "auto"  # in memory: beside the model where it fits
     trim_heap()
     baseline = read_status()["RssAnon"]  # the interpreter and the libraries, before any model
     with MemoryProbe() as probe:
@@ -86,13 +87,13 @@ def one(size: str, criterion: str, m: int, offload: str) -> dict:
                 needs_inputs=crit.statistic != "none")
         with probe.stage("fisher"):
             fisher_traces(model, calibration[:2], progress=False, gradient_checkpointing=offload == "disk")
-        with probe.stage("level cache"):
-            LevelCache(model, criterion, m, calibration, progress=False, storage=storage).close()
+        placed: list[str] = []
 
-        class LabelledCache(LevelCache):  # the search's own cache, then its scoring, as two labels
+        class LabelledCache(LevelCache):  # the search's level cache, then its scoring, as two labels
             def __init__(self, *args, **kwargs):
-                probe.label = "search: level cache"
+                probe.label = "level cache"
                 super().__init__(*args, **kwargs)
+                placed.append(self.store.kind)
                 probe.label = "search"
 
         runner.LevelCache = LabelledCache
@@ -106,7 +107,7 @@ def one(size: str, criterion: str, m: int, offload: str) -> dict:
             save_pruned(model, Path(folder) / "model", plan, drop_pruned_blocks=False)
     peaks = {name: peak["RssAnon"] for name, peak in probe.peaks.items() if name != "start"}
     return {"size": size, "criterion": criterion, "m": m, "offload": offload, "parameters": parameters,
-            "block_parameters": block_params, "target": f"{plan.target}:{m}",
+            "block_parameters": block_params, "target": f"{plan.target}:{m}", "level_cache_storage": placed[0],
             "peak_rss_anon_bytes": peaks, "peak_vm_rss_bytes": {n: p["VmRSS"] for n, p in probe.peaks.items()},
             "baseline_rss_anon_bytes": baseline,
             "bytes_per_parameter": {n: round((v - baseline) / parameters, 2) for n, v in peaks.items()},

