@@ -18,7 +18,7 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .models import blocks_replaced, find_blocks
+from .models import blocks_replaced, find_blocks, input_device
 
 if TYPE_CHECKING:
     from .criteria.base import InputStats
@@ -120,7 +120,7 @@ def capture_stack_inputs(model: nn.Module, batches: Sequence[Tensor]) -> StackIn
         return record
 
     stand_ins = nn.ModuleList([_CallRecorder(b, recorder(i), i == len(blocks) - 1) for i, b in enumerate(blocks)])
-    device = next(model.parameters()).device
+    device = input_device(model)
     with blocks_replaced(model, stand_ins):
         for batch in batches:
             try:

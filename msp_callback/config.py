@@ -82,8 +82,9 @@ class DeviceSettings:
     dtype: str = option("auto", "the weights' precision: auto = bfloat16 on a GPU with fast bf16, float32 on CPUs "
                         "(statistics accumulate in float32 either way)",
                         choices=("auto", "float32", "bfloat16", "float16", "fp32", "bf16", "fp16"))
-    offload: str = option("none", "disk = keep the weights, masks and level cache in memory-mapped files, so a model "
-                          "larger than memory prunes in bounded memory (CPU only); none = in memory", choices=OFFLOADS)
+    offload: str = option("none", "disk = keep the blocks' weights, masks and the level cache in memory-mapped files, so "
+                          "a model larger than memory prunes in bounded memory; on a GPU each block comes onto the device "
+                          "for its turn; none = the whole model in memory", choices=OFFLOADS)
     offload_folder: str | None = option(None, "where --offload disk puts its files (default: $MSP_SCRATCH or "
                                         "~/.cache/msp-callback/scratch; not a RAM-backed /tmp)")
 

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.text import Perplexity
+
+from .models import input_device
 from tqdm.auto import tqdm
 
 IGNORE_INDEX = -100
@@ -73,7 +75,7 @@ def _score(model: nn.Module, windows: Tensor, batch_size: int, bf16: bool, progr
            logits_fn: Callable[[int, Tensor], Tensor] | None, keep_windows: bool) -> PerplexityReport:
     if windows.ndim != 2 or windows.shape[0] == 0:
         raise ValueError(f"windows must be a non-empty (n, seqlen) tensor, got shape {tuple(windows.shape)}")
-    device = next(model.parameters()).device
+    device = input_device(model)
     # sync_on_compute=False: under DDP each rank scores its own model state (e.g. its share of
     # a search generation); torchmetrics would otherwise merge ranks, or hang when they differ.
     metric = Perplexity(ignore_index=IGNORE_INDEX, sync_on_compute=False).to(device)

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from .atomic_files import atomic_folder
 from .block_walk import block_output
 from .distributed import world
-from .models import block_linears, blocks_path, find_blocks, fingerprint
+from .models import block_linears, blocks_path, find_blocks, fingerprint, input_device
 from .nm import check_pattern, to_out_in
 from .plan import PlanError, SparsityPlan
 from .records import load_record, stamp, unstamp, write_json
@@ -140,7 +140,7 @@ def identity_deviation(model: nn.Module, indices: list[int], probe: list[Tensor]
         return record
 
     handles = [blocks[i].register_forward_hook(hook(i), with_kwargs=True) for i in indices]
-    device = next(model.parameters()).device
+    device = input_device(model)
     try:
         for batch in probe:
             model(input_ids=batch.to(device), use_cache=False)

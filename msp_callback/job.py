@@ -32,7 +32,7 @@ from .config import (
 )
 from .devices import resolve_device, resolve_dtype
 from .evaluate import perplexity
-from .models import load_causal_lm, measure_sparsity
+from .models import input_device, load_causal_lm, measure_sparsity
 from .nm import remove_masks
 from .offload import release
 from .plan import SparsityPlan, nm_string, parse_nm
@@ -108,8 +108,7 @@ def prepare(settings: PruneSettings, loaded: tuple[torch.nn.Module, Any] | None 
     """Load the model (unless ``loaded`` gives ``(model, tokenizer)``) and sample calibration,
     fitness and evaluation tokens."""
     if loaded is None:
-        # --offload disk runs on the CPU, whatever else the machine has
-        device = resolve_device(settings.device if settings.device or settings.offload == "none" else "cpu")
+        device = resolve_device(settings.device)
         loaded = load_causal_lm(settings.model, dtype=resolve_dtype(settings.dtype, device), device=device,
                                 offload=settings.offload, offload_folder=settings.offload_folder)
     model, tokenizer = loaded
@@ -185,7 +184,7 @@ def prune_and_measure(settings: PruneSettings) -> tuple[dict[str, Any], Sparsity
         **search_summary(plan),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
-        "device": str(next(model.parameters()).device),
+        "device": str(input_device(model)),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
     return result, plan, inputs

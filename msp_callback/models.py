@@ -37,6 +37,15 @@ def _weight_shape_out_in(module: nn.Module) -> tuple[int, int]:
     return (shape[1], shape[0]) if is_conv1d(module) else (shape[0], shape[1])
 
 
+def input_device(model: nn.Module) -> torch.device:
+    """Where the model takes its token ids: its input embeddings' device (the model's device,
+    also when its blocks are offloaded and brought to that device one at a time)."""
+    embeddings = getattr(model, "get_input_embeddings", lambda: None)()
+    if embeddings is not None and getattr(embeddings, "weight", None) is not None:
+        return embeddings.weight.device
+    return next(model.parameters()).device
+
+
 def find_blocks(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks of ``model`` (see the module docstring for the rule)."""
     best: tuple[int, nn.ModuleList] | None = None
@@ -181,12 +190,12 @@ def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32, device
     from .offload import check_offload, offload_to_disk
 
     path = resolve_model_path(name_or_path)
-    check_offload(offload, torch.device(device))
+    check_offload(offload)
     log.info("loading %s (%s on %s%s)", path, str(dtype).removeprefix("torch."), device,
              ", offloaded to disk" if offload == "disk" else "")
     if offload == "disk":
         model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
-        offload_to_disk(model, offload_folder, dtype)
+        offload_to_disk(model, offload_folder, dtype, device)
     else:
         model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -1,15 +1,19 @@
 """Models larger than memory: weights in memory-mapped files (``offload="disk"``).
 
-`offload_to_disk` moves every large tensor of a model (embeddings, the blocks' weights, and the
-masks `pruner.prune` installs later) into a file of its own, mapped shared into memory. The
-operating system then pages each block in when a stage reads it, and in-place writes (the pruned
-weights, the level cache's swaps) go back to the file: resident *anonymous* memory stays at one
-block's working set plus the activations, whatever the model's size, and the page cache holds
-what it has room for. Every stage already walks the blocks in order (`block_walk`), so nothing
-else changes; the level cache goes to disk with the model (`storage.TensorStore`).
+`offload_to_disk` moves every large tensor of the decoder blocks (and on the CPU also the
+embeddings and head), and later the masks `pruner.prune` installs, into a file of its own, mapped
+shared into memory. The operating system pages each block in when a stage reads it, and in-place
+writes (the pruned weights, the level cache's swaps) go back to the file: resident *anonymous*
+memory stays at one block's working set plus the activations, whatever the model's size, and the
+page cache holds what it has room for. The level cache goes to disk with the model.
 
-This is the CPU form of offloading. Bringing blocks of such a model onto a GPU one at a time
-(accelerate's ``device_map`` hooks) is not built yet: `check_offload` refuses that combination.
+On a GPU (``device`` not the CPU) the blocks stay in those files and each is brought onto the
+device for its turn: forward hooks copy a block in before it runs and drop the copies after,
+and the stages that change weights (pruning) or read them at length (the level cache) hold the
+block on the device with `DiskOffload.onloaded`, which writes changed weights and new masks back
+to the files. Embeddings, final norm and head live on the device. Every stage already walks the
+blocks in order (`block_walk`), so one block at a time is all the device holds of the blocks.
+Fisher traces need a backward pass through every block and are refused there (not built yet).
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -51,36 +57,45 @@ class OffloadError(ValueError):
     """An offload setting this machine or model cannot honour."""
 
 
-def check_offload(offload: str, device: torch.device) -> None:
+def check_offload(offload: str) -> None:
     if offload not in OFFLOADS:
         raise OffloadError(f"offload (--offload) must be one of {', '.join(OFFLOADS)}, got {offload!r}")
-    if offload == "disk" and device.type != "cpu":
-        raise OffloadError(f"--offload disk runs on the CPU (the weights are memory-mapped files); with --device {device} "
-                           "load the model in bfloat16 on the GPU, or use --device cpu --offload disk")
 
 
 class DiskOffload:
-    """The files behind an offloaded model's tensors; `adopt` moves tensors in, `close` deletes."""
+    """The files behind an offloaded model's tensors, and the moves of blocks to the device.
 
-    def __init__(self, folder: str | Path | None = None):
+    ``always_copy`` makes blocks travel even when the device is the CPU (the tests use it to run
+    the GPU path's copies and write-backs on a machine without a GPU)."""
+
+    def __init__(self, folder: str | Path | None = None, device: torch.device | str = "cpu", always_copy: bool = False):
         self.store = TensorStore("disk", torch.device("cpu"), parent=folder, label="offloaded weights")
+        self.device = torch.device(device)
+        self.always_copy = always_copy
         self._mine: set[int] = set()  # data pointers of the storages this offload created
+        self._homes: dict[int, Tensor] = {}  # id(tensor) -> its file-backed data while it is on the device
+        self._depth: dict[int, int] = {}  # id(block) -> how many onloads hold it
         self.bytes = 0
+
+    @property
+    def travels(self) -> bool:
+        """Whether blocks are copied to the device for their turn (else they are used in place)."""
+        return self.device.type != "cpu" or self.always_copy
 
     def holds(self, tensor: Tensor) -> bool:
         return tensor.untyped_storage().data_ptr() in self._mine
 
     @torch.no_grad()
     def adopt(self, module: nn.Module, dtype: torch.dtype | None = None) -> int:
-        """Move every large CPU parameter and buffer of ``module`` not yet in a file into one
+        """Move every large parameter and buffer of ``module`` not yet in a file into one
         (converted to ``dtype`` when given, for floating tensors); returns the bytes moved."""
         moved = 0
         for tensor in itertools.chain(module.parameters(), module.buffers()):
-            if tensor.device.type != "cpu" or self.holds(tensor):
+            if self.holds(tensor) or id(tensor) in self._homes:
                 continue
             source = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
             if source.numel() * source.element_size() < MIN_BYTES:
-                tensor.data = source
+                tensor.data = source.cpu()
                 continue
             mapped = self.store.put(source)
             self._mine.add(mapped.untyped_storage().data_ptr())
@@ -89,20 +104,87 @@ class DiskOffload:
         self.bytes += moved
         return moved
 
+    @torch.no_grad()
+    def onload(self, block: nn.Module) -> None:
+        """Copy ``block``'s tensors onto the device (nested calls are counted, not repeated)."""
+        if not self.travels:
+            return
+        depth = self._depth.get(id(block), 0)
+        self._depth[id(block)] = depth + 1
+        if depth:
+            return
+        for tensor in itertools.chain(block.parameters(), block.buffers()):
+            if id(tensor) not in self._homes:
+                self._homes[id(tensor)] = tensor.data
+                tensor.data = tensor.data.to(self.device, copy=True, non_blocking=False)
+
+    @torch.no_grad()
+    def offload(self, block: nn.Module, write_back: bool = False) -> None:
+        """Drop the device copies of ``block``; with ``write_back`` first copy them into the
+        files (and move tensors made meanwhile, such as masks, into files of their own)."""
+        if not self.travels:
+            return
+        depth = self._depth[id(block)] - 1
+        self._depth[id(block)] = depth
+        if depth:
+            return
+        for tensor in itertools.chain(block.parameters(), block.buffers()):
+            home = self._homes.pop(id(tensor), None)
+            if home is not None:
+                if write_back:
+                    home.copy_(tensor.data)
+                tensor.data = home
+
+    @contextmanager
+    def onloaded(self, block: nn.Module, write_back: bool = False) -> Iterator[nn.Module]:
+        """Hold ``block`` on the device; with ``write_back`` its changed weights and any new
+        tensors (masks) go to the files afterwards."""
+        self.onload(block)
+        try:
+            yield block
+        finally:
+            self.offload(block, write_back)
+            if write_back:
+                self.adopt(block)
+
+    def attach(self, blocks: nn.ModuleList) -> None:
+        """Forward hooks bringing each block onto the device for its forward (when blocks travel)."""
+        if not self.travels:
+            return
+        for block in blocks:
+            block.register_forward_pre_hook(lambda module, args: self.onload(module))
+            block.register_forward_hook(lambda module, args, output: self.offload(module))
+
     def close(self) -> None:
         """Remove the folder. The files are unlinked as soon as they are mapped, so their disk
         space returns when the tensors are freed, and a killed job leaves nothing behind."""
         self.store.close()
 
 
-def offload_to_disk(model: nn.Module, folder: str | Path | None = None, dtype: torch.dtype | None = None) -> DiskOffload:
+def offload_to_disk(model: nn.Module, folder: str | Path | None = None, dtype: torch.dtype | None = None,
+                    device: torch.device | str = "cpu", always_copy: bool = False) -> DiskOffload:
     """Move ``model``'s large tensors into memory-mapped files under ``folder`` (default: the
-    scratch folder, see `storage.scratch_dir`) and remember the offload on the model."""
+    scratch folder, see `storage.scratch_dir`) and remember the offload on the model. With a
+    ``device`` other than the CPU only the decoder blocks go to files (each comes onto the device
+    for its turn); the rest of the model moves to the device."""
+    from .models import find_blocks
+
     bound_heap()
-    offload = DiskOffload(folder)
-    moved = offload.adopt(model, dtype)
+    offload = DiskOffload(folder, device, always_copy)
+    blocks = find_blocks(model)
+    if offload.device.type == "cpu":
+        moved = offload.adopt(model, dtype)
+    else:
+        moved = sum(offload.adopt(block, dtype) for block in blocks)
+        resident = {id(t) for block in blocks for t in itertools.chain(block.parameters(), block.buffers())}
+        with torch.no_grad():
+            for tensor in itertools.chain(model.parameters(), model.buffers()):
+                if id(tensor) not in resident:
+                    tensor.data = tensor.data.to(device=offload.device, dtype=dtype if tensor.is_floating_point() and dtype else None)
+    offload.attach(blocks)
     model.__dict__["_msp_offload"] = offload  # plain attribute: not a submodule, not saved
-    log.info("offloaded %.2f GB of weights to %s", moved / 1e9, offload.store.folder)
+    log.info("offloaded %.2f GB of weights to %s%s", moved / 1e9, offload.store.folder,
+             f"; blocks run on {offload.device} one at a time" if offload.travels else "")
     return offload
 
 

@@ -123,9 +123,6 @@ def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike) -
         except ValueError as error:
             raise ConfigError(f"--resume: the search checkpoint {checkpoint} is damaged ({error}); delete it and "
                               "drop --resume to start again") from None
-    if settings.offload == "disk" and settings.device and not settings.device.startswith("cpu"):
-        raise ConfigError(f"--offload disk runs on the CPU (the weights are memory-mapped files), not on --device "
-                          f"{settings.device}: drop one of them")
     if settings.offload_folder:
         if Path(settings.offload_folder).is_file():
             raise ConfigError(f"--offload-folder {settings.offload_folder}: is a file; give a folder (the job makes "

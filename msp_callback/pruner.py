@@ -80,9 +80,11 @@ def prune(
     offload = offload_of(model)
 
     def visit(index: int, block: nn.Module, inputs: BlockInputs | None) -> None:
-        prune_block(block, plan.levels[index], plan.m, criterion, inputs, install)
-        if offload is not None:
-            offload.adopt(block)  # the new masks go to disk with the weights
+        if offload is None:
+            prune_block(block, plan.levels[index], plan.m, criterion, inputs, install)
+            return
+        with offload.onloaded(block, write_back=True):  # pruned weights and new masks go back to the files
+            prune_block(block, plan.levels[index], plan.m, criterion, inputs, install)
 
     needs_inputs = criterion.statistic != "none"
     if needs_inputs and (calibration is None or len(calibration) == 0):

@@ -35,7 +35,8 @@ from torch.nn.utils import parametrize
 from torch.utils.checkpoint import checkpoint
 from tqdm.auto import tqdm
 
-from .models import block_linears, find_blocks
+from .models import block_linears, find_blocks, input_device
+from .offload import OffloadError, offload_of
 from .records import load_record, stamp, unstamp, write_json
 
 log = logging.getLogger(__name__)
@@ -101,13 +102,6 @@ def _micro_batches(rows: list[Tensor], size: int) -> list[Tensor]:
     if current:
         out.append(torch.stack(current))
     return out
-
-
-def _input_device(model: nn.Module) -> torch.device:
-    embeddings = getattr(model, "get_input_embeddings", lambda: None)()
-    if embeddings is not None and getattr(embeddings, "weight", None) is not None:
-        return embeddings.weight.device
-    return next(model.parameters()).device
 
 
 # ---------------------------------------------------------------------------- accumulation
@@ -264,12 +258,16 @@ def fisher_traces(
         raise ValueError("fisher_traces needs calibration data: got an empty list of token-id batches")
     if micro_batch_size < 1:
         raise ValueError(f"micro_batch_size must be >= 1, got {micro_batch_size}")
+    offload = offload_of(model)
+    if offload is not None and offload.device.type != "cpu":
+        raise OffloadError("Fisher traces of a model whose blocks are offloaded to a GPU one at a time are not supported "
+                           "yet: use init=sensitivity (the default) or another allocation than fisher, or --device cpu")
     rows = _rows(batches)
     chunks = _micro_batches(rows, micro_batch_size)
     blocks = find_blocks(model)
     linears = _tracked_linears(blocks)
     leaves = [p for m in linears.values() for p in _leaves(m)]
-    device = _input_device(model)
+    device = input_device(model)
     acc = _Accumulator()
     start = time.perf_counter()
     with ExitStack() as stack:

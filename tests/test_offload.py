@@ -11,7 +11,7 @@ from msp_callback.config import ConfigError
 from msp_callback.job import PruneSettings
 from msp_callback.models import named_block_linears
 from msp_callback.nm import mask_of
-from msp_callback.offload import OffloadError, check_offload, offload_of, offload_to_disk, release
+from msp_callback.offload import DiskOffload, OffloadError, check_offload, offload_of, offload_to_disk, release
 from msp_callback.plan import SparsityPlan
 from msp_callback.pruner import prune
 from msp_callback.search.runner import SearchSettings
@@ -113,10 +113,59 @@ def test_large_tensors_only_by_default(tmp_path):
     assert offload.bytes == 0 and not _file_backed(model, offload)
 
 
-def test_offload_is_refused_off_the_cpu_and_unknown_values_are_refused():
-    with pytest.raises(OffloadError, match="runs on the CPU"):
-        check_offload("disk", torch.device("cuda"))
+def test_unknown_offload_values_are_refused():
     with pytest.raises(OffloadError, match="none, disk"):
-        check_offload("nvme", torch.device("cpu"))
+        check_offload("nvme")
     with pytest.raises(ConfigError, match="offload"):
         PruneSettings(offload="nvme")
+
+
+# --- blocks that travel to the device for their turn (the GPU path, run here with always_copy)
+
+
+def _travelling(tmp_path):
+    model = tiny_model("llama")
+    offload = offload_to_disk(model, tmp_path, always_copy=True)
+    return model, offload
+
+
+def test_travelling_blocks_give_the_same_logits_and_go_home_after(every_tensor, tmp_path):
+    ids = token_batches(1, 16)[0]
+    expected = tiny_model("llama")(input_ids=ids).logits
+    model, offload = _travelling(tmp_path)
+    homes = {id(t): t.data_ptr() for t in model.parameters()}
+    assert torch.equal(model(input_ids=ids).logits, expected)
+    assert {id(t): t.data_ptr() for t in model.parameters()} == homes  # every block back in its files
+    assert not offload._homes and _file_backed(model, offload)
+
+
+def test_pruning_travelling_blocks_writes_weights_and_masks_back_to_the_files(every_tensor, tmp_path):
+    memory = tiny_model("llama")
+    model, offload = _travelling(tmp_path)
+    calib = token_batches(2, 16)
+    plan = SparsityPlan(m=4, target=2, levels=[1, 3, 2], criterion="sparsegpt")
+    prune(memory, plan, calib, progress=False)
+    prune(model, plan, calib, progress=False)
+    assert not offload._homes and _file_backed(model, offload)
+    for (name, a), (_, b) in zip(named_block_linears(memory).items(), named_block_linears(model).items()):
+        assert torch.equal(a.weight, b.weight), name
+        assert torch.equal(mask_of(a), mask_of(b)), name
+
+
+def test_search_with_travelling_blocks_finds_the_same_plan(every_tensor, tmp_path):
+    calib, fitness = token_batches(2, 16), torch.cat(token_batches(2, 16, seed=1))
+    search = SearchSettings(population=4, generations=2, cache_storage="disk")
+    expected = make_plan("msp", tiny_model("llama"), 2, 4, "wanda", calibration=calib, fitness_windows=fitness,
+                         search=search, progress=False)
+    model, offload = _travelling(tmp_path)
+    got = make_plan("msp", model, 2, 4, "wanda", calibration=calib, fitness_windows=fitness, search=search,
+                    progress=False)
+    assert got.levels == expected.levels and got.metadata["best_fitness"] == expected.metadata["best_fitness"]
+    assert not offload._homes
+
+
+def test_fisher_traces_are_refused_for_blocks_offloaded_to_a_gpu(tmp_path):
+    model = tiny_model("llama")
+    model.__dict__["_msp_offload"] = DiskOffload(tmp_path, device="cuda")  # what offload_to_disk(device="cuda") leaves
+    with pytest.raises(OffloadError, match="Fisher traces"):
+        fisher_traces(model, token_batches(1, 16), progress=False)

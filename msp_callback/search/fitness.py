@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from ..block_walk import BlockInputs, BlockStandIn, block_output, capture_stack_inputs
 from ..evaluate import perplexity
-from ..models import blocks_replaced, find_blocks
+from ..models import blocks_replaced, find_blocks, input_device
 from .level_cache import LevelCache
 
 
@@ -46,7 +46,7 @@ class CachedFitness:
     head's logits into one number (lower is better) in `_score`."""
 
     def __init__(self, model: nn.Module, cache: LevelCache, windows: Tensor, batch_size: int = 4):
-        windows = windows.to(next(model.parameters()).device)
+        windows = windows.to(input_device(model))
         self.model, self.cache, self.windows, self.batch_size = model, cache, windows, batch_size
         self.blocks = find_blocks(model)
         self.evaluations = 0
