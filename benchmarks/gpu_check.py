@@ -12,7 +12,10 @@ nothing about quality; what the check measures is speed, memory and agreement: s
 seconds and peak device memory (CUDA ``max_memory_allocated``; on a CPU the resident high-water
 mark), the plan the search finds in float32 on the device against the same run on the CPU
 (``--device cpu`` writes results/gpu_check_cpu.json), and the same stages in bf16. On an sm80+
-GPU it also times one 2048 x 8192 linear as a 2:4 semi-structured tensor against dense.
+GPU it also times one 2048 x 8192 linear as a 2:4 semi-structured tensor against dense. Last,
+``--offload-size`` (default 1b) runs the same stages on one model twice, in memory and with its
+blocks offloaded to memory-mapped files and brought onto the device one at a time
+(`msp_callback.offload`): same plan expected, far less peak device memory.
 
 On a lent H200 (device tool), from the repository root:
     PYTHONPATH=. HF_HUB_OFFLINE=1 python3 benchmarks/gpu_check.py --out $OUT
@@ -42,12 +45,19 @@ SIZES = {  # Llama shapes: SmolLM2-135M's, and TinyLlama-1.1B's
 }
 
 
-def build_model(size: str, seed: int, device: torch.device, dtype: torch.dtype):
+def build_model(size: str, seed: int, device: torch.device, dtype: torch.dtype, offload_folder: str | None = None):
+    """The random model on ``device``; with ``offload_folder`` its blocks stay in memory-mapped
+    files there and come onto the device one at a time (`msp_callback.offload`)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from msp_callback.offload import offload_to_disk
 
     torch.manual_seed(seed)
     config = LlamaConfig(**SIZES[size], max_position_embeddings=2048, tie_word_embeddings=True)
     model = AutoModelForCausalLM.from_config(config)  # float32 on the CPU: the same weights everywhere
+    if offload_folder is not None:
+        offload_to_disk(model, offload_folder, dtype, device, always_copy=True)
+        return model.eval()
     return model.to(device=device, dtype=dtype).eval()
 
 
@@ -86,8 +96,10 @@ def stage(record: dict, name: str, device: torch.device, fn):
     return out
 
 
-def pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dtype) -> dict:
-    """Dense perplexity, uniform Wanda 3:4, then the MSP search and its prune, each stage timed."""
+def pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dtype, size: str | None = None,
+             offload_folder: str | None = None) -> dict:
+    """Dense perplexity, uniform Wanda 3:4, then the MSP search and its prune, each stage timed
+    (``offload_folder``: the same with the blocks offloaded to files there)."""
     from msp_callback.allocation import make_plan
     from msp_callback.evaluate import perplexity
     from msp_callback.models import find_blocks, measure_sparsity
@@ -97,7 +109,8 @@ def pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
     from msp_callback.search.runner import SearchSettings
 
     stages: dict = {}
-    model = stage(stages, "build", device, lambda: build_model(args.size, args.seed, device, dtype))
+    size = size or args.size
+    model = stage(stages, "build", device, lambda: build_model(size, args.seed, device, dtype, offload_folder))
     vocab = model.config.vocab_size
     calibration = list(token_windows(vocab, args.calib_samples, args.seqlen, args.seed + 1).split(4))
     fitness = token_windows(vocab, 4, args.seqlen, args.seed + 2)
@@ -116,7 +129,8 @@ def pipeline(args: argparse.Namespace, device: torch.device, dtype: torch.dtype)
     stage(stages, "uniform prune", device, lambda: prune(model, uniform, calibration, progress=False))
     result["uniform_ppl"] = ppl("uniform perplexity")
     restore()
-    search = SearchSettings(population=args.population, generations=args.generations)
+    search = SearchSettings(population=args.population, generations=args.generations,
+                            cache_storage="disk" if offload_folder else "auto")
     plan = stage(stages, "msp search", device, lambda: make_plan(
         "msp", model, 3, 4, "wanda", calibration=calibration, fitness_windows=fitness, search=search,
         seed=args.seed, progress=False))
@@ -177,6 +191,8 @@ def main() -> None:
     p.add_argument("--generations", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=20, help="repeats of the 2:4 timing")
+    p.add_argument("--offload-size", default="1b", choices=["", *sorted(SIZES)],
+                   help="model for the offloaded-against-in-memory check ('' skips it)")
     p.add_argument("--out", default=None, help="folder for the JSON (default: benchmarks/results)")
     p.add_argument("--name", default=None, help="default: gpu_check, or gpu_check_cpu on a CPU")
     args = p.parse_args()
@@ -190,6 +206,15 @@ def main() -> None:
     if device.type == "cuda" and args.dtype != "float32":
         runs["float32"] = pipeline(args, device, torch.float32)
     result["runs"] = runs
+    if args.offload_size:  # the same model in memory and with its blocks offloaded: same plan, less device memory
+        import tempfile
+
+        dtype = getattr(torch, args.dtype)
+        result["offload"] = {"size": args.offload_size, "in_memory": pipeline(args, device, dtype, args.offload_size)}
+        with tempfile.TemporaryDirectory() as folder:
+            result["offload"]["offloaded"] = pipeline(args, device, dtype, args.offload_size, folder)
+        a, b = result["offload"]["in_memory"], result["offload"]["offloaded"]
+        result["offload"]["same_plan"] = a["msp_levels"] == b["msp_levels"]
     result["semi_structured_2of4"] = semi_structured_speed(device, args.repeats)
     folder = Path(args.out) if args.out else RESULTS
     folder.mkdir(parents=True, exist_ok=True)

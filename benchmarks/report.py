@@ -541,6 +541,11 @@ def gpu_check_section(cpu: dict | None, gpu: dict | None) -> list[str]:
         lines += [f"float32 plan on the GPU {'equals' if same else 'differs from'} the CPU's.", ""]
     if gpu is not None:
         lines += [f"2:4 semi-structured: {json.dumps(gpu['semi_structured_2of4'])}", ""]
+        if "offload" in gpu:
+            o = gpu["offload"]
+            peak = {k: max(v["peak_mib"] for v in o[k]["stages"].values()) for k in ("in_memory", "offloaded")}
+            lines += [f"Offloaded blocks ({o['size']} model): peak device memory {peak['offloaded']:,.0f} MiB against "
+                      f"{peak['in_memory']:,.0f} MiB in memory; same plan: {o['same_plan']}.", ""]
     return lines
 
 
