@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchmetrics.text import Perplexity
+from tqdm.auto import tqdm
 
 from .models import input_device
-from tqdm.auto import tqdm
 
 IGNORE_INDEX = -100
 

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from ..block_walk import BlockInputs, collect_input_stats, walk_blocks
 from ..criteria import Criterion, get_criterion
 from ..models import block_linears, find_blocks
-from ..offload import offload_of
 from ..nm import from_out_in, group_ranks, has_pruning_masks, mask_from_ranks, stored_weight, to_out_in
+from ..offload import offload_of
 from ..storage import TensorStore
 
 log = logging.getLogger(__name__)
