@@ -121,6 +121,8 @@ def main() -> None:
     p.add_argument("--criteria", nargs="+", default=["wanda", "sparsegpt"])
     p.add_argument("--ms", nargs="+", type=int, default=[4, 8])
     p.add_argument("--offloads", nargs="+", default=["none"], choices=("none", "disk"))
+    p.add_argument("--rows", nargs="+", metavar="SIZE:CRITERION:M:OFFLOAD",
+                   help="run these rows in this order instead of the grid (e.g. 1b:wanda:4:disk)")
     p.add_argument("--one", nargs=4, metavar=("SIZE", "CRITERION", "M", "OFFLOAD"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
@@ -132,22 +134,23 @@ def main() -> None:
     record.update(command="python benchmarks/stage_memory.py", sampling_interval_s=0.02,
                   tokens="calibration 4 x 256, Fisher 2 x 256, fitness 2 x 256 tokens of c4; search 4 x 1 generation",
                   dtype="float32")
-    for offload in args.offloads:
-        for size in args.sizes:
-            for criterion in args.criteria:
-                for m in args.ms:
-                    out = subprocess.run([sys.executable, __file__, "--one", size, criterion, str(m), offload],
-                                         capture_output=True, text=True)
-                    if out.returncode:
-                        print(f"{size} {criterion} M={m} {offload} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
-                        continue
-                    row = json.loads(next(x[7:] for x in out.stdout.splitlines() if x.startswith("RESULT ")))
-                    key = (size, criterion, m, offload)
-                    record["rows"] = [r for r in record["rows"] if (r["size"], r["criterion"], r["m"], r["offload"]) != key]
-                    record["rows"].append(row)
-                    RESULTS.mkdir(exist_ok=True)
-                    path.write_text(json.dumps(record, indent=2))
-                    print(size, criterion, m, offload, row["bytes_per_parameter"], flush=True)
+    grid = [(size, criterion, m, offload) for offload in args.offloads for size in args.sizes
+            for criterion in args.criteria for m in args.ms]
+    if args.rows:
+        grid = [(size, criterion, int(m), offload) for size, criterion, m, offload in (r.split(":") for r in args.rows)]
+    for size, criterion, m, offload in grid:
+        out = subprocess.run([sys.executable, __file__, "--one", size, criterion, str(m), offload],
+                             capture_output=True, text=True)
+        if out.returncode:
+            print(f"{size} {criterion} M={m} {offload} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+            continue
+        row = json.loads(next(x[7:] for x in out.stdout.splitlines() if x.startswith("RESULT ")))
+        key = (size, criterion, m, offload)
+        record["rows"] = [r for r in record["rows"] if (r["size"], r["criterion"], r["m"], r["offload"]) != key]
+        record["rows"].append(row)
+        RESULTS.mkdir(exist_ok=True)
+        path.write_text(json.dumps(record, indent=2))
+        print(size, criterion, m, offload, row["bytes_per_parameter"], flush=True)
 
 
 if __name__ == "__main__":
