@@ -10,6 +10,7 @@ hidden states.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -19,6 +20,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from .models import blocks_replaced, find_blocks, input_device
+from .offload import offload_of
 
 if TYPE_CHECKING:
     from .criteria.base import InputStats
@@ -159,13 +161,23 @@ def walk_blocks(
     desc: str = "blocks",
     progress: bool = True,
     needs_inputs: bool = True,
+    writes: bool = False,
 ) -> None:
     """Call ``visit(index, block, inputs)`` for each block in order; afterwards the (possibly
     modified) block is run to produce the next block's inputs. With ``needs_inputs=False`` no
-    forward runs at all and ``inputs`` is None (for input-free criteria such as magnitude)."""
+    forward runs at all and ``inputs`` is None (for input-free criteria such as magnitude).
+
+    For a model offloaded to disk (`offload`), each block is held on the device for its visit and
+    its run; ``writes=True`` (pruning) writes its changed weights and new masks back after."""
+    offload = offload_of(model)
+
+    def held(block: nn.Module) -> contextlib.AbstractContextManager:
+        return offload.onloaded(block, write_back=writes) if offload is not None else contextlib.nullcontext()
+
     if not needs_inputs:
         for index, block in enumerate(tqdm(find_blocks(model), desc=desc, disable=not progress)):
-            visit(index, block, None)
+            with held(block):
+                visit(index, block, None)
         return
     batches = list(batches or [])
     stack = capture_stack_inputs(model, batches)
@@ -178,9 +190,10 @@ def walk_blocks(
                 + ("the embeddings are not finite (check the checkpoint)" if index == 0 else
                    f"block {index - 1} overflowed; in float16 load the model in bfloat16 or float32")
             )
-        visit(index, block, inputs)
-        if index + 1 < len(blocks):
-            inputs = stack.block(index + 1, run_block(block, inputs))
+        with held(block):
+            visit(index, block, inputs)
+            if index + 1 < len(blocks):
+                inputs = stack.block(index + 1, run_block(block, inputs))
 
 
 @torch.no_grad()

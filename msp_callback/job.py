@@ -133,8 +133,16 @@ def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
 def prune_and_measure(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan, Inputs]:
     """Run the job; returns (result dict, plan, inputs with the pruned, masked model)."""
     start = time.perf_counter()
-    n, m = parse_nm(settings.sparsity)
     inputs = prepare(settings)
+    try:
+        return _prune_and_measure(settings, inputs, start)
+    except BaseException:
+        release(inputs.model)  # an offloaded model's scratch folder goes with the failed job
+        raise
+
+
+def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) -> tuple[dict[str, Any], SparsityPlan, Inputs]:
+    n, m = parse_nm(settings.sparsity)
     model, calibration, windows = inputs.model, inputs.calibration, inputs.windows
 
     def ppl(desc: str) -> float:

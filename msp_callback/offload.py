@@ -85,14 +85,17 @@ class DiskOffload:
         return tensor.untyped_storage().data_ptr() in self._mine
 
     @torch.no_grad()
-    def adopt(self, module: nn.Module, dtype: torch.dtype | None = None) -> int:
-        """Move every large parameter and buffer of ``module`` not yet in a file into one
-        (converted to ``dtype`` when given, for floating tensors); returns the bytes moved."""
+    def adopt(self, module: nn.Module, dtype: torch.dtype | None = None, keep: set[int] | None = None) -> int:
+        """Move every large parameter and buffer of ``module`` not yet in a file into one;
+        floating parameters are converted to ``dtype`` when given, except those whose id is in
+        ``keep`` (buffers such as rotary tables keep theirs, as ``from_pretrained`` does).
+        Returns the bytes moved."""
         moved = 0
+        converted = {id(p) for p in module.parameters() if p.is_floating_point() and id(p) not in (keep or set())}
         for tensor in itertools.chain(module.parameters(), module.buffers()):
             if self.holds(tensor) or id(tensor) in self._homes:
                 continue
-            source = tensor.to(dtype) if dtype is not None and tensor.is_floating_point() else tensor
+            source = tensor.to(dtype) if dtype is not None and id(tensor) in converted else tensor
             if source.numel() * source.element_size() < MIN_BYTES:
                 tensor.data = source.cpu()
                 continue
@@ -152,7 +155,7 @@ class DiskOffload:
             return
         for block in blocks:
             block.register_forward_pre_hook(lambda module, args: self.onload(module))
-            block.register_forward_hook(lambda module, args, output: self.offload(module))
+            block.register_forward_hook(lambda module, args, output: self.offload(module), always_call=True)
 
     def close(self) -> None:
         """Remove the folder. The files are unlinked as soon as they are mapped, so their disk
@@ -171,20 +174,30 @@ def offload_to_disk(model: nn.Module, folder: str | Path | None = None, dtype: t
     bound_heap()
     offload = DiskOffload(folder, device, always_copy)
     blocks = find_blocks(model)
+    keep = _kept_in_float32(model)
     if offload.device.type == "cpu":
-        moved = offload.adopt(model, dtype)
+        moved = offload.adopt(model, dtype, keep)
     else:
-        moved = sum(offload.adopt(block, dtype) for block in blocks)
-        resident = {id(t) for block in blocks for t in itertools.chain(block.parameters(), block.buffers())}
+        moved = sum(offload.adopt(block, dtype, keep) for block in blocks)
+        in_blocks = {id(t) for block in blocks for t in itertools.chain(block.parameters(), block.buffers())}
+        converted = {id(p) for p in model.parameters() if p.is_floating_point() and id(p) not in keep}
         with torch.no_grad():
             for tensor in itertools.chain(model.parameters(), model.buffers()):
-                if id(tensor) not in resident:
-                    tensor.data = tensor.data.to(device=offload.device, dtype=dtype if tensor.is_floating_point() and dtype else None)
+                if id(tensor) not in in_blocks:
+                    tensor.data = tensor.data.to(device=offload.device, dtype=dtype if id(tensor) in converted else None)
     offload.attach(blocks)
     model.__dict__["_msp_offload"] = offload  # plain attribute: not a submodule, not saved
     log.info("offloaded %.2f GB of weights to %s%s", moved / 1e9, offload.store.folder,
              f"; blocks run on {offload.device} one at a time" if offload.travels else "")
     return offload
+
+
+def _kept_in_float32(model: nn.Module) -> set[int]:
+    """Ids of the parameters transformers keeps in float32 whatever the dtype asked for
+    (``_keep_in_fp32_modules``), so an offloaded model matches one loaded in that dtype."""
+    names = set(getattr(model, "_keep_in_fp32_modules", None) or []) | set(
+        getattr(model, "_keep_in_fp32_modules_strict", None) or [])
+    return {id(p) for name, p in model.named_parameters() if any(n in name.split(".") for n in names)}
 
 
 def offload_of(model: nn.Module) -> DiskOffload | None:

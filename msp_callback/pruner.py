@@ -17,7 +17,6 @@ from .block_walk import BlockInputs, CalibrationError, collect_input_stats, walk
 from .criteria import Criterion, get_criterion
 from .models import ModelStructureError, block_linears, check_causal_lm, find_blocks, fingerprint
 from .nm import check_divisible, from_out_in, has_pruning_masks, install_mask, stored_weight, to_out_in
-from .offload import offload_of
 from .plan import SparsityPlan
 from .saving import record_in_config
 
@@ -77,14 +76,8 @@ def prune(
         )
     log.info("pruning with %s: %s", criterion.name, plan.describe())
 
-    offload = offload_of(model)
-
     def visit(index: int, block: nn.Module, inputs: BlockInputs | None) -> None:
-        if offload is None:
-            prune_block(block, plan.levels[index], plan.m, criterion, inputs, install)
-            return
-        with offload.onloaded(block, write_back=True):  # pruned weights and new masks go back to the files
-            prune_block(block, plan.levels[index], plan.m, criterion, inputs, install)
+        prune_block(block, plan.levels[index], plan.m, criterion, inputs, install)
 
     needs_inputs = criterion.statistic != "none"
     if needs_inputs and (calibration is None or len(calibration) == 0):
@@ -92,6 +85,7 @@ def prune(
             f"criterion {criterion.name!r} needs calibration batches and none were given: pass "
             "calibration=[token-id tensors] (see msp_callback.data.sample_calibration)"
         )
-    walk_blocks(model, calibration, visit, desc=f"prune ({criterion.name})", progress=progress, needs_inputs=needs_inputs)
+    walk_blocks(model, calibration, visit, desc=f"prune ({criterion.name})", progress=progress, needs_inputs=needs_inputs,
+                writes=True)  # an offloaded model's pruned weights and masks go back to its files
     record_in_config(model, plan)  # save_pretrained then carries the plan (see saving.py)
     return model

@@ -26,6 +26,7 @@ import yaml
 
 from .config import ConfigError, refuse_unknown
 from .job import PruneSettings, prune_and_measure, write_outputs
+from .devices import resolve_device
 from .offload import release
 from .preflight import check_job
 
@@ -181,6 +182,9 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
         folder = Path(recipe.export.folder or f"{recipe.output}/model")
         if folder.exists() and not recipe.export.overwrite:
             raise RecipeError(f"export folder {folder} exists: set export.overwrite=true or another export.folder")
+    if recipe.lora is not None and settings.offload == "disk" and resolve_device(settings.device).type != "cpu":
+        raise RecipeError("the lora stage cannot train a model whose blocks are offloaded to a GPU one at a time (not "
+                          "built yet): set device: cpu, or drop offload: disk (or the lora section)")
     settings.search_checkpoint = settings.search_checkpoint or f"{recipe.output}/search_checkpoint.json"
     check_job(settings, recipe.given, recipe.output)
     result, plan, inputs = prune_and_measure(settings)

@@ -91,6 +91,9 @@ class TensorStore:
             self.folder = Path(tempfile.mkdtemp(prefix="msp-", dir=parent))
         path = self.folder / f"{self.files}.bin"
         self.files += 1
+        with open(path, "wb") as file:  # reserve the blocks now: a full disk is an error here, not a crash later
+            if hasattr(os, "posix_fallocate") and tensor.numel():
+                os.posix_fallocate(file.fileno(), 0, tensor.numel() * tensor.element_size())
         mapped = torch.from_file(str(path), shared=True, size=tensor.numel(), dtype=tensor.dtype)
         path.unlink()  # the mapping keeps the file's blocks until the tensor is freed; a killed job leaves no files
         return mapped.view(tensor.shape).copy_(tensor)

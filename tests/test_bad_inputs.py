@@ -220,3 +220,13 @@ def test_plan_file_and_search_defaults_are_declared_once():
     for f in fields(SearchSettings):
         assert getattr(job, f.name) == getattr(callback, f.name) == f.default, f.name
     assert json.loads(json.dumps({f.name: f.default for f in fields(SearchSettings)}))
+
+
+def test_a_recipe_refuses_lora_on_blocks_offloaded_to_a_gpu(workdir, caplog, monkeypatch):
+    from msp_callback import recipe
+
+    monkeypatch.setattr(recipe, "resolve_device", lambda name: torch.device("cuda"))  # as on a GPU machine
+    (workdir / "job.yaml").write_text("offload: disk\nlora:\n  steps: 2\n")
+    with caplog.at_level(logging.ERROR):
+        assert main(["run", "job.yaml"]) == 2
+    assert "lora stage cannot train a model whose blocks are offloaded" in caplog.text

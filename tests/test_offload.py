@@ -9,7 +9,7 @@ from msp_callback import offload as offload_module
 from msp_callback.allocation import make_plan
 from msp_callback.config import ConfigError
 from msp_callback.job import PruneSettings
-from msp_callback.models import named_block_linears
+from msp_callback.models import find_blocks, named_block_linears
 from msp_callback.nm import mask_of
 from msp_callback.offload import DiskOffload, OffloadError, check_offload, offload_of, offload_to_disk, release
 from msp_callback.plan import SparsityPlan
@@ -124,8 +124,14 @@ def test_unknown_offload_values_are_refused():
 
 
 def _travelling(tmp_path):
+    """A model whose blocks travel for every forward; ``model.travel_log`` records, per block
+    forward, whether every block tensor was a device copy (not a file) during it."""
     model = tiny_model("llama")
     offload = offload_to_disk(model, tmp_path, always_copy=True)
+    model.travel_log = []
+    for block in find_blocks(model):
+        block.register_forward_pre_hook(lambda module, args: model.travel_log.append(
+            not any(offload.holds(t) for t in [*module.parameters(), *module.buffers()])))
     return model, offload
 
 
@@ -135,7 +141,8 @@ def test_travelling_blocks_give_the_same_logits_and_go_home_after(every_tensor, 
     model, offload = _travelling(tmp_path)
     homes = {id(t): t.data_ptr() for t in model.parameters()}
     assert torch.equal(model(input_ids=ids).logits, expected)
-    assert {id(t): t.data_ptr() for t in model.parameters()} == homes  # every block back in its files
+    assert model.travel_log == [True] * 3  # each block ran on copies...
+    assert {id(t): t.data_ptr() for t in model.parameters()} == homes  # ...and is back in its files
     assert not offload._homes and _file_backed(model, offload)
 
 
@@ -146,6 +153,7 @@ def test_pruning_travelling_blocks_writes_weights_and_masks_back_to_the_files(ev
     plan = SparsityPlan(m=4, target=2, levels=[1, 3, 2], criterion="sparsegpt")
     prune(memory, plan, calib, progress=False)
     prune(model, plan, calib, progress=False)
+    assert model.travel_log and all(model.travel_log)
     assert not offload._homes and _file_backed(model, offload)
     for (name, a), (_, b) in zip(named_block_linears(memory).items(), named_block_linears(model).items()):
         assert torch.equal(a.weight, b.weight), name
@@ -161,7 +169,53 @@ def test_search_with_travelling_blocks_finds_the_same_plan(every_tensor, tmp_pat
     got = make_plan("msp", model, 2, 4, "wanda", calibration=calib, fitness_windows=fitness, search=search,
                     progress=False)
     assert got.levels == expected.levels and got.metadata["best_fitness"] == expected.metadata["best_fitness"]
-    assert not offload._homes
+    assert model.travel_log and all(model.travel_log) and not offload._homes
+
+
+def test_a_block_that_fails_mid_forward_still_goes_home(every_tensor, tmp_path, monkeypatch):
+    model, offload = _travelling(tmp_path)
+    block = find_blocks(model)[1]
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("out of memory, say")
+
+    monkeypatch.setattr(block.mlp, "forward", broken)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        model(input_ids=token_batches(1, 16)[0])
+    assert not offload._homes and _file_backed(model, offload)
+
+
+def test_bf16_offload_matches_loading_in_bf16(every_tensor, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    tiny_model("llama").save_pretrained(tmp_path / "model")
+    expected = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "model", dtype="auto")
+    offload_to_disk(model, tmp_path, torch.bfloat16)
+    want = dict(expected.named_buffers())
+    for name, buffer in model.named_buffers():  # rotary tables stay float32, as from_pretrained keeps them
+        assert buffer.dtype == want[name].dtype, name
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+    ids = token_batches(1, 16)[0]
+    assert torch.equal(model(input_ids=ids).logits, expected(input_ids=ids).logits)
+
+
+def test_block_traces_of_an_offloaded_model_recompute_activations(every_tensor, tmp_path, monkeypatch):
+    from msp_callback import sensitivity
+    from msp_callback.allocation import block_traces
+
+    seen = {}
+    real = sensitivity.fisher_traces
+
+    def spy(*args, **kwargs):
+        seen.update(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sensitivity, "fisher_traces", spy)
+    model = tiny_model("llama")
+    offload_to_disk(model, tmp_path)
+    assert block_traces(model, token_batches(2, 16), progress=False)
+    assert seen["gradient_checkpointing"] is True
 
 
 def test_fisher_traces_are_refused_for_blocks_offloaded_to_a_gpu(tmp_path):

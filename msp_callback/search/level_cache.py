@@ -23,7 +23,6 @@ from ..block_walk import BlockInputs, collect_input_stats, walk_blocks
 from ..criteria import Criterion, get_criterion
 from ..models import block_linears, find_blocks
 from ..nm import from_out_in, group_ranks, has_pruning_masks, mask_from_ranks, stored_weight, to_out_in
-from ..offload import offload_of
 from ..storage import TensorStore
 
 log = logging.getLogger(__name__)
@@ -46,7 +45,6 @@ class LevelCache:
         if has_pruning_masks(model):
             raise RuntimeError("build the level cache on the dense model (it carries pruning N:M masks)")
         self.criterion = get_criterion(criterion)
-        self.model = model
         self.m = m
         self.blocks = find_blocks(model)
         self.linears = [block_linears(b) for b in self.blocks]
@@ -75,13 +73,6 @@ class LevelCache:
 
     @torch.no_grad()
     def _fill(self, index: int, inputs: BlockInputs | None) -> None:
-        offload = offload_of(self.model)
-        if offload is not None:  # an offloaded block is read on the device for its turn
-            with offload.onloaded(self.blocks[index]):
-                return self._fill_block(index, inputs)
-        return self._fill_block(index, inputs)
-
-    def _fill_block(self, index: int, inputs: BlockInputs | None) -> None:
         linears = self.linears[index]
         stats = collect_input_stats(self.blocks[index], linears, inputs, self.criterion.statistic)
         for name, module in linears.items():
