@@ -25,8 +25,8 @@ from typing import Any
 import yaml
 
 from .config import ConfigError, refuse_unknown
-from .job import PruneSettings, prune_and_measure, write_outputs
 from .devices import resolve_device
+from .job import PruneSettings, prune_and_measure, write_outputs
 from .offload import release
 from .preflight import check_job
 
