@@ -1,8 +1,8 @@
 """Where a job runs and in what precision: ``--device`` and ``--dtype``.
 
 Defaults follow the machine: CUDA when it is there, else the CPU; bfloat16 weights on a GPU with
-fast bfloat16 (Ampere and later), float32 elsewhere (a CPU without bf16 units runs bf16 5-6x
-slower). Statistics, Hessians, Fisher sums and perplexities accumulate in float32 / float64
+fast bfloat16 (Ampere and later), float32 elsewhere (a CPU without bf16 units runs bf16 several
+times slower; one with AMX-BF16 can run it faster: ``--dtype bf16`` there). Statistics, Hessians, Fisher sums and perplexities accumulate in float32 / float64
 whatever the weights' precision (see the criteria, `sensitivity` and `evaluate`).
 """
 
