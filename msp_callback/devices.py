@@ -2,8 +2,9 @@
 
 Defaults follow the machine: CUDA when it is there, else the CPU; bfloat16 weights on a GPU with
 fast bfloat16 (Ampere and later), float32 elsewhere (a CPU without bf16 units runs bf16 several
-times slower; one with AMX-BF16 can run it faster: ``--dtype bf16`` there). Statistics, Hessians, Fisher sums and perplexities accumulate in float32 / float64
-whatever the weights' precision (see the criteria, `sensitivity` and `evaluate`).
+times slower; one with AMX-BF16 can run it faster: ``--dtype bf16`` there). Statistics,
+Hessians, Fisher sums and perplexities accumulate in float32 / float64 whatever the weights'
+precision (see the criteria, `sensitivity` and `evaluate`).
 """
 
 from __future__ import annotations
