@@ -18,7 +18,7 @@ blocks offloaded to memory-mapped files and brought onto the device one at a tim
 (`msp_callback.offload`): same plan expected, far less peak device memory.
 
 On a lent H200 (device tool), from the repository root:
-    PYTHONPATH=. HF_HUB_OFFLINE=1 python3 benchmarks/gpu_check.py --out $OUT
+    bash benchmarks/gpu_check.sh          # = PYTHONPATH=. python3 benchmarks/gpu_check.py --out $OUT, 8 min at most
 """
 
 from __future__ import annotations

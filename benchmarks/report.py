@@ -521,7 +521,7 @@ def gpu_check_section(cpu: dict | None, gpu: dict | None) -> list[str]:
     """The GPU check beside its CPU reference (random weights: speed, memory, plan agreement)."""
     lines = ["## GPU check (`benchmarks/gpu_check.py`)", ""]
     if gpu is None:
-        lines += ["Not run on a GPU yet: no session with a lent device has run `python benchmarks/gpu_check.py --out $OUT`.",
+        lines += ["Not run on a GPU yet: no session with a lent device has run `bash benchmarks/gpu_check.sh`.",
                   "The CPU reference below is what it will be compared with.", ""]
     for r in (x for x in (cpu, gpu) if x is not None):
         a = r["arguments"]

@@ -29,7 +29,9 @@ def check_strategy(name: str) -> None:
         raise RuntimeError(
             f"MSP does not support sharded weights ({name}): masks and Fisher traces need whole weights on "
             "every rank. Supported: a single device, or data parallel (DDP, ddp_spawn; Accelerate "
-            "multi-GPU without FSDP/DeepSpeed)."
+            "multi-GPU without FSDP/DeepSpeed). For a model larger than one device, prune it first with "
+            "`msp prune --offload disk` (blocks come onto the device one at a time), save it, and finetune "
+            "the saved model."
         )
 
 
