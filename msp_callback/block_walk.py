@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from .models import blocks_replaced, find_blocks, input_device
 from .offload import offload_of
+from .sharded import sharding_of
 
 if TYPE_CHECKING:
     from .criteria.base import InputStats
@@ -167,12 +168,13 @@ def walk_blocks(
     modified) block is run to produce the next block's inputs. With ``needs_inputs=False`` no
     forward runs at all and ``inputs`` is None (for input-free criteria such as magnitude).
 
-    For a model offloaded to disk (`offload`), each block is held on the device for its visit and
-    its run; ``writes=True`` (pruning) writes its changed weights and new masks back after."""
-    offload = offload_of(model)
+    For a model offloaded to disk (`offload`) or sharded by FSDP2 (`sharded`), each block is held
+    whole on the device for its visit and its run; ``writes=True`` (pruning) writes its changed
+    weights (and new masks) back after."""
+    holder = offload_of(model) or sharding_of(model)  # blocks in files, or in shards across ranks
 
     def held(block: nn.Module) -> contextlib.AbstractContextManager:
-        return offload.onloaded(block, write_back=writes) if offload is not None else contextlib.nullcontext()
+        return holder.onloaded(block, write_back=writes) if holder is not None else contextlib.nullcontext()
 
     if not needs_inputs:
         for index, block in enumerate(tqdm(find_blocks(model), desc=desc, disable=not progress)):

@@ -38,12 +38,15 @@ class ShardedEvaluate:
     """Wraps a batch fitness function: rank r scores individuals r, r + W, r + 2W, ...; the
     scores are gathered so every rank returns the full list (and so evolves identically)."""
 
-    def __init__(self, evaluate: Callable[[Sequence[Sequence[int]]], list[float]]):
+    def __init__(self, evaluate: Callable[[Sequence[Sequence[int]]], list[float]], split: bool = True):
+        """``split=False``: every rank scores every individual (an FSDP-sharded model, whose
+        forward passes need all ranks in step)."""
         self.evaluate = evaluate
+        self.split = split
         self.evaluated_here = 0
 
     def __call__(self, individuals: Sequence[Sequence[int]]) -> list[float]:
-        rank, size = world()
+        rank, size = world() if self.split else (0, 1)
         mine = list(individuals[rank::size])
         scores = self.evaluate(mine) if mine else []
         self.evaluated_here += len(mine)

@@ -18,6 +18,7 @@ from .criteria import Criterion, get_criterion
 from .models import ModelStructureError, block_linears, check_causal_lm, find_blocks, fingerprint
 from .nm import check_divisible, from_out_in, has_pruning_masks, install_mask, stored_weight, to_out_in
 from .plan import SparsityPlan
+from .sharded import is_sharded, local
 from .saving import record_in_config
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ def check_model_fits(model: nn.Module, m: int) -> None:
     for i, block in enumerate(find_blocks(model)):
         for name, module in block_linears(block).items():
             check_divisible(to_out_in(module, module.weight).shape[1], m, f"block {i} {name}")
-            if not bool(torch.isfinite(module.weight.detach()).all()):
+            if not bool(torch.isfinite(local(module.weight.detach())).all()):  # each rank checks its shard
                 raise ModelStructureError(f"block {i} {name}: the weight holds NaN or inf values, and pruning would "
                                           "carry them into every output; load a checkpoint with finite weights")
 
@@ -75,6 +76,10 @@ def prune(
             "(bake=True keeps their zeros) before pruning it again"
         )
     log.info("pruning with %s: %s", criterion.name, plan.describe())
+    if install and is_sharded(model):
+        log.warning("the model is sharded (FSDP): pruning writes zeros into the shards but installs no masks; "
+                    "restore_masks(model) on the saved, gathered model gets them back")
+        install = False
 
     def visit(index: int, block: nn.Module, inputs: BlockInputs | None) -> None:
         prune_block(block, plan.levels[index], plan.m, criterion, inputs, install)

@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from .models import block_linears, find_blocks, input_device
 from .offload import OffloadError, offload_of
+from .sharded import is_sharded
 from .records import load_record, stamp, unstamp, write_json
 
 log = logging.getLogger(__name__)
@@ -262,6 +263,9 @@ def fisher_traces(
     if offload is not None and offload.device.type != "cpu":
         raise OffloadError("Fisher traces of a model whose blocks are offloaded to a GPU one at a time are not supported "
                            "yet: use init=sensitivity (the default) or another allocation than fisher, or --device cpu")
+    if is_sharded(model):
+        raise ValueError("Fisher traces of an FSDP-sharded model are not supported yet: use init=sensitivity (the "
+                         "default) or another allocation than fisher")
     rows = _rows(batches)
     chunks = _micro_batches(rows, micro_batch_size)
     blocks = find_blocks(model)

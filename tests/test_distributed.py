@@ -70,3 +70,34 @@ def test_hf_trainer_accelerate_ddp_two_processes(tmp_path):
     assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["masked_zero"] and ranks[1]["masked_zero"]
     assert ranks[0]["evaluated_here"] + ranks[1]["evaluated_here"] == ranks[0]["evaluations"]
     assert abs(ranks[0]["evaluated_here"] - ranks[1]["evaluated_here"]) <= 2
+
+
+def test_fsdp2_sharded_model_gives_the_same_plan_and_masks_as_one_process(tmp_path):
+    """Each rank holds half of every block (FSDP2 ``fully_shard``, gloo); blocks are gathered for
+    their turn and each rank writes its rows of the pruned weights into its shard."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import torch
+
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    worker = str(root / "tests" / "fsdp_worker.py")
+    for criterion in ("wanda", "sparsegpt"):
+        folder = tmp_path / criterion
+        folder.mkdir()
+        single = subprocess.run([sys.executable, worker, str(folder), criterion], cwd=root, env=env, capture_output=True,
+                                text=True, timeout=300)
+        assert single.returncode == 0, single.stderr[-3000:]
+        sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                                  "29541", worker, str(folder), criterion], cwd=root, env=env, capture_output=True,
+                                 text=True, timeout=600)
+        assert sharded.returncode == 0, sharded.stderr[-3000:]
+        one, *ranks = (torch.load(folder / f"{name}.pt") for name in ("single", "0", "1"))
+        for rank in ranks:
+            assert rank["levels"] == one["levels"] and rank["best"] == one["best"], criterion
+            for name, weight in one["weights"].items():
+                assert torch.equal(rank["weights"][name], weight), (criterion, name)  # same weights, same zeros
+        assert any(bool((w == 0).any()) for w in one["weights"].values())

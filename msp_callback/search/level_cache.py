@@ -23,6 +23,7 @@ from ..block_walk import BlockInputs, collect_input_stats, walk_blocks
 from ..criteria import Criterion, get_criterion
 from ..models import block_linears, find_blocks
 from ..nm import from_out_in, group_ranks, has_pruning_masks, mask_from_ranks, stored_weight, to_out_in
+from ..sharded import local, local_rows, settle
 from ..storage import TensorStore
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,9 @@ class LevelCache:
         self.linears = [block_linears(b) for b in self.blocks]
         device = next(model.parameters()).device
         self.store = TensorStore(storage, device, self.estimated_bytes(self.linears, self.criterion, m))
-        self.dense = [{n: self.store.put(mod.weight) for n, mod in lin.items()} for lin in self.linears]
+        # under FSDP each rank caches its own rows only (`_local` of what `_fill` computes whole)
+        self._like = [{n: mod.weight for n, mod in lin.items()} for lin in self.linears]
+        self.dense = [{n: self.store.put(local(mod.weight)) for n, mod in lin.items()} for lin in self.linears]
         self.ranks: list[dict[str, Tensor]] = [{} for _ in self.blocks]
         self.pruned: list[dict[str, dict[int, Tensor]]] = [{} for _ in self.blocks]
         self.current = [0] * len(self.blocks)  # level each block's weights hold now
@@ -77,12 +80,15 @@ class LevelCache:
         stats = collect_input_stats(self.blocks[index], linears, inputs, self.criterion.statistic)
         for name, module in linears.items():
             weight = to_out_in(module, module.weight.detach()).float()
+            like = self._like[index][name]
             if self.criterion.score_based:
-                self.ranks[index][name] = self.store.put(group_ranks(self.criterion.scores(weight, stats[name]), self.m))
+                ranks = from_out_in(module, group_ranks(self.criterion.scores(weight, stats[name]), self.m))
+                self.ranks[index][name] = self.store.put(to_out_in(module, local_rows(ranks, like)))
             else:
                 pruned = self.criterion.prune_levels(weight, stats[name], range(1, self.m), self.m)
-                self.pruned[index][name] = {level: self.store.put(from_out_in(module, w).to(module.weight.dtype))
-                                            for level, (w, _) in pruned.items()}
+                self.pruned[index][name] = {
+                    level: self.store.put(local_rows(from_out_in(module, w).to(module.weight.dtype), like))
+                    for level, (w, _) in pruned.items()}
 
     def weight(self, index: int, name: str, level: int) -> Tensor:
         """Weight (module layout) of linear ``name`` in block ``index`` at ``level``."""
@@ -105,8 +111,9 @@ class LevelCache:
         changed = []
         for index, level in enumerate(levels):
             if level != self.current[index]:
+                settle(self.blocks[index])
                 for name, module in self.linears[index].items():
-                    stored_weight(module).data.copy_(self.weight(index, name, level))
+                    local(stored_weight(module)).data.copy_(self.weight(index, name, level))
                 self.current[index] = level
                 changed.append(index)
         return changed

@@ -20,6 +20,7 @@ from ..config import SearchSettings, check
 from ..distributed import ShardedEvaluate, world
 from ..models import fingerprint
 from ..plan import PlanError, SparsityPlan
+from ..sharded import is_sharded
 from .evolution import EvolutionarySearch
 from .fidelity import CostMeter, MultiFidelityEvaluate
 from .fitness import FITNESSES
@@ -85,14 +86,15 @@ def search_plan(
     if settings.fitness not in FITNESSES:
         raise ValueError(f"unknown fitness {settings.fitness!r}; available: {sorted(FITNESSES)}")
     fitness = FITNESSES[settings.fitness](model, cache, fitness_windows, settings.fitness_batch_size)
-    sharded = ShardedEvaluate(fitness)  # in a distributed run each rank scores its share
+    split = not is_sharded(model)  # under DDP each rank scores its share; an FSDP model scores in step
+    sharded = ShardedEvaluate(fitness, split)
     evaluate: Callable[[Sequence[Sequence[int]]], list[float]] = sharded
     if settings.screen_windows:
         check(settings)  # screen_keep >= 0.5: the better half are parents, so every parent must be fully scored
         settings.check_screening(len(fitness_windows))
         screen = FITNESSES[settings.fitness](model, cache, fitness_windows[: settings.screen_windows],
                                              settings.fitness_batch_size)
-        evaluate = MultiFidelityEvaluate(ShardedEvaluate(screen), sharded, settings.screen_keep, screen.tokens,
+        evaluate = MultiFidelityEvaluate(ShardedEvaluate(screen, split), sharded, settings.screen_keep, screen.tokens,
                                          fitness.tokens)
     rank, _ = world()
     progress = progress and rank == 0
