@@ -18,8 +18,8 @@ from .criteria import Criterion, get_criterion
 from .models import ModelStructureError, block_linears, check_causal_lm, find_blocks, fingerprint
 from .nm import check_divisible, from_out_in, has_pruning_masks, install_mask, stored_weight, to_out_in
 from .plan import SparsityPlan
-from .sharded import is_sharded, local
 from .saving import record_in_config
+from .sharded import is_sharded, local
 
 log = logging.getLogger(__name__)
 

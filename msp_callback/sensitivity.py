@@ -37,8 +37,8 @@ from tqdm.auto import tqdm
 
 from .models import block_linears, find_blocks, input_device
 from .offload import OffloadError, offload_of
-from .sharded import is_sharded
 from .records import load_record, stamp, unstamp, write_json
+from .sharded import is_sharded
 
 log = logging.getLogger(__name__)
 
