@@ -15,7 +15,6 @@ import argparse
 import hashlib
 import json
 import platform
-import subprocess
 import sys
 from pathlib import Path
 
@@ -23,6 +22,8 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 sys.path.insert(0, str(Path(__file__).parent))
 
 RESULTS = Path(__file__).parent / "results"
+
+from fresh_process import emit, run_fresh  # noqa: E402
 
 
 def settings_for(args: argparse.Namespace, folder: Path, offload: str):
@@ -83,15 +84,14 @@ def main() -> None:
     p.add_argument("--one", choices=("none", "disk"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(one_run(args, args.one)))
+        emit(one_run(args, args.one))
         return
     runs = {}
     for offload in ("none", "disk"):
-        cmd = [sys.executable, __file__, "--one", offload] + sys.argv[1:]
-        out = subprocess.run(cmd, capture_output=True, text=True)
-        if out.returncode:
-            sys.exit(f"{offload} run failed:\n{out.stderr[-4000:]}")
-        runs[offload] = json.loads(next(line[7:] for line in out.stdout.splitlines() if line.startswith("RESULT ")))
+        result = run_fresh(__file__, ["--one", offload] + sys.argv[1:], f"offload={offload}")
+        if result is None:
+            sys.exit(1)
+        runs[offload] = result
         r = runs[offload]
         print(f"offload={offload}: levels {r['levels']} ppl {r['pruned_ppl']:.4g} peak RssAnon "
               f"{r['peak_rss_anon_bytes'] / 2**30:.2f} GiB, VmRSS {r['peak_vm_rss_bytes'] / 2**30:.2f} GiB, {r['seconds']} s")

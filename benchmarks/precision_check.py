@@ -15,14 +15,16 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
+sys.path.insert(0, str(Path(__file__).parent))
 
 RESULTS = Path(__file__).parent / "results"
+
+from fresh_process import emit, run_fresh  # noqa: E402
 
 
 def one(args: argparse.Namespace, dtype: str) -> dict:
@@ -79,14 +81,14 @@ def main() -> None:
     p.add_argument("--one", choices=("float32", "bfloat16"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(one(args, args.one)))
+        emit(one(args, args.one))
         return
     runs = {}
     for dtype in ("float32", "bfloat16"):
-        out = subprocess.run([sys.executable, __file__, "--one", dtype] + sys.argv[1:], capture_output=True, text=True)
-        if out.returncode:
-            sys.exit(f"{dtype} failed:\n{out.stderr[-4000:]}")
-        runs[dtype] = json.loads(next(x[7:] for x in out.stdout.splitlines() if x.startswith("RESULT ")))
+        result = run_fresh(__file__, ["--one", dtype] + sys.argv[1:], dtype)
+        if result is None:
+            sys.exit(1)
+        runs[dtype] = result
         print(dtype, runs[dtype]["dense"], runs[dtype]["pruned"], runs[dtype]["seconds"], flush=True)
     fp32, bf16 = runs["float32"], runs["bfloat16"]
     within = {k: fp32[k]["interval"][0] <= bf16[k]["perplexity"] <= fp32[k]["interval"][1] for k in ("dense", "pruned")}

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -36,6 +35,9 @@ sys.path.insert(0, str(Path(__file__).parent.parent))
 sys.path.insert(0, str(Path(__file__).parent))
 
 RESULTS = Path(__file__).parent / "results"
+
+from fresh_process import emit, run_fresh  # noqa: E402
+
 STAGES = ("load", "calibration", "fisher", "level cache", "search", "prune", "export")  # level cache: the search's own
 
 
@@ -127,7 +129,7 @@ def main() -> None:
     args = p.parse_args()
     if args.one:
         size, criterion, m, offload = args.one
-        print("RESULT " + json.dumps(one(size, criterion, int(m), offload)))
+        emit(one(size, criterion, int(m), offload))
         return
     path = RESULTS / "stage_memory.json"
     record = json.loads(path.read_text()) if path.exists() else {"rows": []}
@@ -139,12 +141,9 @@ def main() -> None:
     if args.rows:
         grid = [(size, criterion, int(m), offload) for size, criterion, m, offload in (r.split(":") for r in args.rows)]
     for size, criterion, m, offload in grid:
-        out = subprocess.run([sys.executable, __file__, "--one", size, criterion, str(m), offload],
-                             capture_output=True, text=True)
-        if out.returncode:
-            print(f"{size} {criterion} M={m} {offload} failed:\n{out.stderr[-3000:]}", file=sys.stderr)
+        row = run_fresh(__file__, ["--one", size, criterion, str(m), offload], f"{size} {criterion} M={m} {offload}")
+        if row is None:
             continue
-        row = json.loads(next(x[7:] for x in out.stdout.splitlines() if x.startswith("RESULT ")))
         key = (size, criterion, m, offload)
         record["rows"] = [r for r in record["rows"] if (r["size"], r["criterion"], r["m"], r["offload"]) != key]
         record["rows"].append(row)
