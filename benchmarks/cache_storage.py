@@ -23,16 +23,10 @@ RESULTS = Path(__file__).parent / "results"
 def rss_anon_bytes() -> int:
     """Anonymous resident memory, after handing freed heap back to the system (glibc keeps the
     peak of transient allocations otherwise, which would be counted as the cache's)."""
-    import ctypes
+    from memory_probe import read_status, trim_heap
 
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:
-        pass
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("RssAnon:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no RssAnon in /proc/self/status (Linux only)")
+    trim_heap()
+    return read_status()["RssAnon"]
 
 
 def one(criterion: str, storage: str, m: int) -> dict:

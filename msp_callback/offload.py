@@ -9,8 +9,8 @@ page cache holds what it has room for. The level cache goes to disk with the mod
 
 On a GPU (``device`` not the CPU) the blocks stay in those files and each is brought onto the
 device for its turn: forward hooks copy a block in before it runs and drop the copies after,
-and the stages that change weights (pruning) or read them at length (the level cache) hold the
-block on the device with `DiskOffload.onloaded`, which writes changed weights and new masks back
+and the block walk (`block_walk.walk_blocks`) holds each block on the device for its visit and
+its run with `DiskOffload.onloaded`, which for pruning writes changed weights and new masks back
 to the files. Embeddings, final norm and head live on the device. Every stage already walks the
 blocks in order (`block_walk`), so one block at a time is all the device holds of the blocks.
 Fisher traces need a backward pass through every block and are refused there (not built yet).
@@ -91,7 +91,7 @@ class DiskOffload:
         ``keep`` (buffers such as rotary tables keep theirs, as ``from_pretrained`` does).
         Returns the bytes moved."""
         moved = 0
-        converted = {id(p) for p in module.parameters() if p.is_floating_point() and id(p) not in (keep or set())}
+        converted = _converted(module, keep or set())
         for tensor in itertools.chain(module.parameters(), module.buffers()):
             if self.holds(tensor) or id(tensor) in self._homes:
                 continue
@@ -180,7 +180,7 @@ def offload_to_disk(model: nn.Module, folder: str | Path | None = None, dtype: t
     else:
         moved = sum(offload.adopt(block, dtype, keep) for block in blocks)
         in_blocks = {id(t) for block in blocks for t in itertools.chain(block.parameters(), block.buffers())}
-        converted = {id(p) for p in model.parameters() if p.is_floating_point() and id(p) not in keep}
+        converted = _converted(model, keep)
         with torch.no_grad():
             for tensor in itertools.chain(model.parameters(), model.buffers()):
                 if id(tensor) not in in_blocks:
@@ -190,6 +190,12 @@ def offload_to_disk(model: nn.Module, folder: str | Path | None = None, dtype: t
     log.info("offloaded %.2f GB of weights to %s%s", moved / 1e9, offload.store.folder,
              f"; blocks run on {offload.device} one at a time" if offload.travels else "")
     return offload
+
+
+def _converted(module: nn.Module, keep: set[int]) -> set[int]:
+    """Ids of the tensors a dtype change applies to: floating parameters not in ``keep`` (buffers
+    such as rotary tables keep their dtype, as ``from_pretrained`` leaves them)."""
+    return {id(p) for p in module.parameters() if p.is_floating_point() and id(p) not in keep}
 
 
 def _kept_in_float32(model: nn.Module) -> set[int]:

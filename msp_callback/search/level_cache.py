@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..block_walk import BlockInputs, collect_input_stats, walk_blocks
 from ..criteria import Criterion, get_criterion
-from ..models import block_linears, find_blocks
+from ..models import block_linears, find_blocks, input_device
 from ..nm import from_out_in, group_ranks, has_pruning_masks, mask_from_ranks, stored_weight, to_out_in
 from ..sharded import local, local_rows, settle
 from ..storage import TensorStore
@@ -49,8 +49,7 @@ class LevelCache:
         self.m = m
         self.blocks = find_blocks(model)
         self.linears = [block_linears(b) for b in self.blocks]
-        device = next(model.parameters()).device
-        self.store = TensorStore(storage, device, self.estimated_bytes(self.linears, self.criterion, m))
+        self.store = TensorStore(storage, input_device(model), self.estimated_bytes(self.linears, self.criterion, m))
         # under FSDP each rank caches its own rows only (`_local` of what `_fill` computes whole)
         self._like = [{n: mod.weight for n, mod in lin.items()} for lin in self.linears]
         self.dense = [{n: self.store.put(local(mod.weight)) for n, mod in lin.items()} for lin in self.linears]
