@@ -65,6 +65,41 @@ def test_sparsegpt_reconstructs_better_than_wanda():
         assert errors["sparsegpt"] < errors["wanda"], (level, m, errors)
 
 
+def _sparsegpt_reference(w, x, level, m, damping=0.01):
+    """SparseGPT as the paper's Algorithm 1 writes it, in float64: after each column, its error
+    is spread onto every column to its right (no lazy blocks, no stacked levels)."""
+    w = w.double().clone()
+    h = 2 * x.double().t() @ x.double() / x.shape[0]
+    h.diagonal().add_(damping * h.diagonal().mean())
+    hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(h)), upper=True)
+    keep = torch.ones_like(w, dtype=torch.bool)
+    for j in range(w.shape[1]):
+        if j % m == 0:
+            saliency = w[:, j : j + m] ** 2 / hinv.diagonal()[j : j + m] ** 2
+            keep[:, j : j + m] = brute_force_mask(saliency, level, m)
+        err = w[:, j] * ~keep[:, j] / hinv[j, j]
+        w[:, j:] -= err.unsqueeze(1) * hinv[j, j:].unsqueeze(0)
+    return w * keep, keep
+
+
+@pytest.mark.parametrize("m", [4, 8])
+def test_sparsegpt_matches_the_plain_algorithm_at_every_level(m):
+    torch.manual_seed(0)
+    x = torch.randn(300, 40) @ torch.randn(40, 96) + 0.3 * torch.randn(300, 96)
+    w = torch.randn(24, 96)
+    stats = InputStats()
+    stats.add(x, "gram")
+    criterion = get_criterion("sparsegpt", block_size=32)
+    levels = criterion.prune_levels(w, stats, range(m), m)
+    for level in range(m):
+        expected, expected_keep = _sparsegpt_reference(w, x, level, m)
+        pruned, keep = levels[level]
+        assert torch.equal(keep, expected_keep), level
+        assert torch.allclose(pruned.double(), expected, atol=1e-4, rtol=1e-4), level
+        single, single_keep = criterion.prune_weight(w, stats, level, m)
+        assert torch.equal(single, pruned) and torch.equal(single_keep, keep), level
+
+
 def test_sparsegpt_level_zero_is_identity():
     w = torch.randn(8, 16)
     stats = InputStats()

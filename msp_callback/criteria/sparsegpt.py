@@ -13,7 +13,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ..nm import check_divisible, nm_mask
+from ..nm import check_divisible
 from .base import Criterion, InputStats
 from .registry import register_criterion
 
@@ -45,37 +45,59 @@ class SparseGPT(Criterion):
     @torch.no_grad()
     def prune_levels(self, weight: Tensor, stats: InputStats | None, levels: Sequence[int], m: int
                      ) -> dict[int, tuple[Tensor, Tensor]]:
-        """One inverse-Hessian factor serves every level (the level cache asks for 1..M-1)."""
+        """One inverse-Hessian factor and one column sweep serve every level (the level cache asks
+        for 1..M-1): the rows are independent, so the levels' copies are swept stacked."""
         check_divisible(weight.shape[1], m)
-        factor = self._inverse_hessian_factor(stats) if any(levels) else None
-        return {level: self._sweep(weight, factor, level, m) for level in levels}
+        levels = list(levels)
+        swept = [level for level in dict.fromkeys(levels) if level]
+        out = {0: (weight.clone().float(), torch.ones_like(weight, dtype=torch.bool))} if 0 in levels else {}
+        if swept:
+            w, keep = self._sweep(weight, self._inverse_hessian_factor(stats), swept, m)
+            rows = weight.shape[0]
+            out.update({level: (w[i * rows:(i + 1) * rows], keep[i * rows:(i + 1) * rows])
+                        for i, level in enumerate(swept)})
+        return {level: out[level] for level in levels}
 
-    def _sweep(self, weight: Tensor, factor: tuple[Tensor, Tensor] | None, level: int, m: int) -> tuple[Tensor, Tensor]:
-        """The OBS column sweep at one level, on a float32 copy of ``weight``."""
-        in_features = weight.shape[1]
+    def _sweep(self, weight: Tensor, factor: tuple[Tensor, Tensor], levels: list[int], m: int
+               ) -> tuple[Tensor, Tensor]:
+        """The OBS column sweep on float32 copies of ``weight``, one per level, stacked by rows.
+
+        Within each block of columns the errors of earlier columns reach a group of M columns
+        lazily, in one product when the sweep gets there (the same arithmetic as updating every
+        column to the right after each column, in another order), so the per-column work touches
+        M columns instead of the whole block. The sweep works on the transpose, where a group of
+        columns is contiguous.
+        """
+        rows, in_features = weight.shape
         block_size = max(m, self.block_size - self.block_size % m)
-        w = weight.clone().float()
-        keep = torch.ones_like(w, dtype=torch.bool)
-        if level == 0 or factor is None:
-            return w, keep
         hinv, dead = factor
-        w[:, dead] = 0.0
+        wt = weight.float().t().repeat(1, len(levels))  # (in, levels x rows)
+        wt[dead] = 0.0
+        row_level = torch.tensor(levels, device=wt.device).repeat_interleave(rows)
+        keep = torch.ones_like(wt, dtype=torch.bool)
         for start in range(0, in_features, block_size):
             end = min(start + block_size, in_features)
-            w_blk = w[:, start:end].clone()
             hinv_blk = hinv[start:end, start:end]
-            err_blk = torch.zeros_like(w_blk)
-            d = hinv_blk.diagonal()
-            for j in range(end - start):
-                if j % m == 0:
-                    saliency = w_blk[:, j : j + m] ** 2 / d[j : j + m].unsqueeze(0) ** 2
-                    keep[:, start + j : start + j + m] = nm_mask(saliency, level, m)
-                col = w_blk[:, j]
-                quantised = col * keep[:, start + j]
-                err = (col - quantised) / d[j]
-                w_blk[:, j:] -= err.unsqueeze(1) * hinv_blk[j, j:].unsqueeze(0)
-                w_blk[:, j] = quantised
-                err_blk[:, j] = err
-            w[:, start:end] = w_blk
-            w[:, end:] -= err_blk @ hinv[start:end, end:]
-        return w * keep, keep
+            d = hinv_blk.diagonal().unsqueeze(1)
+            err_blk = torch.zeros(end - start, wt.shape[1], dtype=wt.dtype, device=wt.device)
+            for g in range(0, end - start, m):
+                group = wt[start + g : start + g + m] - hinv_blk[:g, g : g + m].t() @ err_blk[:g]
+                group_keep = _ranks_down(group**2 / d[g : g + m] ** 2) >= row_level
+                for j in range(m):
+                    err = group[j] * ~group_keep[j] / d[g + j]
+                    group[j + 1 :] -= hinv_blk[g + j, g + j + 1 : g + m].unsqueeze(1) * err
+                    err_blk[g + j] = err
+                wt[start + g : start + g + m] = group * group_keep
+                keep[start + g : start + g + m] = group_keep
+            wt[end:] -= hinv[start:end, end:].t() @ err_blk
+        return (wt * keep).t().contiguous(), keep.t().contiguous()
+
+
+def _ranks_down(scores: Tensor) -> Tensor:
+    """Rank of every entry in its column of ``scores`` (M, n): 0 = smallest, ties left (upper)
+    first, as `nm.group_ranks` ranks a group, by pairwise comparison (M is small)."""
+    m = scores.shape[0]
+    below = scores.unsqueeze(0) < scores.unsqueeze(1)  # [j, k]: entry k is smaller than entry j
+    earlier_tie = (scores.unsqueeze(0) == scores.unsqueeze(1)) & torch.ones(
+        m, m, dtype=torch.bool, device=scores.device).tril(-1).unsqueeze(-1)
+    return (below | earlier_tie).sum(1)
