@@ -121,6 +121,29 @@ class SearchSettings:
 
 
 @dataclass
+class RecoverSettings:
+    """Recovery after pruning: distillation from the dense model, masks held."""
+
+    recover_steps: int = option(0, "optimizer steps of recovery after pruning (0 = none)", minimum=0)
+    recover_method: str = option("sparse", "what trains: sparse = every kept weight of the decoder blocks (and their "
+                                 "norms); lora = sparse LoRA adapters (peft), merged afterwards", choices=("sparse", "lora"))
+    recover_loss: str = option("kd", "kd = KL to the dense model's top-k next-token distribution; lm = the plain "
+                               "next-token loss", choices=("kd", "lm"))
+    recover_lr: float = option(5e-5, "AdamW learning rate (LoRA wants about 10x more)", minimum=0.0)
+    recover_batch_size: int = option(4, "windows per recovery step", minimum=1)
+    recover_seqlen: int = option(512, "tokens per recovery window (drawn from the calibration text)", minimum=2)
+    recover_windows: int = option(0, "distinct recovery windows, cycled through; 0 = one per step and batch row, "
+                                  "each seen once", minimum=0)
+    recover_top_k: int = option(64, "kd: dense next-token log-probabilities kept per token", minimum=1)
+    recover_lora_rank: int = option(16, "lora: adapter rank", minimum=1)
+    recover_checkpoint: str | None = option(None, "file recovery saves to and resumes from")
+    recover_save_every: int = option(50, "steps between recovery checkpoints", minimum=1)
+
+    def window_count(self) -> int:
+        return self.recover_windows or self.recover_steps * self.recover_batch_size
+
+
+@dataclass
 class OutputSettings:
     """What the command-line job reports and where."""
 

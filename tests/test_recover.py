@@ -1,0 +1,113 @@
+"""Recovery: masks held, loss goes down, resume gives the same weights, bad input refused."""
+
+import copy
+
+import pytest
+import torch
+
+from msp_callback.config import RecoverSettings
+from msp_callback.nm import mask_of, masked_modules
+from msp_callback.plan import SparsityPlan
+from msp_callback.pruner import prune
+from msp_callback.recover import RecoveryError, kd_loss, recover, teacher_targets
+
+from .conftest import token_batches
+
+
+def _pruned(llama, batches):
+    plan = SparsityPlan(m=4, target=2, levels=[1, 2, 3], criterion="wanda")
+    prune(llama, plan, batches, progress=False)
+    return llama
+
+
+def _pruned_positions_zero(model) -> bool:
+    return all(bool((module.weight[~mask_of(module)] == 0).all()) for _, module in masked_modules(model))
+
+
+@pytest.mark.parametrize("method,lr", [("sparse", 1e-3), ("lora", 3e-3)])
+def test_recovery_holds_masks_and_lowers_the_distillation_loss(llama, method, lr):
+    batches = token_batches(2, seqlen=16, batch=2)
+    with torch.no_grad():
+        llama.model.norm.weight.mul_(20)  # a random model predicts almost uniformly: make it peaky
+    teacher = teacher_targets(llama, batches, top_k=16, progress=False)
+    model = _pruned(llama, batches)
+    before = {name: module.weight.detach().clone() for name, module in masked_modules(model)}
+    masks = {name: mask_of(module).clone() for name, module in masked_modules(model)}
+    settings = RecoverSettings(recover_steps=12, recover_method=method, recover_lr=lr, recover_top_k=16)
+    losses = recover(model, batches, settings, teacher, progress=False)
+    assert len(losses) == 12 and losses[-1] < 0.5 * losses[0], losses
+    assert _pruned_positions_zero(model)
+    after = dict(masked_modules(model))
+    assert set(after) == set(masks)  # the plain model is back (LoRA merged), masks unchanged
+    assert all(torch.equal(mask_of(after[n]), masks[n]) for n in masks)
+    assert any(not torch.equal(after[n].weight, before[n]) for n in before)
+    assert not any("lora" in name for name, _ in model.named_modules())
+    assert all(p.requires_grad for p in model.parameters())  # as before recovery
+
+
+def test_plain_language_model_loss_needs_no_teacher(llama):
+    batches = token_batches(2, seqlen=16, batch=2)
+    model = _pruned(llama, batches)
+    losses = recover(model, batches, RecoverSettings(recover_steps=8, recover_loss="lm", recover_lr=3e-3), progress=False)
+    assert losses[-1] < losses[0] and _pruned_positions_zero(model)
+
+
+@pytest.mark.parametrize("method", ["sparse", "lora"])
+def test_interrupted_and_resumed_recovery_ends_with_the_same_weights(llama, method, tmp_path):
+    batches = token_batches(3, seqlen=16, batch=2)
+    teacher = teacher_targets(llama, batches, top_k=8, progress=False)
+    pruned = _pruned(llama, batches)
+    fresh = copy.deepcopy(pruned)
+    interrupted = copy.deepcopy(pruned)
+    settings = RecoverSettings(recover_steps=6, recover_method=method, recover_lr=1e-2, recover_top_k=8,
+                               recover_save_every=2)
+    whole = recover(pruned, batches, settings, teacher, progress=False)
+
+    checkpoint = tmp_path / "recovery.pt"
+    settings.recover_checkpoint = str(checkpoint)
+
+    def stop_at_three(step, loss):
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        recover(interrupted, batches, settings, teacher, progress=False, on_step=stop_at_three)
+    assert checkpoint.exists()
+    resumed = recover(fresh, batches, settings, teacher, progress=False)  # a new process: the pruned model again
+    assert resumed == whole
+    for (name, a), (_, b) in zip(pruned.named_parameters(), fresh.named_parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_recovery_refuses_what_cannot_work(llama, tmp_path):
+    batches = token_batches(2)
+    settings = RecoverSettings(recover_steps=2)
+    with pytest.raises(RecoveryError, match="carries no N:M masks: prune it first"):
+        recover(llama, batches, settings, None, progress=False)
+    model = _pruned(llama, batches)
+    with pytest.raises(RecoveryError, match="needs the dense model's targets"):
+        recover(model, batches, settings, None, progress=False)
+    with pytest.raises(RecoveryError, match="no recovery batches"):
+        recover(model, [], settings, None, progress=False)
+    teacher = teacher_targets(model, batches[:1], top_k=4, progress=False)
+    with pytest.raises(RecoveryError, match="teacher targets for 1 batches, but 2"):
+        recover(model, batches, settings, teacher, progress=False)
+    other = tmp_path / "other.pt"
+    torch.save({"something": 1}, other)
+    settings.recover_checkpoint = str(other)
+    settings.recover_loss = "lm"
+    with pytest.raises(RecoveryError, match="is not a recovery checkpoint"):
+        recover(model, batches, settings, None, progress=False)
+
+
+def test_distillation_loss_is_the_full_kl_when_k_covers_the_vocabulary_and_never_negative():
+    torch.manual_seed(0)
+    student = torch.randn(2, 3, 10)
+    teacher = torch.randn(2, 3, 10).log_softmax(-1)
+    full = (teacher.exp() * (teacher - student.log_softmax(-1))).sum(-1).mean()
+    values, tokens = teacher.topk(10, -1)
+    assert torch.allclose(kd_loss(student, values, tokens), full, atol=1e-6)
+    values, tokens = teacher.topk(3, -1)
+    assert 0 <= kd_loss(student, values, tokens) <= full + 1e-6  # coarsening never raises a KL
+    peaked = torch.full((1, 1, 10), -30.0).scatter(-1, tokens[:1, :1], 10.0)  # student piles onto the top 3
+    assert kd_loss(peaked, values[:1, :1], tokens[:1, :1]) > 0
