@@ -94,7 +94,8 @@ SUMMARY_KEYS = ("model", "criterion", "allocation", "sparsity", "dense_ppl", "pr
 def _summary(result: dict) -> dict:
     summary = {k: result[k] for k in SUMMARY_KEYS}
     summary["measured_sparsity_pct"] = round(result["measured_sparsity"]["pruned_linears_pct"], 3)
-    for stage, keys in (("lora", ("ppl_after_lora", "ppl_after_merge")), ("export", ("ppl_after_reload", "removed_blocks"))):
+    for stage, keys in (("recovery", ("recovered_ppl",)), ("lora", ("ppl_after_lora", "ppl_after_merge")),
+                        ("export", ("ppl_after_reload", "removed_blocks"))):
         summary.update({k: result[stage][k] for k in keys if stage in result})
     summary["seconds"] = round(result["seconds"], 1)
     return summary
@@ -116,6 +117,7 @@ def _prune(args: argparse.Namespace) -> int:
     output = settings.output or (f"runs/{settings.model.replace('/', '_')}-{settings.sparsity.replace(':', 'of')}-"
                                  f"{settings.criterion}-{settings.allocation}")
     settings.search_checkpoint = f"{output}/search_checkpoint.json"
+    settings.recover_checkpoint = settings.recover_checkpoint or f"{output}/recovery_checkpoint.pt"
     check_job(settings, given, output)
     result, plan = run_prune(settings)
     write_outputs(result, plan, output, settings.json)

@@ -24,6 +24,7 @@ from .config import (
     DataSettings,
     DeviceSettings,
     OutputSettings,
+    RecoverSettings,
     SearchSettings,
     TargetSettings,
     check,
@@ -37,6 +38,7 @@ from .nm import remove_masks
 from .offload import release
 from .plan import SparsityPlan, nm_string, parse_nm
 from .pruner import prune
+from .recover import TeacherTargets, recover, teacher_targets
 from .saving import forget_plan
 from .search.runner import search_summary
 
@@ -44,7 +46,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PruneSettings(OutputSettings, SearchSettings, DeviceSettings, DataSettings, CalibrationSettings, TargetSettings):
+class PruneSettings(OutputSettings, RecoverSettings, SearchSettings, DeviceSettings, DataSettings, CalibrationSettings,
+                    TargetSettings):
     """Everything one pruning job needs (``msp prune``, recipes); defaults are the embedded
     real-model run. Each setting is declared once, in its section in `config`."""
 
@@ -164,12 +167,14 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
                          progress=settings.progress, **settings.extra)
     plan.metadata.update(settings=asdict(settings))
 
+    recovery, teacher = _recovery_inputs(settings, inputs)  # the teacher is the dense model: before pruning
     t0 = time.perf_counter()
     prune(model, plan, calibration, progress=settings.progress)
     prune_seconds = time.perf_counter() - t0
     pruned_ppl = ppl("pruned perplexity")
     stats = measure_sparsity(model)
     log.info("pruned perplexity at %s (%s, %s): %.3f", nm_string(n, m), settings.criterion, plan.allocation, pruned_ppl)
+    recovered = _recover(settings, inputs, recovery, teacher, ppl) if recovery else None
     result = {
         "model": settings.model,
         "criterion": plan.criterion,
@@ -188,14 +193,47 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
         "calib_seqlen": settings.calib_seqlen,
         "seed": settings.seed,
         "prune_seconds": prune_seconds,
-        "seconds": time.perf_counter() - start,
         **search_summary(plan),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        **({"recovery": recovered} if recovered else {}),
         "device": str(input_device(model)),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
+    result["seconds"] = time.perf_counter() - start
     return result, plan, inputs
+
+
+def _recovery_inputs(settings: PruneSettings, inputs: Inputs) -> tuple[list[torch.Tensor] | None, TeacherTargets | None]:
+    """Recovery windows (calibration text, their own seed) and, for distillation, the dense
+    model's targets on them; (None, None) without a recovery stage."""
+    if not settings.recover_steps:
+        return None, None
+    recovery = data.sample_calibration(inputs.calib_tokens, settings.window_count(), settings.recover_seqlen,
+                                       settings.seed + 2, inputs.bos_id, batch_size=settings.recover_batch_size)
+    if settings.recover_loss != "kd":
+        return recovery, None
+    return recovery, teacher_targets(inputs.model, recovery, settings.recover_top_k, progress=settings.progress)
+
+
+def _recover(settings: PruneSettings, inputs: Inputs, recovery: list[torch.Tensor], teacher: TeacherTargets | None,
+             ppl: Callable[[str], float]) -> dict[str, Any]:
+    """The recovery stage on the pruned model, and its perplexity after."""
+    recover_settings = extract(settings, RecoverSettings)
+    checkpoint = settings.recover_checkpoint
+    if checkpoint and not settings.resume:
+        Path(checkpoint).unlink(missing_ok=True)  # a new job: an earlier run's recovery is not continued
+    t0 = time.perf_counter()
+    losses = recover(inputs.model, recovery, recover_settings, teacher, progress=settings.progress, seed=settings.seed)
+    seconds = time.perf_counter() - t0
+    recovered_ppl = ppl("recovered perplexity")
+    log.info("perplexity after %d recovery steps: %.3f", settings.recover_steps, recovered_ppl)
+    tokens = settings.recover_steps * settings.recover_batch_size * settings.recover_seqlen
+    return {"recovered_ppl": recovered_ppl, "steps": settings.recover_steps, "method": settings.recover_method,
+            "loss": settings.recover_loss, "lr": settings.recover_lr, "train_tokens": tokens,
+            "distinct_windows": sum(b.shape[0] for b in recovery), "seconds": seconds, "first_loss": losses[0],
+            "last_loss": losses[-1], "losses": losses, "teacher_mb": teacher.nbytes / 2**20 if teacher else 0.0,
+            "measured_sparsity_after": measure_sparsity(inputs.model).as_dict()}
 
 
 def write_outputs(result: dict[str, Any], plan: SparsityPlan, output: str | Path | None, json_path: str | Path | None) -> None:

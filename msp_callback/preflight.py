@@ -111,9 +111,15 @@ def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike) -
                               f"{nm_string(plan.target, plan.m)}: drop --sparsity (the plan decides)")
         if "allocation" in given:
             raise ConfigError("--allocation is not used with --plan (the plan's levels are applied): drop one of them")
+    if settings.recover_steps and settings.offload == "disk":
+        raise ConfigError("recovery (--recover-steps) cannot train a model offloaded to disk (not built yet): drop "
+                          "--offload disk, or recover in a separate run on a machine that holds the model")
+    searches = not settings.plan and settings.allocation == "msp"
     if settings.resume:
-        if settings.plan or settings.allocation != "msp":
-            raise ConfigError("--resume continues an MSP search: it needs --allocation msp and no --plan")
+        if not searches and not settings.recover_steps:
+            raise ConfigError("--resume continues an MSP search (--allocation msp, no --plan) or a recovery "
+                              "(--recover-steps): this job has neither")
+    if settings.resume and searches:
         checkpoint = Path(settings.search_checkpoint)
         if not checkpoint.is_file():
             raise ConfigError(f"--resume: there is no search checkpoint at {checkpoint} (a search writes one every "

@@ -136,6 +136,20 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**{k: _coerce(v, hints[k], f"{where}: {k}") for k, v in values.items()})
 
 
+def _flatten_recover(raw: dict[str, Any], where: str) -> None:
+    """A ``recover:`` section (steps, method, loss, ...) is the job's ``recover_*`` settings."""
+    section = raw.pop("recover", None)
+    if section is None:
+        return
+    if not isinstance(section, dict):
+        raise RecipeError(f"{where}: recover must be a mapping of settings (steps, method, loss, lr, ...), got {section!r}")
+    for key, value in section.items():
+        flat = key if key.startswith("recover_") else f"recover_{key}"
+        if flat in raw:
+            raise RecipeError(f"{where}: {flat} is set twice (at the top and in the recover section): keep one")
+        raw[flat] = value
+
+
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     """Read a recipe and apply ``KEY=VALUE`` overrides (dotted keys reach into sections)."""
     path = Path(path)
@@ -158,6 +172,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
                 raise RecipeError(f"override {override!r}: {key} is not a section")
         target[keys[-1]] = value
     raw = dict(raw)
+    _flatten_recover(raw, str(path))
     sections = {name: raw.pop(name, False) for name in SECTIONS}
     output = raw.pop("output", None) or f"runs/{path.stem}"
     prune = _build(PruneSettings, raw, str(path))
@@ -186,6 +201,7 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
         raise RecipeError("the lora stage cannot train a model whose blocks are offloaded to a GPU one at a time (not "
                           "built yet): set device: cpu, or drop offload: disk (or the lora section)")
     settings.search_checkpoint = settings.search_checkpoint or f"{recipe.output}/search_checkpoint.json"
+    settings.recover_checkpoint = settings.recover_checkpoint or f"{recipe.output}/recovery_checkpoint.pt"
     check_job(settings, recipe.given, recipe.output)
     result, plan, inputs = prune_and_measure(settings)
     result["recipe"] = {**recipe.source, **{k: asdict(v) for k, v in (("lora", recipe.lora), ("export", recipe.export)) if v}}

@@ -97,6 +97,11 @@ CLI_CASES = [
     (["--offload", "disk", "--device", "cuda"], "--device"),
     (["--offload", "disk", "--offload-folder", "a_file.txt"], "--offload-folder a_file.txt"),
     (["--offload-folder", "somewhere"], "--offload-folder is only used with --offload disk"),
+    (["--recover-steps", "-1"], "--recover-steps"),
+    (["--recover-method", "full"], "--recover-method"),
+    (["--recover-loss", "mse"], "--recover-loss"),
+    (["--recover-steps", "2", "--recover-lr", "-1"], "--recover-lr"),
+    (["--recover-steps", "2", "--offload", "disk"], "cannot train a model offloaded to disk"),
 ]
 
 
@@ -124,6 +129,9 @@ RECIPE_CASES = [
     ("sparsity: '3:4'\n", ["calib_seqlen=0"], "calib_seqlen"),
     ("lora:\n  rnak: 3\n", [], "did you mean 'rank'"),
     ("plan: missing.json\n", [], "--plan missing.json"),
+    ("recover: 3\n", [], "recover must be a mapping"),
+    ("recover:\n  stpes: 3\n", [], "did you mean 'recover_steps'"),
+    ("recover_steps: 2\nrecover:\n  steps: 3\n", [], "recover_steps is set twice"),
 ]
 
 
