@@ -3,7 +3,7 @@
 Settings are grouped by stage in small dataclasses (target, calibration, data, search, output);
 what an entry point takes is a combination of them, flat in use:
 
-- `MSPConfig` (both callbacks): target + calibration + search.
+- `MSPConfig` (both callbacks): target + calibration + search + recovery.
 - `PruneSettings` in `workflow` (``msp prune``, recipes): model, plan file, all sections.
 
 The command line (`add_arguments`), recipes (`build`) and the callbacks' keyword arguments
@@ -131,9 +131,11 @@ class RecoverSettings:
                                "next-token loss", choices=("kd", "lm"))
     recover_lr: float = option(5e-5, "AdamW learning rate (LoRA wants about 10x more)", minimum=0.0)
     recover_batch_size: int = option(4, "windows per recovery step", minimum=1)
-    recover_seqlen: int = option(512, "tokens per recovery window (drawn from the calibration text)", minimum=2)
+    recover_seqlen: int = option(512, "tokens per recovery window, drawn from the calibration text (callbacks: "
+                                 "their batches' rows as they are)", minimum=2)
     recover_windows: int = option(0, "distinct recovery windows, cycled through; 0 = one per step and batch row, "
-                                  "each seen once", minimum=0)
+                                  "each seen once (callbacks: rows of the calibration data after the calibration "
+                                  "and fitness rows)", minimum=0)
     recover_top_k: int = option(64, "kd: dense next-token log-probabilities kept per token", minimum=1)
     recover_lora_rank: int = option(16, "lora: adapter rank", minimum=1)
     recover_checkpoint: str | None = option(None, "file recovery saves to and resumes from")
@@ -154,8 +156,8 @@ class OutputSettings:
 
 
 @dataclass
-class MSPConfig(SearchSettings, CalibrationSettings, TargetSettings):
-    """Everything the callbacks (`MSPEngine`) need: target, calibration and search."""
+class MSPConfig(RecoverSettings, SearchSettings, CalibrationSettings, TargetSettings):
+    """Everything the callbacks (`MSPEngine`) need: target, calibration, search and recovery."""
 
     def __post_init__(self) -> None:
         check(self)

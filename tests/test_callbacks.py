@@ -136,6 +136,25 @@ def test_hf_trainer_callback(tmp_path, when):
     assert_plan_exact(model, cb.plan)
 
 
+@pytest.mark.parametrize("framework", ["lightning", "hf"])
+def test_callbacks_run_the_recovery_stage_after_pruning_with_masks_held(tmp_path, framework):
+    settings = dict(sparsity="2:4", allocation="uniform", calib_samples=4, fitness_samples=0, recover_steps=3,
+                    recover_batch_size=2, recover_lr=1e-3, progress=False)
+    if framework == "lightning":
+        lit, cb = LitLM(), MSPCallback(**settings)
+        trainer(cb).fit(lit, loader())
+        model = lit.model
+    else:
+        model, cb = tiny_model("llama"), MSPTrainerCallback(**settings)
+        _hf_trainer(model, cb, tmp_path).train()
+    recovery = cb.plan.metadata["recovery"]
+    assert recovery["steps"] == 3 and recovery["first_loss"] > 0
+    assert_plan_exact(model, cb.plan)
+    for block in find_blocks(model):
+        for module in block_linears(block).values():
+            assert bool((module.weight[~mask_of(module)] == 0).all())
+
+
 def test_sharded_strategies_are_refused_with_the_supported_list():
     from msp_callback.integrations.callback_base import check_strategy
 

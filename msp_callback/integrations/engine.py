@@ -16,12 +16,13 @@ from torch import Tensor, nn
 
 from ..allocation import make_plan
 from ..block_walk import CalibrationError
-from ..config import MSPConfig, SearchSettings, extract
+from ..config import MSPConfig, RecoverSettings, SearchSettings, extract
 from ..distributed import broadcast, broadcast_masks
 from ..models import block_linears, find_blocks, fingerprint
 from ..nm import NMPatternError, has_pruning_masks, install_mask, mask_of, masked_modules, remove_masks, to_out_in, zeros_per_group
 from ..plan import PlanError, SparsityPlan, nm_string, parse_nm
 from ..pruner import check_model_fits, prune
+from ..recover import recover, teacher_targets
 from ..saving import forget_plan, plan_from_config, restore_masks
 
 log = logging.getLogger(__name__)
@@ -172,19 +173,34 @@ class MSPEngine:
         log.info("the model already carries N:M masks (a resumed checkpoint): %s", self.plan.describe())
         return self.plan
 
+    def _recovery_batches(self, rows: list[Tensor]) -> list[Tensor]:
+        """Recovery batches of ``recover_batch_size`` rows: the rows after the calibration and
+        fitness ones, or the calibration rows again when the data has no more."""
+        cfg = self.config
+        flat = [row for batch in rows for row in batch.split(1)]
+        rest = flat[cfg.calib_samples + cfg.fitness_samples :]
+        if not rest:
+            log.warning("the calibration data has no rows beyond the calibration and fitness ones: recovery trains on "
+                        "the calibration rows (give more data, or calibration=... with more rows)")
+            rest = flat[: cfg.calib_samples]
+        lengths = {row.shape[1] for row in rest}
+        size = cfg.recover_batch_size if len(lengths) == 1 else 1  # rows of different lengths go one at a time
+        return [torch.cat(rest[i : i + size]) for i in range(0, len(rest), size)]
+
     def compress(self, model: nn.Module, batches: Iterable[Any], progress: bool = True) -> SparsityPlan:
         """Plan (search if the allocation says so) and prune ``model``; masks stay installed."""
         cfg = self.config
         self.check_model(model)
         self._refuse_installed_masks(model)
-        rows = broadcast(take_rows(batches, cfg.calib_samples + cfg.fitness_samples))  # rank 0's, everywhere
+        recovery_rows = cfg.window_count() if cfg.recover_steps else 0
+        rows = broadcast(take_rows(batches, cfg.calib_samples + cfg.fitness_samples + recovery_rows))  # rank 0's, everywhere
         total = sum(r.shape[0] for r in rows)
         if total == 0:
             raise CalibrationError("the calibration data gave no batches: pass a non-empty dataloader")
         flat = torch.cat(rows) if len({r.shape[1] for r in rows}) == 1 else None
         if flat is not None and total > cfg.calib_samples:
             calibration = list(flat[: cfg.calib_samples].split(8))
-            fitness_windows = flat[cfg.calib_samples :]
+            fitness_windows = flat[cfg.calib_samples : cfg.calib_samples + cfg.fitness_samples] if cfg.fitness_samples else None
         else:
             calibration, fitness_windows = rows, None  # the search falls back to the calibration rows
             if cfg.allocation == "msp":
@@ -200,8 +216,16 @@ class MSPEngine:
                 plan = make_plan(cfg.allocation, model, n, m, cfg.criterion, calibration=calibration,
                                  fitness_windows=fitness_windows, search=search, seed=cfg.seed, progress=progress)
                 plan.metadata["config"] = asdict(cfg)
+                recovery = self._recovery_batches(rows) if cfg.recover_steps else None
+                teacher = (teacher_targets(model, recovery, cfg.recover_top_k, progress=progress)
+                           if recovery and cfg.recover_loss == "kd" else None)  # the dense model, before pruning
                 prune(model, plan, calibration, progress=progress)
                 broadcast_masks(model)
+                if recovery:  # every rank runs the same recovery on the same rows: the same weights
+                    losses = recover(model, recovery, extract(cfg, RecoverSettings), teacher, progress=progress,
+                                     seed=cfg.seed)
+                    plan.metadata["recovery"] = {"steps": cfg.recover_steps, "first_loss": losses[0],
+                                                 "last_loss": losses[-1]}
             finally:
                 model.train(was_training)
         self.plan = broadcast(plan)
