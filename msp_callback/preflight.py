@@ -114,6 +114,12 @@ def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike) -
     if settings.recover_steps and settings.offload == "disk":
         raise ConfigError("recovery (--recover-steps) cannot train a model offloaded to disk (not built yet): drop "
                           "--offload disk, or recover in a separate run on a machine that holds the model")
+    if settings.compare_uniform:
+        if settings.offload == "disk":
+            raise ConfigError("--compare-uniform keeps a copy of the dense weights in memory, which --offload disk "
+                              "avoids: drop one of them (run --allocation uniform separately)")
+        if not settings.plan and settings.allocation == "uniform":
+            raise ConfigError("--compare-uniform with --allocation uniform compares uniform with itself: drop it")
     searches = not settings.plan and settings.allocation == "msp"
     if settings.resume:
         if not searches and not settings.recover_steps:

@@ -23,6 +23,7 @@ uninterrupted one (same batches, same order; nothing else in the loop is random)
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,7 +133,8 @@ def recover(
     """Train the pruned, masked ``model`` in place for ``settings.recover_steps`` steps, cycling
     through ``batches`` (token ids, each (B, T)); returns each step's loss. ``teacher`` (from
     `teacher_targets` on the same batches, before pruning) is required for ``recover_loss="kd"``.
-    ``on_step(step, loss)`` is called after each step (1-based); ``seed`` initialises LoRA adapters."""
+    ``on_step(step, loss)`` is called after each step (1-based; its time does not count against
+    ``recover_max_minutes``); ``seed`` initialises LoRA adapters."""
     from tqdm.auto import tqdm
 
     steps = settings.recover_steps
@@ -163,10 +165,13 @@ def recover(
     was_training = model.training
     trained.train()
     finished = False
+    limit = settings.recover_max_minutes * 60 or float("inf")
+    training_seconds = 0.0
     try:
         with torch.inference_mode(False), torch.enable_grad():
             bar = tqdm(range(start, steps), desc="recovery", disable=not progress, initial=start, total=steps)
             for step in bar:
+                started = time.perf_counter()
                 index = step % len(batches)
                 batch = batches[index].to(device)
                 logits = trained(input_ids=batch, use_cache=False).logits
@@ -183,8 +188,15 @@ def recover(
                 done = step + 1
                 if settings.recover_checkpoint and (done % settings.recover_save_every == 0 or done == steps):
                     _save(settings.recover_checkpoint, done, params, optimizer, losses)
+                training_seconds += time.perf_counter() - started
                 if on_step is not None:
                     on_step(done, losses[-1])
+                if training_seconds >= limit and done < steps:
+                    log.info("recovery stopped at step %d of %d: recover_max_minutes=%g reached", done, steps,
+                             settings.recover_max_minutes)
+                    if settings.recover_checkpoint and done % settings.recover_save_every:
+                        _save(settings.recover_checkpoint, done, params, optimizer, losses)
+                    break
         finished = True
     finally:
         trained.train(was_training)
@@ -194,7 +206,7 @@ def recover(
             trained.merge_and_unload() if finished else trained.unload()
         for p, flag in frozen.items():
             p.requires_grad_(flag)
-    log.info("recovery: %d steps, loss %.4f -> %.4f", steps, losses[0], losses[-1])
+    log.info("recovery: %d steps, loss %.4f -> %.4f", len(losses), losses[0], losses[-1])
     return losses
 
 

@@ -102,6 +102,8 @@ CLI_CASES = [
     (["--recover-loss", "mse"], "--recover-loss"),
     (["--recover-steps", "2", "--recover-lr", "-1"], "--recover-lr"),
     (["--recover-steps", "2", "--offload", "disk"], "cannot train a model offloaded to disk"),
+    (["--compare-uniform", "--offload", "disk"], "--compare-uniform keeps a copy"),
+    (["--compare-uniform", "--allocation", "uniform"], "compares uniform with itself"),
 ]
 
 

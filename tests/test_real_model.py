@@ -65,7 +65,7 @@ def test_real_wanda_prune(smollm, texts):
 
 def test_cli_end_to_end(tmp_path, capsys):
     out = tmp_path / "run"
-    code = main(["prune", "--sparsity", "2:4", "--criterion", "magnitude", "--calib-samples", "1",
+    code = main(["prune", "--allocation", "uniform", "--sparsity", "2:4", "--criterion", "magnitude", "--calib-samples", "1",
                  "--calib-seqlen", "64", "--eval-seqlen", "128", "--eval-windows", "2", "--quiet",
                  "--output", str(out), "--json", str(tmp_path / "r.json")])
     assert code == 0
@@ -81,7 +81,7 @@ def test_cli_end_to_end(tmp_path, capsys):
 
 
 def test_cli_in_bf16(tmp_path):
-    code = main(["prune", "--dtype", "bf16", "--sparsity", "2:4", "--criterion", "wanda", "--calib-samples", "1",
+    code = main(["prune", "--allocation", "uniform", "--dtype", "bf16", "--sparsity", "2:4", "--criterion", "wanda", "--calib-samples", "1",
                  "--calib-seqlen", "64", "--eval-seqlen", "128", "--eval-windows", "2", "--quiet",
                  "--output", str(tmp_path / "run"), "--json", str(tmp_path / "r.json")])
     assert code == 0
@@ -92,7 +92,7 @@ def test_cli_in_bf16(tmp_path):
 
 def test_cli_recovery_stage_holds_the_masks_and_lowers_perplexity(tmp_path):
     out = tmp_path / "run"
-    code = main(["prune", "--sparsity", "2:4", "--criterion", "magnitude", "--calib-samples", "1",
+    code = main(["prune", "--allocation", "uniform", "--sparsity", "2:4", "--criterion", "magnitude", "--calib-samples", "1",
                  "--calib-seqlen", "64", "--eval-seqlen", "128", "--eval-windows", "2", "--no-dense-eval", "--quiet",
                  "--recover-steps", "4", "--recover-batch-size", "2", "--recover-seqlen", "128", "--recover-lr", "1e-4",
                  "--output", str(out), "--json", str(tmp_path / "r.json")])
@@ -116,8 +116,9 @@ def test_cli_msp_search_writes_history_and_resumes(tmp_path):
     common = ["prune", "--allocation", "msp", "--population", "4", "--calib-samples", "1", "--calib-seqlen", "64",
               "--fitness-samples", "1", "--fitness-seqlen", "64", "--eval-seqlen", "64", "--eval-windows", "1",
               "--no-dense-eval", "--quiet", "--output", str(out), "--json", str(tmp_path / "r.json")]
-    assert main(common + ["--generations", "1"]) == 0
+    assert main(common + ["--generations", "1", "--compare-uniform"]) == 0
     first = json.loads((tmp_path / "r.json").read_text())
+    assert math.isfinite(first["uniform_ppl"]) and first["uniform_ppl"] != first["pruned_ppl"]
     assert first["allocation"] == "msp" and first["fitness_evaluations"] >= 4
     assert len(first["history"]) == 2 and first["search_seconds"] > 0
     assert sum(first["levels"]) == 3 * 30
@@ -244,7 +245,7 @@ def test_real_trainer_save_model_keeps_the_pruned_model(texts, tmp_path):
 
 def test_cli_offloaded_to_disk_gives_the_same_result(tmp_path):
     # the search on offloaded weights is compared in tests/test_offload.py; here the job's own wiring
-    common = ["prune", "--sparsity", "2:4", "--criterion", "wanda", "--calib-samples", "1", "--calib-seqlen", "64",
+    common = ["prune", "--allocation", "uniform", "--sparsity", "2:4", "--criterion", "wanda", "--calib-samples", "1", "--calib-seqlen", "64",
               "--eval-seqlen", "64", "--eval-windows", "2", "--no-dense-eval", "--quiet"]
     results = []
     for extra in ([], ["--offload", "disk", "--offload-folder", str(tmp_path / "offload")]):

@@ -111,3 +111,12 @@ def test_distillation_loss_is_the_full_kl_when_k_covers_the_vocabulary_and_never
     assert 0 <= kd_loss(student, values, tokens) <= full + 1e-6  # coarsening never raises a KL
     peaked = torch.full((1, 1, 10), -30.0).scatter(-1, tokens[:1, :1], 10.0)  # student piles onto the top 3
     assert kd_loss(peaked, values[:1, :1], tokens[:1, :1]) > 0
+
+
+def test_a_time_limit_stops_recovery_early_and_still_merges_lora(llama):
+    batches = token_batches(2, seqlen=16, batch=2)
+    model = _pruned(llama, batches)
+    settings = RecoverSettings(recover_steps=50, recover_method="lora", recover_loss="lm", recover_max_minutes=1e-9)
+    losses = recover(model, batches, settings, progress=False)
+    assert len(losses) == 1
+    assert not any("lora" in name for name, _ in model.named_modules()) and _pruned_positions_zero(model)
