@@ -168,7 +168,7 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
     plan.metadata.update(settings=asdict(settings))
 
     uniform_ppl = _uniform_beside(settings, inputs, plan, ppl) if settings.compare_uniform else None
-    recovery, teacher = _recovery_inputs(settings, inputs)  # the teacher is the dense model: before pruning
+    recovery, teacher = recovery_inputs(settings, inputs)  # the teacher is the dense model: before pruning
     t0 = time.perf_counter()
     prune(model, plan, calibration, progress=settings.progress)
     prune_seconds = time.perf_counter() - t0
@@ -217,7 +217,7 @@ def _uniform_beside(settings: PruneSettings, inputs: Inputs, plan: SparsityPlan,
     return value
 
 
-def _recovery_inputs(settings: PruneSettings, inputs: Inputs) -> tuple[list[torch.Tensor] | None, TeacherTargets | None]:
+def recovery_inputs(settings: PruneSettings, inputs: Inputs) -> tuple[list[torch.Tensor] | None, TeacherTargets | None]:
     """Recovery windows (calibration text, their own seed) and, for distillation, the dense
     model's targets on them; (None, None) without a recovery stage."""
     if not settings.recover_steps:
