@@ -423,6 +423,31 @@ PROJECTED = {"8B": 8.0e9, "70B": 70.6e9}
 BLOCK_PARAMS = {"1b": 60_817_408, "8B": 218_103_808, "70B": 855_638_016}  # one decoder block's linears
 
 
+def recovery_section(r: dict) -> list[str]:
+    """Perplexity after recovery for uniform and MSP plans at the same budget."""
+    dense = r.get("dense_ppl")
+    lines = ["## Recovery: perplexity against minutes of distillation", "",
+             f"`{r['command']}`: {r['model']}, each row in a fresh process: prune with the plan (uniform, or the MSP "
+             "levels a search benchmark stored, file named per row), measure, then recover (`msp_callback.recover`) for "
+             f"at most {r['minutes']:g} minutes of training on this machine ({r['machine']}; evaluation time not "
+             f"counted), measuring on the way. Recovery data: {r['recovery_windows']}; evaluation: "
+             f"{r['eval_tokens']:,} held-out {r['eval_corpus']} tokens (95% bootstrap intervals over windows). "
+             f"Dense: {_fmt(dense)}." if dense else "", "",
+             "| criterion | target | plan | method | loss | lr | pruned | on the way (min: ppl) | recovered | x dense | "
+             "steps | minutes |", "|---|---|---|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    for x in sorted(r["rows"], key=lambda x: (x["criterion"], x["sparsity"], x["method"], x["loss"], x["allocation"])):
+        low, high = x["recovered"]["interval"]
+        way = ", ".join(f"{c['minutes']:g}: {_fmt(c['ppl'])}" for c in x["curve"][1:-1]) or "-"
+        lines.append(f"| {x['criterion']} | {x['sparsity']} | {x['allocation']} | {x['method']} | {x['loss']} | "
+                     f"{x['lr']:g} | {_fmt(x['pruned']['ppl'])} | {way} | {_fmt(x['recovered']['ppl'])} "
+                     f"({_fmt(low)}-{_fmt(high)}) | {x['recovered']['ppl'] / dense:.1f} | {x['steps']} | "
+                     f"{x['train_minutes']:g} |" if dense else "")
+    sources = sorted({x["plan_source"] for x in r["rows"] if x["plan_source"]})
+    lines += ["", f"MSP levels from: {', '.join('results/' + s for s in sources)}." if sources else "",
+              "", "![recovery](benchmarks/results/recovery.png)", ""]
+    return lines
+
+
 def stage_memory_section(r: dict) -> list[str]:
     """Per-stage peak anonymous memory in bytes per parameter, and what it means for 8B / 70B."""
     stages = ["load", "calibration", "fisher", "level cache", "search", "prune", "export"]
@@ -593,6 +618,8 @@ def main() -> None:
         out += stage_cost_section(r)
     if (r := _load("cache_storage")) is not None:
         out += cache_storage_section(r)
+    if (r := _load("recovery")) is not None:
+        out += recovery_section(r)
     if (r := _load("stage_memory")) is not None:
         out += stage_memory_section(r)
     if (r := _load("offload_check")) is not None:

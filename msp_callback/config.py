@@ -95,7 +95,7 @@ class SearchSettings:
     (SmolLM2-135M) in about 10 minutes on 2 CPU cores; the paper's 20 x 20 is in recipes/paper_*.yaml."""
 
     population: int = option(8, "individuals per generation (the paper: 20)", minimum=2)
-    generations: int = option(5, "generations after the initial one (the paper: 20)", minimum=0)
+    generations: int = option(10, "generations after the initial one (the paper: 20)", minimum=0)
     mutation_rate: float = option(0.5, "probability an offspring mutates", minimum=0.0, maximum=1.0)
     init: str = option("sensitivity", "initial population: random (Alg. 2), sensitivity (Alg. 3, front fifth of blocks "
                        "below target), trace (from measured Fisher traces)", choices=("random", "sensitivity", "trace"))
