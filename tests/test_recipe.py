@@ -78,3 +78,10 @@ def test_sections_on_off_and_malformed(tmp_path):
     assert load_recipe(lora, ["lora.targets=[q_proj, v_proj]"]).lora.targets == ["q_proj", "v_proj"]
     with pytest.raises(RecipeError, match="expected int"):
         load_recipe(lora, ["lora.steps=16.5"])
+
+
+def test_the_recover_section_sets_the_jobs_recover_settings():
+    recipe = load_recipe(RECIPE_DIR / "msp_recover.yaml", ["recover.steps=7"])
+    job = recipe.prune
+    assert (job.recover_steps, job.recover_method, job.recover_loss, job.recover_windows) == (7, "sparse", "kd", 128)
+    assert job.recover_max_minutes == 15
