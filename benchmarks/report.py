@@ -423,6 +423,26 @@ PROJECTED = {"8B": 8.0e9, "70B": 70.6e9}
 BLOCK_PARAMS = {"1b": 60_817_408, "8B": 218_103_808, "70B": 855_638_016}  # one decoder block's linears
 
 
+def compact_export_section(r: dict) -> list[str]:
+    """Compact against plain export: sizes, load times, exactness."""
+    mb = 1e6
+    rt = r["round_trip"]
+    exact = "identical" if all(rt.values()) else "NOT identical: " + ", ".join(k for k, v in rt.items() if not v)
+    return ["## Compact N:M export", "",
+            f"`{r['command']}`: {r['model']}, {r['plan']}; {r['machine']}. The decoder blocks (linears and norms) take "
+            f"{r['compact_block_bytes'] / mb:,.1f} MB in the compact file against {r['dense_block_bytes'] / mb:,.1f} MB "
+            f"dense: {100 * r['compact_block_fraction']:.1f}%. Weights, masks and logits after `load_pruned`: {exact}. "
+            f"A truncated compact file: `{r['truncated_file']}`.", "",
+            "| export | blocks kept | weight bytes (MB) | folder (MB) | save s | load s (median) |",
+            "|---|---|---:|---:|---:|---:|",
+            *[f"| {fmt} | {'all' if which == 'all' else 'level-M dropped'} | {x['weight_bytes'] / mb:,.1f} | "
+              f"{x['folder_bytes'] / mb:,.1f} | {x['save_seconds']:.1f} | "
+              f"{x['load_seconds_median']:.2f} |" if "load_seconds_median" in x else
+              f"| {fmt} | {'all' if which == 'all' else 'level-M dropped'} | {x['weight_bytes'] / mb:,.1f} | "
+              f"{x['folder_bytes'] / mb:,.1f} | {x['save_seconds']:.1f} | - |"
+              for fmt in ("plain", "compact") for which in ("all", "drop") if (x := r[f"{fmt}_{which}"])], ""]
+
+
 def recovery_section(r: dict) -> list[str]:
     """Perplexity after recovery for uniform and MSP plans at the same budget."""
     dense = r.get("dense_ppl")
@@ -620,6 +640,8 @@ def main() -> None:
         out += cache_storage_section(r)
     if (r := _load("recovery")) is not None:
         out += recovery_section(r)
+    if (r := _load("compact_export")) is not None:
+        out += compact_export_section(r)
     if (r := _load("stage_memory")) is not None:
         out += stage_memory_section(r)
     if (r := _load("offload_check")) is not None:

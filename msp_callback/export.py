@@ -13,6 +13,8 @@ The folder is written under a temporary name and renamed at the end: a failed sa
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
 import os
 from dataclasses import asdict, dataclass, field
@@ -27,7 +29,7 @@ from .atomic_files import atomic_folder
 from .block_walk import block_output
 from .distributed import world
 from .models import block_linears, blocks_path, find_blocks, fingerprint, input_device
-from .nm import check_pattern, to_out_in
+from .nm import NMPatternError, check_pattern, install_mask, is_conv1d, mask_from_zeros, mask_of, to_out_in
 from .plan import PlanError, SparsityPlan
 from .records import load_record, stamp, unstamp, write_json
 from .saving import CONFIG_KEY, config_entry, plan_from_config, restore_masks
@@ -52,6 +54,8 @@ class ExportRecord:
     parameters_before: int = 0
     parameters_after: int = 0
     fingerprint: dict[str, Any] | None = None  # of the exported model
+    format: str = "plain"  # or "compact" (see `compact`)
+    compact: dict[str, Any] | None = None  # compact: its file, SHA-256 and size
 
     @property
     def kept_blocks(self) -> list[int]:
@@ -210,6 +214,7 @@ def save_pruned(
     drop_pruned_blocks: bool = True,
     probe: list[Tensor] | None = None,
     overwrite: bool = False,
+    format: str = "plain",
 ) -> ExportRecord:
     """Write ``model`` (masked or baked) as a transformers folder that stays as sparse as ``plan``.
 
@@ -220,6 +225,9 @@ def save_pruned(
         drop_pruned_blocks: remove blocks at level M that a probe shows are an identity.
         probe: batches of token ids for that check (default: random tokens).
         overwrite: replace an existing folder (only once the new one is complete).
+        format: "plain" (safetensors any ``from_pretrained`` reads, zeros included) or "compact"
+            (each block linear as kept values plus packed positions, `compact`; read it with
+            `load_pruned`, which gives the same weights and masks bit for bit).
 
     Under torch.distributed only rank 0 writes; the other ranks wait and read its record.
     """
@@ -228,6 +236,8 @@ def save_pruned(
                           "after msp_callback.lora.sparse_lora(model)), then export")
     if not hasattr(model, "save_pretrained"):
         raise ExportError(f"{type(model).__name__} is not a transformers model (no save_pretrained)")
+    if format not in FORMATS:
+        raise ExportError(f"format must be one of {', '.join(FORMATS)}, got {format!r}")
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise ExportError(f"{directory} exists; choose another folder or pass overwrite=True")
@@ -237,14 +247,14 @@ def save_pruned(
         dist.barrier()
         return read_record(directory)
     try:
-        return _save(model, directory, plan, tokenizer, drop_pruned_blocks, probe)
+        return _save(model, directory, plan, tokenizer, drop_pruned_blocks, probe, format)
     finally:
         if size > 1:
             dist.barrier()
 
 
 def _save(model: nn.Module, directory: Path, plan: SparsityPlan | ExportRecord, tokenizer: Any,
-          drop_pruned_blocks: bool, probe: list[Tensor] | None) -> ExportRecord:
+          drop_pruned_blocks: bool, probe: list[Tensor] | None, format: str = "plain") -> ExportRecord:
     plan, original, removed_before = _blocks_of(model, plan)
     levels = [plan.levels[i] for i in original]
     _check_follows_levels(model, levels, plan.m)
@@ -253,32 +263,159 @@ def _save(model: nn.Module, directory: Path, plan: SparsityPlan | ExportRecord, 
     for i, reason in kept_full.items():
         log.warning("block %d is at level M but kept: %s", original[i], reason)
     state = effective_state_dict(model)
+    layouts: dict[str, dict[str, Any]] = {}
+    if format == "compact":
+        state, layouts = _compact_state(model, state, levels, plan.m)
     if removed:
         state = _without_blocks(state, blocks_path(model), removed)
+        layouts = _without_blocks(layouts, blocks_path(model), removed)
         log.info("removed %d fully pruned blocks: %s", len(removed), [original[i] for i in removed])
 
     record = ExportRecord(plan=plan, removed_blocks=sorted(removed_before + [original[i] for i in removed]),
                           kept_full_blocks={original[i]: why for i, why in kept_full.items()},
                           parameters_before=sum(p.numel() for p in model.parameters()),
-                          parameters_after=_count_unique(state))
+                          parameters_after=_count_unique(_expanded_shapes(state, layouts)), format=format)
     with atomic_folder(directory, may_replace=_check_replaceable) as staging:  # checked again: it may have changed
-        model.save_pretrained(staging, state_dict=dict(state))  # (it consumes the dict) fills config.architectures / dtype
+        if format == "compact":
+            record.compact = _write_compact(staging / COMPACT_FILE, state, layouts)
+        else:
+            model.save_pretrained(staging, state_dict=dict(state))  # (it consumes the dict) fills config.architectures / dtype
         config = _config_without_blocks(model.config, len(original), removed) if removed else copy.deepcopy(model.config)
+        config.architectures = [type(model).__name__]
         setattr(config, CONFIG_KEY, config_entry(plan, record.removed_blocks))
         config.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        record.fingerprint = _check_folder_matches(staging, state)
+        record.fingerprint = _check_folder_matches(staging, _expanded_shapes(state, layouts))
         write_json(staging / RECORD_FILE, record.to_dict())
     log.info("saved %s (%d -> %d parameters)", directory, record.parameters_before, record.parameters_after)
     return record
+
+
+# ---------------------------------------------------------------------------- compact form
+FORMATS = ("plain", "compact")
+COMPACT_FILE = "model.compact.safetensors"
+
+
+def _compact_state(model: nn.Module, state: dict[str, Tensor], levels: list[int], m: int
+                   ) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
+    """``state`` with each block linear's weight replaced by ``<key>.values`` and ``<key>.positions``
+    (`compact.pack`), from its installed mask (or its zeros at its level); and each one's layout."""
+    from .compact import pack
+
+    prefix = blocks_path(model)
+    out, layouts = dict(state), {}
+    for index, (block, level) in enumerate(zip(find_blocks(model), levels)):
+        for name, module in block_linears(block).items():
+            key = f"{prefix}.{index}.{name}.weight"
+            weight = to_out_in(module, state[key])
+            mask = mask_of(module)
+            keep = to_out_in(module, mask) if mask is not None else mask_from_zeros(weight, level, m, key)
+            values, positions = pack(weight, keep.cpu(), level, m)
+            del out[key]
+            out[f"{key}.values"], out[f"{key}.positions"] = values.cpu(), positions
+            layouts[key] = {"out_features": weight.shape[0], "in_features": weight.shape[1], "m": m, "level": level,
+                            "transposed": is_conv1d(module)}
+    return out, layouts
+
+
+def _expanded_shapes(state: dict[str, Tensor], layouts: dict[str, dict[str, Any]]) -> dict[str, Tensor]:
+    """The state with each compact weight as a meta tensor of its full shape (for counts and checks)."""
+    if not layouts:
+        return state
+    out = {k: v for k, v in state.items() if not k.endswith((".values", ".positions"))}
+    for key, layout in layouts.items():
+        shape = (layout["out_features"], layout["in_features"])
+        out[key] = torch.empty(shape[::-1] if layout["transposed"] else shape, device="meta")
+    return out
+
+
+def _write_compact(path: Path, state: dict[str, Tensor], layouts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One safetensors file (tied tensors once, their other names as aliases); its SHA-256."""
+    from safetensors.torch import save_file
+
+    tensors: dict[str, Tensor] = {}
+    aliases: dict[str, str] = {}
+    first: dict[tuple, str] = {}
+    for key, tensor in state.items():
+        shared = tensor.device.type != "meta" and tensor.numel() > 0  # empty tensors all sit at address 0
+        identity = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape)) if shared else (key,)
+        if identity in first:
+            aliases[key] = first[identity]
+            continue
+        first[identity] = key
+        tensors[key] = tensor.detach().cpu().contiguous()
+    save_file(tensors, str(path), metadata={"format": "msp-compact-nm", "layouts": json.dumps(layouts),
+                                             "aliases": json.dumps(aliases)})
+    return {"file": path.name, "sha256": _sha256(path), "bytes": path.stat().st_size}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_compact(directory: Path, record: ExportRecord) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(the full state dict, keep mask per compact weight key in module layout), after checking
+    the file against the record's SHA-256."""
+    from safetensors import safe_open
+
+    from .compact import PackedShape, unpack
+
+    info = record.compact or {}
+    path = directory / info.get("file", COMPACT_FILE)
+    if not path.exists():
+        raise ExportError(f"{path} is missing: the compact export in {directory} is incomplete; export it again")
+    if _sha256(path) != info.get("sha256"):
+        raise ExportError(f"{path} is damaged (its SHA-256 differs from the one in {RECORD_FILE}: truncated or "
+                          "changed after export); export it again")
+    with safe_open(str(path), framework="pt") as handle:
+        meta = handle.metadata() or {}
+        tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    layouts, aliases = json.loads(meta.get("layouts", "{}")), json.loads(meta.get("aliases", "{}"))
+    for alias, original in aliases.items():
+        if original not in tensors:
+            raise ExportError(f"{path}: {alias} names {original}, which the file does not hold; export it again")
+        tensors[alias] = tensors[original]
+    state: dict[str, Tensor] = {k: v for k, v in tensors.items() if not k.endswith((".values", ".positions"))}
+    masks: dict[str, Tensor] = {}
+    for key, layout in layouts.items():
+        shape = PackedShape(layout["out_features"], layout["in_features"], layout["m"], layout["level"])
+        try:
+            weight, keep = unpack(tensors[f"{key}.values"], tensors[f"{key}.positions"], shape)
+        except (KeyError, NMPatternError) as error:
+            raise ExportError(f"{path}: {key} cannot be read back ({error}); export it again") from None
+        if layout["transposed"]:
+            weight, keep = weight.t().contiguous(), keep.t().contiguous()
+        state[key], masks[key] = weight, keep
+    return state, masks
+
+
+def _load_compact(directory: Path, record: ExportRecord, dtype: torch.dtype | str, masks: bool, **kwargs: Any):
+    import transformers
+    from transformers import AutoConfig
+
+    state, keeps = _read_compact(directory, record)
+    config = AutoConfig.from_pretrained(directory)
+    model_class = getattr(transformers, (config.architectures or [""])[0], None)
+    if model_class is None:
+        raise ExportError(f"{directory}/config.json names no transformers architecture ({config.architectures})")
+    model = model_class.from_pretrained(None, config=config, state_dict=state, dtype=dtype, **kwargs)
+    if masks:
+        for key, keep in keeps.items():
+            module = model.get_submodule(key.removesuffix(".weight"))
+            install_mask(module, keep.to(module.weight.device))
+    return model
 
 
 def _count_unique(state: dict[str, Tensor]) -> int:
     seen: dict[int, int] = {}
     for tensor in state.values():
         if tensor.is_floating_point():
-            seen[tensor.data_ptr()] = tensor.numel()
+            seen[id(tensor) if tensor.device.type == "meta" else tensor.data_ptr()] = tensor.numel()
     return sum(seen.values())
 
 
@@ -341,12 +478,15 @@ def load_pruned(directory: str | os.PathLike, dtype: torch.dtype | str = "auto",
             raise ExportError(f"{directory} holds no pruned model: no {RECORD_FILE} and no plan (msp_sparsity) in "
                               "a config.json; save the model after pruning it with msp_callback")
         record = ExportRecord(plan=found[0], removed_blocks=found[1])
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
+    if record.format == "compact":
+        model = _load_compact(Path(directory), record, dtype, masks, **kwargs)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, **kwargs)
     model.eval()
     if record.fingerprint is not None:
         found_print = fingerprint(model)
         if found_print["shape_digest"] != record.fingerprint["shape_digest"]:
             raise ExportError(f"the weights in {directory} do not match {RECORD_FILE} (different shapes)")
-    if masks:  # each remaining block's masks from its zeros at its planned level
+    if masks and record.format != "compact":  # each remaining block's masks from its zeros at its planned level
         restore_masks(model, record.plan, record.removed_blocks)
     return model, record

@@ -60,6 +60,7 @@ class ExportSettings:
     drop_pruned_blocks: bool = True
     overwrite: bool = False
     packed_2of4: bool = False  # also write the 2:4-fitting layers packed (semistructured.save_packed_2of4)
+    format: str = "plain"  # or compact: kept values plus packed positions, read back with export.load_pruned
 
 
 @dataclass
@@ -197,6 +198,10 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
         folder = Path(recipe.export.folder or f"{recipe.output}/model")
         if folder.exists() and not recipe.export.overwrite:
             raise RecipeError(f"export folder {folder} exists: set export.overwrite=true or another export.folder")
+        from .export import FORMATS
+
+        if recipe.export.format not in FORMATS:
+            raise RecipeError(f"export.format must be one of {', '.join(FORMATS)}, got {recipe.export.format!r}")
     if recipe.lora is not None and settings.offload == "disk" and resolve_device(settings.device).type != "cpu":
         raise RecipeError("the lora stage cannot train a model whose blocks are offloaded to a GPU one at a time (not "
                           "built yet): set device: cpu, or drop offload: disk (or the lora section)")
@@ -265,20 +270,25 @@ def _export_stage(export: ExportSettings, settings: PruneSettings, model, plan, 
     """save_pruned, then reload the folder with plain transformers and measure it."""
     from transformers import AutoModelForCausalLM
 
-    from .export import save_pruned, weight_bytes
+    from .export import load_pruned, save_pruned, weight_bytes
     from .models import measure_sparsity
 
     folder = Path(export.folder or f"{output}/model")
     probe = [inputs.calibration[0][:2]]
     record = save_pruned(model, folder, plan, inputs.tokenizer, drop_pruned_blocks=export.drop_pruned_blocks,
-                         probe=probe, overwrite=export.overwrite)
-    reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+                         probe=probe, overwrite=export.overwrite, format=export.format)
+    started = time.perf_counter()
+    if export.format == "compact":  # only the library reads it
+        reloaded = load_pruned(folder, masks=False)[0]
+    else:
+        reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+    load_seconds = time.perf_counter() - started
     result["export"] = {
         "folder": str(folder), "removed_blocks": record.removed_blocks,
         "kept_full_blocks": record.kept_full_blocks, "parameters_before": record.parameters_before,
         "parameters_after": record.parameters_after,
-        "bytes": weight_bytes(folder),
-        "ppl_after_reload": _perplexity(reloaded, inputs.windows, settings, "perplexity after plain reload"),
+        "bytes": weight_bytes(folder), "format": export.format, "load_seconds": load_seconds,
+        "ppl_after_reload": _perplexity(reloaded, inputs.windows, settings, f"perplexity after {export.format} reload"),
         "measured_sparsity_after_reload": measure_sparsity(reloaded).as_dict(),
     }
     if export.packed_2of4:

@@ -132,6 +132,7 @@ RECIPE_CASES = [
     ("lora:\n  rnak: 3\n", [], "did you mean 'rank'"),
     ("plan: missing.json\n", [], "--plan missing.json"),
     ("recover: 3\n", [], "recover must be a mapping"),
+    ("export:\n  format: zip\n", [], "export.format must be one of plain, compact"),
     ("recover:\n  stpes: 3\n", [], "did you mean 'recover_steps'"),
     ("recover_steps: 2\nrecover:\n  steps: 3\n", [], "recover_steps is set twice"),
 ]
