@@ -49,7 +49,7 @@ def one(args: argparse.Namespace, row: str) -> dict:
 
     from msp_callback.config import RecoverSettings, extract
     from msp_callback.evaluate import perplexity_report
-    from msp_callback.job import PruneSettings, recovery_inputs, prepare
+    from msp_callback.job import PruneSettings, prepare, recovery_inputs
     from msp_callback.plan import SparsityPlan, parse_nm
     from msp_callback.pruner import prune
     from msp_callback.recover import recover

@@ -245,7 +245,8 @@ def test_real_trainer_save_model_keeps_the_pruned_model(texts, tmp_path):
 
 def test_cli_offloaded_to_disk_gives_the_same_result(tmp_path):
     # the search on offloaded weights is compared in tests/test_offload.py; here the job's own wiring
-    common = ["prune", "--allocation", "uniform", "--sparsity", "2:4", "--criterion", "wanda", "--calib-samples", "1", "--calib-seqlen", "64",
+    common = ["prune", "--allocation", "uniform", "--sparsity", "2:4", "--criterion", "wanda", "--calib-samples", "1",
+              "--calib-seqlen", "64",
               "--eval-seqlen", "64", "--eval-windows", "2", "--no-dense-eval", "--quiet"]
     results = []
     for extra in ([], ["--offload", "disk", "--offload-folder", str(tmp_path / "offload")]):
