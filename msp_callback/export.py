@@ -311,7 +311,11 @@ def _compact_state(model: nn.Module, state: dict[str, Tensor], levels: list[int]
             weight = to_out_in(module, state[key])
             mask = mask_of(module)
             keep = to_out_in(module, mask) if mask is not None else mask_from_zeros(weight, level, m, key)
-            values, positions = pack(weight, keep.cpu(), level, m)
+            try:
+                values, positions = pack(weight.cpu(), keep.cpu(), level, m)
+            except NMPatternError as error:
+                raise ExportError(f"{key}: its mask does not follow level {level} of the plan ({error}); export the "
+                                  "model with the plan it was pruned with") from None
             del out[key]
             out[f"{key}.values"], out[f"{key}.positions"] = values.cpu(), positions
             layouts[key] = {"out_features": weight.shape[0], "in_features": weight.shape[1], "m": m, "level": level,

@@ -210,10 +210,12 @@ def _uniform_beside(settings: PruneSettings, inputs: Inputs, plan: SparsityPlan,
     """Perplexity of the uniform plan at ``plan``'s target, leaving the model dense again."""
     restore = inputs.dense_snapshot()
     uniform = SparsityPlan.uniform(plan.target, plan.m, len(plan.levels), criterion=plan.criterion)
-    prune(inputs.model, uniform, inputs.calibration, progress=settings.progress)
-    value = ppl("uniform perplexity")
+    try:
+        prune(inputs.model, uniform, inputs.calibration, progress=settings.progress)
+        value = ppl("uniform perplexity")
+    finally:
+        restore()
     log.info("uniform %s perplexity (for comparison): %.3f", nm_string(plan.target, plan.m), value)
-    restore()
     return value
 
 

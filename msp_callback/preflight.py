@@ -111,6 +111,14 @@ def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike) -
                               f"{nm_string(plan.target, plan.m)}: drop --sparsity (the plan decides)")
         if "allocation" in given:
             raise ConfigError("--allocation is not used with --plan (the plan's levels are applied): drop one of them")
+    if settings.recover_steps and settings.recover_method == "sparse":
+        from .devices import resolve_device, resolve_dtype
+
+        dtype = resolve_dtype(settings.dtype, resolve_device(settings.device))
+        if dtype.itemsize == 2:
+            raise ConfigError(f"--recover-method sparse trains the weights in place, and the job loads them in {dtype} "
+                              "(--dtype), where most small updates round away: add --dtype float32, or use "
+                              "--recover-method lora (its adapters train in float32)")
     if settings.recover_steps and settings.offload == "disk":
         raise ConfigError("recovery (--recover-steps) cannot train a model offloaded to disk (not built yet): drop "
                           "--offload disk, or recover in a separate run on a machine that holds the model")

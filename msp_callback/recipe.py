@@ -137,8 +137,9 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**{k: _coerce(v, hints[k], f"{where}: {k}") for k, v in values.items()})
 
 
-def _flatten_recover(raw: dict[str, Any], where: str) -> None:
-    """A ``recover:`` section (steps, method, loss, ...) is the job's ``recover_*`` settings."""
+def _flatten_recover(raw: dict[str, Any], where: str, overriding: bool = False) -> None:
+    """A ``recover:`` section (steps, method, loss, ...) is the job's ``recover_*`` settings. In the
+    file, a setting in both places is refused; from overrides (``recover.steps=7``) the section wins."""
     section = raw.pop("recover", None)
     if section is None:
         return
@@ -146,7 +147,7 @@ def _flatten_recover(raw: dict[str, Any], where: str) -> None:
         raise RecipeError(f"{where}: recover must be a mapping of settings (steps, method, loss, lr, ...), got {section!r}")
     for key, value in section.items():
         flat = key if key.startswith("recover_") else f"recover_{key}"
-        if flat in raw:
+        if flat in raw and not overriding:
             raise RecipeError(f"{where}: {flat} is set twice (at the top and in the recover section): keep one")
         raw[flat] = value
 
@@ -164,6 +165,8 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
     for name in SECTIONS:  # "lora:" with nothing under it turns the stage on with its defaults
         if name in raw and raw[name] is None:
             raw[name] = {}
+    raw = dict(raw)
+    _flatten_recover(raw, str(path))
     for override in overrides:
         keys, value = _parse_override(override)
         target = raw
@@ -172,8 +175,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
             if not isinstance(target, dict):
                 raise RecipeError(f"override {override!r}: {key} is not a section")
         target[keys[-1]] = value
-    raw = dict(raw)
-    _flatten_recover(raw, str(path))
+    _flatten_recover(raw, f"{path} (overrides)", overriding=True)
     sections = {name: raw.pop(name, False) for name in SECTIONS}
     output = raw.pop("output", None) or f"runs/{path.stem}"
     prune = _build(PruneSettings, raw, str(path))

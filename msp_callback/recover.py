@@ -10,14 +10,17 @@ What trains (``method``):
 - ``sparse``: every parameter of the decoder blocks. A pruned linear's trainable tensor is its
   parametrization's original, and the weight the model uses is ``original * mask``, so the
   gradient of every pruned position is exactly zero and pruned weights stay exactly zero.
-  Embeddings, the final norm and the head stay frozen. AdamW keeps two float32 moments per
-  trained parameter (8 bytes a parameter on top of the weights and their gradient).
+  Embeddings, the final norm and the head stay frozen. The weights must be float32 (16-bit ones
+  lose most small updates: refused); AdamW keeps two float32 moments per trained parameter (8
+  bytes a parameter on top of the weights and their gradient).
 - ``lora``: sparse LoRA adapters (`lora.sparse_lora`, peft) on every masked linear, merged into
   the weights at the end, so the result is the same masked model with updated kept weights.
 
 `recover` saves its state every ``save_every`` steps when given a checkpoint file and continues
 from it when one exists: an interrupted and resumed run ends with the same weights as an
-uninterrupted one (same batches, same order; nothing else in the loop is random).
+uninterrupted one (same batches, same order; recovery runs with dropout off, so nothing else in
+the loop is random). A checkpoint written with other settings (loss, method, learning rate,
+batches, LoRA rank) is refused.
 """
 
 from __future__ import annotations
@@ -67,7 +70,10 @@ def teacher_targets(model: nn.Module, batches: Sequence[Tensor], top_k: int = 64
     model.eval()
     logprobs, tokens = [], []
     for batch in tqdm(batches, desc="teacher targets", disable=not progress):
-        values, index = model(input_ids=batch.to(device), use_cache=False).logits.float().log_softmax(-1).topk(top_k, -1)
+        logits = model(input_ids=batch.to(device), use_cache=False).logits
+        if top_k > logits.shape[-1]:
+            raise RecoveryError(f"recover_top_k={top_k} is more than the vocabulary's {logits.shape[-1]} tokens")
+        values, index = logits.float().log_softmax(-1).topk(top_k, -1)
         logprobs.append(values.cpu())
         tokens.append(index.to(torch.int32).cpu())
     model.train(was_training)
@@ -150,24 +156,28 @@ def recover(
                                 "batches) before pruning, or use recover_loss='lm'")
         if len(teacher.logprobs) != len(batches):
             raise RecoveryError(f"teacher targets for {len(teacher.logprobs)} batches, but {len(batches)} batches given")
+    if settings.recover_method == "sparse":
+        check_trainable_dtype(next(iter(_trainable_blocks(model).values())).dtype)
     device = input_device(model)
     frozen = {p: p.requires_grad for p in model.parameters()}
-    for p in model.parameters():
-        p.requires_grad_(False)
-    trained = _add_lora(model, settings.recover_lora_rank, seed) if settings.recover_method == "lora" else model
-    params = ({n: p for n, p in trained.named_parameters() if "lora_" in n} if settings.recover_method == "lora"
-              else _trainable_blocks(model))
-    for p in params.values():
-        p.requires_grad_(True)
-    optimizer = torch.optim.AdamW(params.values(), lr=settings.recover_lr, weight_decay=0.0)
-    losses: list[float] = []
-    start = _resume(settings.recover_checkpoint, params, optimizer, losses)
     was_training = model.training
-    trained.train()
+    trained = model
     finished = False
-    limit = settings.recover_max_minutes * 60 or float("inf")
-    training_seconds = 0.0
     try:
+        for p in model.parameters():
+            p.requires_grad_(False)
+        if settings.recover_method == "lora":
+            trained = _add_lora(model, settings.recover_lora_rank, seed)
+        params = ({n: p for n, p in trained.named_parameters() if "lora_" in n} if settings.recover_method == "lora"
+                  else _trainable_blocks(model))
+        for p in params.values():
+            p.requires_grad_(True)
+        optimizer = torch.optim.AdamW(params.values(), lr=settings.recover_lr, weight_decay=0.0)
+        losses: list[float] = []
+        start = _resume(settings.recover_checkpoint, settings, params, optimizer, losses)
+        trained.eval()  # no dropout: the student should match the teacher's deterministic outputs
+        limit = settings.recover_max_minutes * 60 or float("inf")
+        training_seconds = 0.0
         with torch.inference_mode(False), torch.enable_grad():
             bar = tqdm(range(start, steps), desc="recovery", disable=not progress, initial=start, total=steps)
             for step in bar:
@@ -187,7 +197,7 @@ def recover(
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
                 done = step + 1
                 if settings.recover_checkpoint and (done % settings.recover_save_every == 0 or done == steps):
-                    _save(settings.recover_checkpoint, done, params, optimizer, losses)
+                    _save(settings.recover_checkpoint, done, settings, params, optimizer, losses)
                 training_seconds += time.perf_counter() - started
                 if on_step is not None:
                     on_step(done, losses[-1])
@@ -195,38 +205,62 @@ def recover(
                     log.info("recovery stopped at step %d of %d: recover_max_minutes=%g reached", done, steps,
                              settings.recover_max_minutes)
                     if settings.recover_checkpoint and done % settings.recover_save_every:
-                        _save(settings.recover_checkpoint, done, params, optimizer, losses)
+                        _save(settings.recover_checkpoint, done, settings, params, optimizer, losses)
                     break
         finished = True
     finally:
-        trained.train(was_training)
-        if settings.recover_method == "lora":
-            # finished: the masked updates go into the weights; interrupted: the adapters are
-            # dropped, leaving the pruned weights for a resume from the checkpoint
+        # on an error: LoRA adapters are dropped (the pruned weights stay as they were); with the
+        # sparse method the weights keep the steps taken so far. A checkpoint resumes either.
+        if settings.recover_method == "lora" and trained is not model:
             trained.merge_and_unload() if finished else trained.unload()
+        model.train(was_training)
         for p, flag in frozen.items():
             p.requires_grad_(flag)
     log.info("recovery: %d steps, loss %.4f -> %.4f", len(losses), losses[0], losses[-1])
     return losses
 
 
-def _save(path: str, step: int, params: dict[str, Tensor], optimizer: torch.optim.Optimizer, losses: list[float]) -> None:
-    state = {"kind": "msp-recovery", "step": step, "params": {n: p.detach().cpu() for n, p in params.items()},
+RESUME_SETTINGS = ("recover_method", "recover_loss", "recover_lr", "recover_batch_size", "recover_seqlen",
+                   "recover_windows", "recover_top_k", "recover_lora_rank")
+
+
+def check_trainable_dtype(dtype: torch.dtype) -> None:
+    """The sparse method trains the weights themselves: 16-bit weights lose most AdamW updates."""
+    if dtype in (torch.bfloat16, torch.float16):
+        raise RecoveryError(f"recover_method='sparse' trains the weights in place, and with {dtype} weights most "
+                            "small updates round away: load the model in float32 (--dtype float32), or use "
+                            "--recover-method lora (its adapters train in float32)")
+
+
+def _save(path: str, step: int, settings: RecoverSettings, params: dict[str, Tensor], optimizer: torch.optim.Optimizer,
+          losses: list[float]) -> None:
+    state = {"kind": "msp-recovery", "step": step, "settings": {k: getattr(settings, k) for k in RESUME_SETTINGS},
+             "params": {n: p.detach().cpu() for n, p in params.items()},
              "optimizer": optimizer.state_dict(), "losses": list(losses)}
     with atomic_file(path) as tmp:
         torch.save(state, tmp)
 
 
-def _resume(path: str | None, params: dict[str, Tensor], optimizer: torch.optim.Optimizer, losses: list[float]) -> int:
+def _resume(path: str | None, settings: RecoverSettings, params: dict[str, Tensor], optimizer: torch.optim.Optimizer,
+            losses: list[float]) -> int:
     """Load a recovery checkpoint into the trained tensors and the optimizer; the step it reached."""
     if not path or not Path(path).exists():
         return 0
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("kind") != "msp-recovery":
         raise RecoveryError(f"{path} is not a recovery checkpoint: remove it or point recover_checkpoint elsewhere")
-    if set(state["params"]) != set(params):
-        raise RecoveryError(f"{path} was saved for other trained tensors (another model or recover_method): remove it "
-                            "to start over")
+    saved = state.get("settings", {})
+    changed = [k for k in RESUME_SETTINGS if k in saved and saved[k] != getattr(settings, k)]
+    if changed:
+        raise RecoveryError(f"{path} was written with other recovery settings ({', '.join(f'{k}={saved[k]!r}' for k in changed)}): "
+                            "resume with the same ones, or remove the checkpoint to start over")
+    if state["step"] > settings.recover_steps:
+        raise RecoveryError(f"{path} is at step {state['step']}, beyond recover_steps={settings.recover_steps}: raise "
+                            "recover_steps or remove the checkpoint")
+    shapes = {n: tuple(p.shape) for n, p in params.items()}
+    if {n: tuple(t.shape) for n, t in state["params"].items()} != shapes:
+        raise RecoveryError(f"{path} was saved for other trained tensors (another model, recover_method or LoRA rank): "
+                            "remove it to start over")
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(state["params"][name])

@@ -103,6 +103,7 @@ CLI_CASES = [
     (["--recover-steps", "2", "--recover-lr", "-1"], "--recover-lr"),
     (["--recover-steps", "2", "--offload", "disk"], "cannot train a model offloaded to disk"),
     (["--compare-uniform", "--offload", "disk"], "--compare-uniform keeps a copy"),
+    (["--recover-steps", "2", "--dtype", "bf16"], "add --dtype float32"),
     (["--compare-uniform", "--allocation", "uniform"], "compares uniform with itself"),
 ]
 

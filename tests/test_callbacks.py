@@ -155,6 +155,15 @@ def test_callbacks_run_the_recovery_stage_after_pruning_with_masks_held(tmp_path
             assert bool((module.weight[~mask_of(module)] == 0).all())
 
 
+def test_split_rows_cuts_inside_a_batch():
+    from msp_callback.integrations.engine import split_rows
+
+    batches = [torch.arange(6).reshape(3, 2), torch.arange(4).reshape(2, 2)]
+    head, tail = split_rows(batches, 4)
+    assert torch.equal(torch.cat(head), torch.cat(batches)[:4]) and torch.equal(torch.cat(tail), torch.cat(batches)[4:])
+    assert split_rows(batches, 9)[1] == []
+
+
 def test_sharded_strategies_are_refused_with_the_supported_list():
     from msp_callback.integrations.callback_base import check_strategy
 

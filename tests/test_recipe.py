@@ -85,3 +85,7 @@ def test_the_recover_section_sets_the_jobs_recover_settings():
     job = recipe.prune
     assert (job.recover_steps, job.recover_method, job.recover_loss, job.recover_windows) == (7, "sparse", "kd", 128)
     assert job.recover_max_minutes == 15
+
+
+def test_a_top_level_override_of_a_recover_setting_wins_over_the_section():
+    assert load_recipe(RECIPE_DIR / "msp_recover.yaml", ["recover_steps=10"]).prune.recover_steps == 10

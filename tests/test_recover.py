@@ -120,3 +120,31 @@ def test_a_time_limit_stops_recovery_early_and_still_merges_lora(llama):
     losses = recover(model, batches, settings, progress=False)
     assert len(losses) == 1
     assert not any("lora" in name for name, _ in model.named_modules()) and _pruned_positions_zero(model)
+
+
+def test_sixteen_bit_weights_are_refused_for_the_sparse_method(llama):
+    batches = token_batches(2)
+    model = _pruned(llama, batches).to(torch.bfloat16)
+    with pytest.raises(RecoveryError, match="--dtype float32"):
+        recover(model, batches, RecoverSettings(recover_steps=2, recover_loss="lm"), progress=False)
+
+
+def test_a_checkpoint_of_other_settings_is_refused_and_the_model_left_as_it_was(llama, tmp_path):
+    batches = token_batches(2, seqlen=16, batch=2)
+    model = _pruned(llama, batches)
+    checkpoint = str(tmp_path / "r.pt")
+    recover(model, batches, RecoverSettings(recover_steps=2, recover_loss="lm", recover_checkpoint=checkpoint),
+            progress=False)
+    with pytest.raises(RecoveryError, match="other recovery settings .*recover_lr"):
+        recover(model, batches, RecoverSettings(recover_steps=4, recover_loss="lm", recover_lr=1e-3,
+                                                recover_checkpoint=checkpoint), progress=False)
+    with pytest.raises(RecoveryError, match="other recovery settings .*recover_method"):
+        recover(model, batches, RecoverSettings(recover_steps=4, recover_loss="lm", recover_method="lora",
+                                                recover_checkpoint=checkpoint), progress=False)
+    assert not any("lora" in name for name, _ in model.named_modules())  # the adapters went with the error
+    assert all(p.requires_grad for p in model.parameters())
+    with pytest.raises(RecoveryError, match="beyond recover_steps=1"):
+        recover(model, batches, RecoverSettings(recover_steps=1, recover_loss="lm", recover_checkpoint=checkpoint),
+                progress=False)
+    with pytest.raises(RecoveryError, match="more than the vocabulary"):
+        teacher_targets(model, batches, top_k=1000, progress=False)

@@ -57,6 +57,21 @@ def take_rows(batches: Iterable[Any], rows: int) -> list[Tensor]:
     return taken
 
 
+def split_rows(batches: list[Tensor], rows: int) -> tuple[list[Tensor], list[Tensor]]:
+    """(the first ``rows`` token rows, the rest), splitting a batch where the count falls."""
+    head: list[Tensor] = []
+    tail: list[Tensor] = []
+    count = 0
+    for batch in batches:
+        take = max(0, min(batch.shape[0], rows - count))
+        if take:
+            head.append(batch[:take])
+        if take < batch.shape[0]:
+            tail.append(batch[take:])
+        count += take
+    return head, tail
+
+
 def causal_lm_of(module: nn.Module) -> nn.Module:
     """The Hugging Face causal LM inside a wrapper (e.g. a LightningModule), or the module itself."""
     for candidate in module.modules():
@@ -173,12 +188,12 @@ class MSPEngine:
         log.info("the model already carries N:M masks (a resumed checkpoint): %s", self.plan.describe())
         return self.plan
 
-    def _recovery_batches(self, rows: list[Tensor]) -> list[Tensor]:
-        """Recovery batches of ``recover_batch_size`` rows: the rows after the calibration and
-        fitness ones, or the calibration rows again when the data has no more."""
+    def _recovery_batches(self, rows: list[Tensor], extra: list[Tensor]) -> list[Tensor]:
+        """Recovery batches of ``recover_batch_size`` rows: the ``extra`` rows (after the calibration
+        and fitness ones), or the calibration rows again when the data has no more."""
         cfg = self.config
         flat = [row for batch in rows for row in batch.split(1)]
-        rest = flat[cfg.calib_samples + cfg.fitness_samples :]
+        rest = [row for batch in extra for row in batch.split(1)]
         if not rest:
             log.warning("the calibration data has no rows beyond the calibration and fitness ones: recovery trains on "
                         "the calibration rows (give more data, or calibration=... with more rows)")
@@ -193,7 +208,8 @@ class MSPEngine:
         self.check_model(model)
         self._refuse_installed_masks(model)
         recovery_rows = cfg.window_count() if cfg.recover_steps else 0
-        rows = broadcast(take_rows(batches, cfg.calib_samples + cfg.fitness_samples + recovery_rows))  # rank 0's, everywhere
+        taken = broadcast(take_rows(batches, cfg.calib_samples + cfg.fitness_samples + recovery_rows))  # rank 0's, everywhere
+        rows, extra = split_rows(taken, cfg.calib_samples + cfg.fitness_samples)
         total = sum(r.shape[0] for r in rows)
         if total == 0:
             raise CalibrationError("the calibration data gave no batches: pass a non-empty dataloader")
@@ -216,7 +232,7 @@ class MSPEngine:
                 plan = make_plan(cfg.allocation, model, n, m, cfg.criterion, calibration=calibration,
                                  fitness_windows=fitness_windows, search=search, seed=cfg.seed, progress=progress)
                 plan.metadata["config"] = asdict(cfg)
-                recovery = self._recovery_batches(rows) if cfg.recover_steps else None
+                recovery = self._recovery_batches(rows, extra) if cfg.recover_steps else None
                 teacher = (teacher_targets(model, recovery, cfg.recover_top_k, progress=progress)
                            if recovery and cfg.recover_loss == "kd" else None)  # the dense model, before pruning
                 prune(model, plan, calibration, progress=progress)
@@ -224,7 +240,7 @@ class MSPEngine:
                 if recovery:  # every rank runs the same recovery on the same rows: the same weights
                     losses = recover(model, recovery, extract(cfg, RecoverSettings), teacher, progress=progress,
                                      seed=cfg.seed)
-                    plan.metadata["recovery"] = {"steps": cfg.recover_steps, "first_loss": losses[0],
+                    plan.metadata["recovery"] = {"steps": len(losses), "first_loss": losses[0],
                                                  "last_loss": losses[-1]}
             finally:
                 model.train(was_training)
