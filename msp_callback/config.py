@@ -130,7 +130,7 @@ class RecoverSettings:
                                  "norms); lora = sparse LoRA adapters (peft), merged afterwards", choices=("sparse", "lora"))
     recover_loss: str = option("kd", "kd = KL to the dense model's top-k next-token distribution; lm = the plain "
                                "next-token loss", choices=("kd", "lm"))
-    recover_lr: float = option(5e-5, "AdamW learning rate (LoRA wants about 10x more)", minimum=0.0)
+    recover_lr: float = option(1e-4, "AdamW learning rate (LoRA wants about 10x more)", minimum=0.0)
     recover_batch_size: int = option(4, "windows per recovery step", minimum=1)
     recover_seqlen: int = option(512, "tokens per recovery window, drawn from the calibration text (callbacks: "
                                  "their batches' rows as they are)", minimum=2)
