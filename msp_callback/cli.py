@@ -1,4 +1,5 @@
-"""``msp``: prune a causal LM to mixed N:M sparsity from the command line."""
+"""``msp``: prune a causal LM to mixed N:M sparsity from the command line (``prune``, ``run``),
+and measure zero-shot accuracy (``eval``)."""
 
 from __future__ import annotations
 
@@ -67,6 +68,60 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
 
+EVAL_EPILOG = """\
+MODEL is a packaged name, a transformers folder or hub id, or a folder written by save_pruned /
+msp run (plain or compact: read with load_pruned). Needs lm-eval: pip install 'msp-callback[eval]'.
+Local tasks (offline, from held-out Wikipedia): msp_wiki_lastword (LAMBADA-style last word),
+msp_wiki_realnext (which of two next sentences is the real one). With a dataset hub, lm-eval's
+own task names work unchanged (e.g. --tasks hellaswag arc_easy).
+
+Examples:
+  msp eval smollm2-135m
+  msp eval runs/compress_then_lora/model --limit 200 --json acc.json
+"""
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from .zero_shot import LOCAL_TASKS
+
+    p = sub.add_parser("eval", help="zero-shot accuracy through lm-eval (dense, pruned or exported model)",
+                       description="Zero-shot accuracy with standard errors, through lm-eval's Python API on the "
+                       "model in memory.", epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="packaged name, folder, hub id, or an export folder")
+    p.add_argument("--tasks", nargs="+", default=list(LOCAL_TASKS), help="lm-eval task names (default: the local ones)")
+    p.add_argument("--limit", type=int, default=None, help="examples per task (default: all: 500 per local task)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--json", help="write the accuracies here")
+    p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from .export import RECORD_FILE, load_pruned
+    from .models import load_causal_lm
+    from .zero_shot import zero_shot
+
+    dtype = getattr(torch, args.dtype)
+    if (Path(args.model) / RECORD_FILE).exists():
+        from transformers import AutoTokenizer
+
+        model, _ = load_pruned(args.model, dtype=dtype, masks=False)
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    else:
+        model, tokenizer = load_causal_lm(args.model, dtype=dtype)
+    result = {"model": args.model, "tasks": zero_shot(model, tokenizer, args.tasks, args.limit, args.batch_size)}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        from .atomic_files import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(result, indent=2))
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (exit status 2) that point at ``--help``, and a "did you
     mean" for a misspelt option."""
@@ -87,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_prune(sub)
     _add_run(sub)
+    _add_eval(sub)
     return parser
 
 
@@ -136,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet = getattr(args, "quiet", False) or getattr(args, "progress", True) is False
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        return _run(args) if args.command == "run" else _prune(args)
+        return {"run": _run, "prune": _prune, "eval": _eval}[args.command](args)
     except USER_ERRORS as err:  # our errors say what to fix
         log.error("%s", str(err).replace("\n", " "))
         return 2
