@@ -423,6 +423,25 @@ PROJECTED = {"8B": 8.0e9, "70B": 70.6e9}
 BLOCK_PARAMS = {"1b": 60_817_408, "8B": 218_103_808, "70B": 855_638_016}  # one decoder block's linears
 
 
+def zero_shot_section(record: dict) -> list[str]:
+    """Zero-shot accuracy of dense, uniform and MSP models on the local lm-eval tasks."""
+    lines = ["## Zero-shot accuracy (lm-eval, local tasks)", "",
+             "The two local tasks of `msp_callback.zero_shot`, built from the packaged held-out Wikipedia articles: "
+             "`msp_wiki_lastword` (LAMBADA-style: the greedy continuation must be the passage's last word) and "
+             "`msp_wiki_realnext` (two candidate next sentences, the real one and one from another article: chance "
+             "is 0.5). Accuracy with lm-eval's standard error.", ""]
+    for sparsity, r in sorted(record.items()):
+        tasks = list(r["rows"][0]["tasks"])
+        lines += [f"`{r['command']}`: {r['model']}, {r['criterion']} {sparsity}, calibration {r['calibration']}, MSP "
+                  f"levels from {r['msp_levels_from']}, {r['limit']} examples per task; {r['machine']}.", "",
+                  "| model | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+        for row in r["rows"]:
+            lines.append(f"| {row['model']} | " + " | ".join(
+                f"{row['tasks'][t]['acc']:.3f} ± {row['tasks'][t]['stderr']:.3f}" for t in tasks) + " |")
+        lines.append("")
+    return lines
+
+
 def compact_export_section(r: dict) -> list[str]:
     """Compact against plain export: sizes, load times, exactness."""
     mb = 1e6
@@ -642,6 +661,8 @@ def main() -> None:
         out += recovery_section(r)
     if (r := _load("compact_export")) is not None:
         out += compact_export_section(r)
+    if (r := _load("zero_shot")) is not None:
+        out += zero_shot_section(r)
     if (r := _load("stage_memory")) is not None:
         out += stage_memory_section(r)
     if (r := _load("offload_check")) is not None:
