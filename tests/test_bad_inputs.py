@@ -242,3 +242,11 @@ def test_a_recipe_refuses_lora_on_blocks_offloaded_to_a_gpu(workdir, caplog, mon
     with caplog.at_level(logging.ERROR):
         assert main(["run", "job.yaml"]) == 2
     assert "lora stage cannot train a model whose blocks are offloaded" in caplog.text
+
+
+def test_an_output_folder_holding_only_a_recovery_checkpoint_is_an_earlier_run(tmp_path):
+    from msp_callback.preflight import check_output_folder
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "recovery_checkpoint.pt").write_bytes(b"x")
+    check_output_folder("--output", tmp_path / "run")  # an interrupted recovery's folder: resumable, not foreign
