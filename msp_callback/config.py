@@ -23,6 +23,7 @@ from typing import Any
 from .offload import OFFLOADS
 from .plan import PlanError, parse_nm
 from .storage import STORAGES
+from .units import GRANULARITIES
 
 
 class ConfigError(ValueError):
@@ -94,8 +95,21 @@ class SearchSettings:
     """The search's knobs. Population and generations default to a budget that fits the default job
     (SmolLM2-135M) in about 10 minutes on 2 CPU cores; the paper's 20 x 20 is in recipes/paper_*.yaml."""
 
-    population: int = option(8, "individuals per generation (the paper: 20)", minimum=2)
+    search: str = option("paper", "the search: paper = the paper's evolution (crossover, repair, mutation; one level "
+                         "per block); level-switch = a (1+lambda) search whose children move levels between units "
+                         "(EvoPress-style), screened on --screen-windows, the best --survivors scored in full",
+                         choices=("paper", "level-switch"))
+    granularity: str = option("block", "what one level applies to: block = every linear of a decoder block (the "
+                              "paper); attn_mlp = attention and MLP linears of each block separately; linear = each "
+                              "linear. Finer than block needs --search level-switch; the budget is then exact by "
+                              "parameter count", choices=GRANULARITIES)
+    population: int = option(8, "individuals per generation (the paper: 20); level-switch: children per generation",
+                             minimum=2)
     generations: int = option(10, "generations after the initial one (the paper: 20)", minimum=0)
+    survivors: int = option(2, "level-switch: screened children scored on the whole fitness split per generation",
+                            minimum=1)
+    max_switches: int = option(3, "level-switch: most level switches in one child (the number is the smaller of two "
+                               "uniform draws from 1..this)", minimum=1)
     mutation_rate: float = option(0.5, "probability an offspring mutates", minimum=0.0, maximum=1.0)
     init: str = option("sensitivity", "initial population: random (Alg. 2), sensitivity (Alg. 3, front fifth of blocks "
                        "below target), trace (from measured Fisher traces)", choices=("random", "sensitivity", "trace"))
@@ -259,6 +273,9 @@ def check(config: Any) -> None:
                               f"(available: {', '.join(sorted(registry))})")
     if isinstance(config, SearchSettings) and hasattr(config, "fitness_samples") and config.screen_windows:
         config.check_screening(config.fitness_samples)
+    if isinstance(config, SearchSettings) and config.search == "paper" and config.granularity != "block":
+        raise ConfigError(f"granularity (--granularity) {config.granularity!r} needs search='level-switch' "
+                          "(--search level-switch): the paper's search gives one level per block")
     if isinstance(config, DeviceSettings):
         from .devices import DeviceError, resolve_device
 

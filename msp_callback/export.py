@@ -16,6 +16,7 @@ import copy
 import json
 import logging
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,12 +160,17 @@ def _nonzero_biases(block: nn.Module) -> list[str]:
             if getattr(module, "bias", None) is not None and bool(module.bias.detach().ne(0).any())]
 
 
+def _all_at(level: int | Mapping[str, int], m: int) -> bool:
+    return all(v == m for v in level.values()) if isinstance(level, Mapping) else level == m
+
+
 def removable_blocks(
-    model: nn.Module, levels: list[int], m: int, probe: list[Tensor] | None = None, tolerance: float = 1e-6
+    model: nn.Module, levels: Sequence[int | Mapping[str, int]], m: int, probe: list[Tensor] | None = None,
+    tolerance: float = 1e-6,
 ) -> tuple[list[int], dict[int, str]]:
-    """Blocks of ``model`` at level M (``levels``: one per block) that are an identity on
+    """Blocks of ``model`` at level M (``levels``: one per block, an int or {linear: level}) that are an identity on
     ``probe`` (default: 2 x 64 random tokens); returns (removable indices, {kept index: reason})."""
-    full = [i for i, level in enumerate(levels) if level == m]
+    full = [i for i, level in enumerate(levels) if _all_at(level, m)]
     if not full:
         return [], {}
     if probe is None:
@@ -186,10 +192,10 @@ def removable_blocks(
 
 
 # ---------------------------------------------------------------------------- save / load
-def _check_follows_levels(model: nn.Module, levels: list[int], m: int) -> None:
+def _check_follows_levels(model: nn.Module, levels: list[dict[str, int]], m: int) -> None:
     for index, (block, level) in enumerate(zip(find_blocks(model), levels)):
         for name, module in block_linears(block).items():
-            check_pattern(to_out_in(module, module.weight.detach()), level, m, f"block {index} {name}")
+            check_pattern(to_out_in(module, module.weight.detach()), level[name], m, f"block {index} {name}")
 
 
 def _blocks_of(model: nn.Module, plan: SparsityPlan | ExportRecord) -> tuple[SparsityPlan, list[int], list[int]]:
@@ -256,7 +262,7 @@ def save_pruned(
 def _save(model: nn.Module, directory: Path, plan: SparsityPlan | ExportRecord, tokenizer: Any,
           drop_pruned_blocks: bool, probe: list[Tensor] | None, format: str = "plain") -> ExportRecord:
     plan, original, removed_before = _blocks_of(model, plan)
-    levels = [plan.levels[i] for i in original]
+    levels = [plan.linear_levels(i, block_linears(block)) for i, block in zip(original, find_blocks(model))]
     _check_follows_levels(model, levels, plan.m)
 
     removed, kept_full = removable_blocks(model, levels, plan.m, probe) if drop_pruned_blocks else ([], {})
@@ -297,7 +303,7 @@ FORMATS = ("plain", "compact")
 COMPACT_FILE = "model.compact.safetensors"
 
 
-def _compact_state(model: nn.Module, state: dict[str, Tensor], levels: list[int], m: int
+def _compact_state(model: nn.Module, state: dict[str, Tensor], levels: list[dict[str, int]], m: int
                    ) -> tuple[dict[str, Tensor], dict[str, dict[str, Any]]]:
     """``state`` with each block linear's weight replaced by ``<key>.values`` and ``<key>.positions``
     (`compact.pack`), from its installed mask (or its zeros at its level); and each one's layout."""
@@ -305,8 +311,9 @@ def _compact_state(model: nn.Module, state: dict[str, Tensor], levels: list[int]
 
     prefix = blocks_path(model)
     out, layouts = dict(state), {}
-    for index, (block, level) in enumerate(zip(find_blocks(model), levels)):
+    for index, (block, block_levels) in enumerate(zip(find_blocks(model), levels)):
         for name, module in block_linears(block).items():
+            level = block_levels[name]
             key = f"{prefix}.{index}.{name}.weight"
             weight = to_out_in(module, state[key])
             mask = mask_of(module)

@@ -182,6 +182,7 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
         "allocation": plan.allocation,
         "sparsity": nm_string(plan.target, plan.m),
         "levels": plan.levels,
+        **({"granularity": plan.granularity, "unit_names": plan.unit_names} if plan.granularity != "block" else {}),
         "dense_ppl": dense_ppl,
         "pruned_ppl": pruned_ppl,
         **({"uniform_ppl": uniform_ppl} if uniform_ppl is not None else {}),
@@ -209,7 +210,7 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
 def _uniform_beside(settings: PruneSettings, inputs: Inputs, plan: SparsityPlan, ppl: Callable[[str], float]) -> float:
     """Perplexity of the uniform plan at ``plan``'s target, leaving the model dense again."""
     restore = inputs.dense_snapshot()
-    uniform = SparsityPlan.uniform(plan.target, plan.m, len(plan.levels), criterion=plan.criterion)
+    uniform = SparsityPlan.uniform(plan.target, plan.m, plan.num_blocks, criterion=plan.criterion)
     try:
         prune(inputs.model, uniform, inputs.calibration, progress=settings.progress)
         value = ppl("uniform perplexity")
@@ -260,7 +261,9 @@ def write_outputs(result: dict[str, Any], plan: SparsityPlan, output: str | Path
         plan.save(output / "plan.json")
         from .plots import plot_convergence, plot_levels
 
-        plot_levels({plan.allocation: plan.levels}, plan.m, output / "levels.png")
+        series = plan.levels_by_unit()
+        plot_levels({plan.allocation if plan.granularity == "block" else f"{plan.allocation}: {name}": levels
+                     for name, levels in series.items()}, plan.m, output / "levels.png")
         if "history" in plan.metadata:
             atomic_write_text(output / "history.json", json.dumps(plan.metadata["history"], indent=2))
             plot_convergence(plan.metadata["history"], output / "convergence.png")

@@ -1,8 +1,10 @@
 """`SparsityPlan`: the one artifact every stage meets at.
 
 A plan records M, the target level N (weights pruned in every group of M, as in the paper:
-"3:4" is 75% zeros), the importance criterion, and one level per decoder block. It is what an
-allocation produces, what the pruner consumes, and what the CLI and export write as JSON.
+"3:4" is 75% zeros), the importance criterion, and one level per decoder block (the paper's plan)
+or, at a finer granularity, per unit of every block (attention and MLP, or each linear; see
+`units`). It is what an allocation produces, what the pruner consumes, and what the CLI and export
+write as JSON.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .records import load_record, stamp, unstamp, write_json
+from .units import GRANULARITIES, unit_of
 
 PLAN_FORMAT_VERSION = 1
 
@@ -53,17 +56,23 @@ def check_level_range(n: int, m: int) -> None:
 
 @dataclass
 class SparsityPlan:
-    """Per-block N:M levels for one model.
+    """Per-block (or per-unit) N:M levels for one model.
 
     Attributes:
         m: group size M.
-        target: target level N; the budget is exact: ``sum(levels) == target * len(levels)``
-            (blocks are counted equally; see ``measured_sparsity`` for the parameter-weighted value).
-        levels: weights pruned in every group of M, one entry per decoder block, each in 0..M.
+        target: target level N; the budget is exact: ``sum(levels) == target * len(levels)`` for a
+            block plan (blocks are counted equally; see ``measured_sparsity`` for the parameter-weighted
+            value), ``sum(unit_weights * levels) == target * sum(unit_weights)`` (by parameter count)
+            for a finer one.
+        levels: weights pruned in every group of M, each in 0..M: one entry per decoder block, or
+            per unit, block-major (block 0's units, then block 1's, ...).
         criterion: name of the importance criterion that prunes at these levels.
         allocation: how the levels were chosen (uniform, owl, fisher, msp, ...).
         fingerprint: the model the plan was made for (see ``models.fingerprint``).
         metadata: free-form provenance (settings, seed, fitness).
+        granularity: what one level applies to: ``block``, ``attn_mlp`` or ``linear`` (see `units`).
+        unit_names: the units of every block (finer granularities), e.g. ``["attn", "mlp"]``.
+        unit_weights: each unit's parameters over their gcd, one per level (finer granularities).
     """
 
     m: int
@@ -73,9 +82,16 @@ class SparsityPlan:
     allocation: str = "uniform"
     fingerprint: dict[str, Any] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    granularity: str = "block"
+    unit_names: list[str] | None = None
+    unit_weights: list[int] | None = None
 
     def __post_init__(self) -> None:
         self.levels = [int(level) for level in self.levels]
+        if self.unit_names is not None:
+            self.unit_names = [str(name) for name in self.unit_names]
+        if self.unit_weights is not None:
+            self.unit_weights = [int(w) for w in self.unit_weights]
         self.validate()
 
     # ------------------------------------------------------------------ construction
@@ -83,6 +99,14 @@ class SparsityPlan:
     def uniform(cls, n: int, m: int, num_blocks: int, **kwargs: Any) -> "SparsityPlan":
         """Every block at level ``n``."""
         return cls(m=m, target=n, levels=[n] * num_blocks, allocation="uniform", **kwargs)
+
+    @classmethod
+    def for_units(cls, layout: Any, n: int, m: int, levels: list[int], **kwargs: Any) -> "SparsityPlan":
+        """A plan over the units of a `units.UnitLayout` (a block layout gives a block plan)."""
+        if layout.granularity == "block":
+            return cls(m=m, target=n, levels=levels, **kwargs)
+        return cls(m=m, target=n, levels=levels, granularity=layout.granularity, unit_names=list(layout.names),
+                   unit_weights=list(layout.weights), **kwargs)
 
     # ------------------------------------------------------------------ checks
     def validate(self) -> None:
@@ -93,17 +117,34 @@ class SparsityPlan:
         if bad:
             i, lv = bad[0]
             raise PlanError(f"block {i} has level {lv}, outside 0..M={self.m}")
-        if sum(self.levels) != self.target * len(self.levels):
+        if self.granularity == "block":
+            if self.unit_names not in (None, ["block"]) or self.unit_weights is not None:
+                raise PlanError("a block plan has no unit_names or unit_weights (they describe finer granularities)")
+            if sum(self.levels) != self.target * len(self.levels):
+                raise PlanError(
+                    f"levels sum to {sum(self.levels)}, but the budget for {len(self.levels)} blocks "
+                    f"at target {nm_string(self.target, self.m)} is {self.target * len(self.levels)}"
+                )
+            return
+        if self.granularity not in GRANULARITIES:
+            raise PlanError(f"unknown granularity {self.granularity!r}; choose one of {', '.join(GRANULARITIES)}")
+        if not self.unit_names or self.unit_weights is None:
+            raise PlanError(f"a {self.granularity} plan needs unit_names and unit_weights")
+        if len(self.levels) % len(self.unit_names) or len(self.unit_weights) != len(self.levels):
+            raise PlanError(f"{len(self.levels)} levels and {len(self.unit_weights)} unit weights do not make whole "
+                            f"blocks of {len(self.unit_names)} units {self.unit_names}")
+        spent = sum(w * level for w, level in zip(self.unit_weights, self.levels))
+        if spent != self.target * sum(self.unit_weights):
             raise PlanError(
-                f"levels sum to {sum(self.levels)}, but the budget for {len(self.levels)} blocks "
-                f"at target {nm_string(self.target, self.m)} is {self.target * len(self.levels)}"
+                f"levels weighted by parameters sum to {spent}, but the budget at target "
+                f"{nm_string(self.target, self.m)} is {self.target * sum(self.unit_weights)}"
             )
 
     def check_model(self, fingerprint: dict[str, Any]) -> None:
         """Raise a `PlanError` naming the difference if the plan was made for another model."""
-        if len(self.levels) != fingerprint["num_blocks"]:
+        if self.num_blocks != fingerprint["num_blocks"]:
             raise PlanError(
-                f"this plan has {len(self.levels)} block levels but the model has "
+                f"this plan has {self.num_blocks} block levels but the model has "
                 f"{fingerprint['num_blocks']} decoder blocks: the plan was made for another model "
                 f"({(self.fingerprint or {}).get('architecture', 'unknown')}); make a new plan for "
                 "this one"
@@ -121,7 +162,41 @@ class SparsityPlan:
     # ------------------------------------------------------------------ reading
     @property
     def num_blocks(self) -> int:
-        return len(self.levels)
+        return len(self.levels) // len(self.unit_names or ["block"])
+
+    def block_levels(self, block: int) -> dict[str, int]:
+        """{unit name: level} of one block (``{"block": level}`` for a block plan)."""
+        names = self.unit_names or ["block"]
+        start = block * len(names)
+        return dict(zip(names, self.levels[start : start + len(names)]))
+
+    def linear_levels(self, block: int, linear_names: Any) -> dict[str, int]:
+        """{linear name: level} for the linears of one block (names relative to the block)."""
+        units = self.block_levels(block)
+        try:
+            return {name: units[unit_of(self.granularity, name)] for name in linear_names}
+        except KeyError as missing:
+            raise PlanError(f"block {block} has linear(s) the plan has no level for ({missing}): the plan was made "
+                            "for another model") from None
+
+    def levels_by_unit(self) -> dict[str, list[int]]:
+        """{unit name: its level in every block} (``{"block": levels}`` for a block plan)."""
+        names = self.unit_names or ["block"]
+        return {name: self.levels[i :: len(names)] for i, name in enumerate(names)}
+
+    def fully_pruned(self, block: int) -> bool:
+        """Every unit of the block at level M."""
+        return all(level == self.m for level in self.block_levels(block).values())
+
+    def check_units(self, layout: Any) -> None:
+        """Raise a `PlanError` unless the plan's units are those of `units.UnitLayout` ``layout``."""
+        mine = (self.granularity, list(self.unit_names or ["block"]), self.num_blocks)
+        theirs = (layout.granularity, list(layout.names), layout.num_blocks)
+        weights_differ = self.granularity != "block" and list(self.unit_weights or []) != list(layout.weights)
+        if mine != theirs or weights_differ:
+            raise PlanError(f"the plan's units ({mine[0]}: {mine[1]} x {mine[2]} blocks) are not this model's "
+                            f"({theirs[0]}: {theirs[1]} x {theirs[2]} blocks{', other sizes' if weights_differ else ''})"
+                            ": the plan was made for another model")
 
     @property
     def target_sparsity(self) -> float:
@@ -129,19 +204,25 @@ class SparsityPlan:
         return self.target / self.m
 
     def describe(self) -> str:
-        return (
-            f"{self.allocation} plan, {self.criterion}, target {nm_string(self.target, self.m)}, "
-            f"levels {self.levels}"
-        )
+        if self.granularity == "block":
+            levels = f"levels {self.levels}"
+        else:
+            levels = ", ".join(f"{name} levels {unit}" for name, unit in self.levels_by_unit().items())
+        return f"{self.allocation} plan, {self.criterion}, target {nm_string(self.target, self.m)}, {levels}"
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
-        return stamp(asdict(self), PLAN_FORMAT_VERSION)
+        data = asdict(self)
+        if self.granularity == "block":  # a block plan's JSON is what it always was
+            for key in ("granularity", "unit_names", "unit_weights"):
+                del data[key]
+        return stamp(data, PLAN_FORMAT_VERSION)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "SparsityPlan":
         data = unstamp(data, "plan", PLAN_FORMAT_VERSION, PlanError, default=PLAN_FORMAT_VERSION)
-        known = {"m", "target", "levels", "criterion", "allocation", "fingerprint", "metadata"}
+        known = {"m", "target", "levels", "criterion", "allocation", "fingerprint", "metadata", "granularity",
+                 "unit_names", "unit_weights"}
         unknown = set(data) - known
         if unknown:
             raise PlanError(f"unknown plan fields {sorted(unknown)}")

@@ -8,7 +8,7 @@ installed with `torch.nn.utils.parametrize` so later training keeps the pattern.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -20,6 +20,7 @@ from .nm import check_divisible, from_out_in, has_pruning_masks, install_mask, s
 from .plan import SparsityPlan
 from .saving import record_in_config
 from .sharded import is_sharded, local
+from .units import UnitLayout
 
 log = logging.getLogger(__name__)
 
@@ -36,18 +37,22 @@ def check_model_fits(model: nn.Module, m: int) -> None:
 
 
 @torch.no_grad()
-def prune_block(block: nn.Module, level: int, m: int, criterion: Criterion, inputs: BlockInputs | None, install: bool = True) -> None:
-    """Prune every linear of one block at ``level`` of ``m`` (in place) and install its masks."""
+def prune_block(block: nn.Module, level: int | Mapping[str, int], m: int, criterion: Criterion,
+                inputs: BlockInputs | None, install: bool = True) -> None:
+    """Prune the linears of one block (in place) at ``level`` of ``m``, one level for all or
+    {linear name: level}, and install their masks."""
     linears = block_linears(block)
-    if level == 0:  # nothing to prune: all-True masks keep the block trainable and updatable
-        if install:
-            for module in linears.values():
-                install_mask(module, torch.ones_like(module.weight, dtype=torch.bool))
-        return
-    stats = collect_input_stats(block, linears, inputs, criterion.statistic)
+    levels = dict(level) if isinstance(level, Mapping) else dict.fromkeys(linears, level)
+    # at level 0 nothing is pruned: all-True masks keep the linear trainable and updatable
+    stats = (collect_input_stats(block, linears, inputs, criterion.statistic) if any(levels.values())
+             else dict.fromkeys(linears))
     for name, module in linears.items():
+        if levels[name] == 0:
+            if install:
+                install_mask(module, torch.ones_like(module.weight, dtype=torch.bool))
+            continue
         weight = to_out_in(module, module.weight.data).float()
-        pruned, keep = criterion.prune_weight(weight, stats[name], level, m)
+        pruned, keep = criterion.prune_weight(weight, stats[name], levels[name], m)
         stored_weight(module).data.copy_(from_out_in(module, pruned).to(module.weight.dtype))
         if install:
             install_mask(module, from_out_in(module, keep))
@@ -69,6 +74,7 @@ def prune(
     """
     criterion = get_criterion(criterion or plan.criterion)
     plan.check_model(fingerprint(model))
+    plan.check_units(UnitLayout.of_model(model, plan.granularity))
     check_model_fits(model, plan.m)
     if has_pruning_masks(model):
         raise RuntimeError(
@@ -82,7 +88,7 @@ def prune(
         install = False
 
     def visit(index: int, block: nn.Module, inputs: BlockInputs | None) -> None:
-        prune_block(block, plan.levels[index], plan.m, criterion, inputs, install)
+        prune_block(block, plan.linear_levels(index, block_linears(block)), plan.m, criterion, inputs, install)
 
     needs_inputs = criterion.statistic != "none"
     if needs_inputs and (calibration is None or len(calibration) == 0):

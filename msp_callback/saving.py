@@ -102,21 +102,22 @@ def restore_masks(model: nn.Module, plan: SparsityPlan | None = None, removed_bl
                         "it belongs to another model")
     names = {module: f"block {original} {name}" for block, original in zip(blocks, kept)
              for name, module in block_linears(block).items()}
-    count = _install_from_zeros([(plan.levels[original], {m: m.weight for m in block_linears(block).values()})
-                                 for block, original in zip(blocks, kept)], plan.m, names)
+    targets = {}
+    for block, original in zip(blocks, kept):
+        linears = block_linears(block)
+        levels = plan.linear_levels(original, linears)
+        targets.update({module: (levels[name], module.weight) for name, module in linears.items()})
+    count = _install_from_zeros(targets, plan.m, names)
     record_in_config(model, plan, removed)
     return count
 
 
-def _install_from_zeros(blocks: list[tuple[int, dict[nn.Module, Tensor]]], m: int, names: dict[nn.Module, str]) -> int:
-    """For each (level, {linear: weight}) install the mask pruning ``level`` zeros of every group."""
-    count = 0
-    for level, weights in blocks:
-        for module, weight in weights.items():
-            keep = mask_from_zeros(to_out_in(module, weight.detach()), level, m, names[module])
-            install_mask(module, to_out_in(module, keep).to(module.weight.device))
-            count += 1
-    return count
+def _install_from_zeros(targets: dict[nn.Module, tuple[int, Tensor]], m: int, names: dict[nn.Module, str]) -> int:
+    """For each {linear: (level, weight)} install the mask pruning ``level`` zeros of every group."""
+    for module, (level, weight) in targets.items():
+        keep = mask_from_zeros(to_out_in(module, weight.detach()), level, m, names[module])
+        install_mask(module, to_out_in(module, keep).to(module.weight.device))
+    return len(targets)
 
 
 def _fewest_zeros(module: nn.Module, weight: Tensor, m: int) -> int:
@@ -140,16 +141,26 @@ def install_masks_for_checkpoint(model: nn.Module, state_dict: Mapping[str, Tens
     if count:
         return count
     names = {module: name for name, module in model.named_modules()}
-    present: list[tuple[int, dict[nn.Module, Tensor]]] = []
-    for block in find_blocks(model):
-        linears = block_linears(block).values()
-        weights = {mod: state_dict[f"{prefix}{names[mod]}.weight"] for mod in linears if f"{prefix}{names[mod]}.weight" in state_dict}
-        if weights:
-            present.append((min(_fewest_zeros(mod, w, m) for mod, w in weights.items()), weights))
-    if not any(level for level, _ in present):
+    recorded = plan_from_config(model)
+    plan = recorded[0] if recorded is not None and recorded[0].granularity != "block" else None
+    kept = [i for i in range(plan.num_blocks) if i not in set(recorded[1])] if plan is not None else []
+    present: dict[nn.Module, tuple[int, Tensor]] = {}
+    for index, block in enumerate(find_blocks(model)):
+        linears = block_linears(block)
+        weights = {mod: state_dict[f"{prefix}{names[mod]}.weight"] for mod in linears.values()
+                   if f"{prefix}{names[mod]}.weight" in state_dict}
+        if not weights:
+            continue
+        if plan is not None:  # a finer plan: each linear at its own unit's level
+            levels = plan.linear_levels(kept[index], linears)
+            present.update({mod: (levels[name], weights[mod]) for name, mod in linears.items() if mod in weights})
+        else:
+            level = min(_fewest_zeros(mod, w, m) for mod, w in weights.items())
+            present.update({mod: (level, w) for mod, w in weights.items()})
+    if not any(level for level, _ in present.values()):
         return 0
     count = _install_from_zeros(present, m, names)
-    loaded = {mod for _, weights in present for mod in weights}
+    loaded = set(present)
     for block in find_blocks(model):
         for mod in block_linears(block).values():
             if mod not in loaded and mask_of(mod) is None:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..budget import check_nm, trace_levels
+from .loop import GenerationLoop
 
 __all__ = [
     "EvolutionarySearch",
@@ -246,7 +247,7 @@ def _rng_state_from_json(state: Sequence) -> tuple:
     return (version, tuple(internal), gauss)
 
 
-class EvolutionarySearch:
+class EvolutionarySearch(GenerationLoop):
     """Algorithm 1 with its whole state in one object, so it can be checkpointed and resumed.
 
     Generation 0 is the initial population. Every later generation keeps the better half of the
@@ -297,18 +298,6 @@ class EvolutionarySearch:
         if s["traces"] is not None and len(s["traces"]) != s["num_blocks"]:
             raise ValueError(f"got {len(s['traces'])} traces for {s['num_blocks']} blocks")
 
-    @property
-    def n(self) -> int:
-        return self.settings["n"]
-
-    @property
-    def m(self) -> int:
-        return self.settings["m"]
-
-    @property
-    def generations(self) -> int:
-        return self.settings["generations"]
-
     # -- evaluation ------------------------------------------------------------------------------
 
     def _check(self, ind: Sequence[int]) -> None:
@@ -323,17 +312,7 @@ class EvolutionarySearch:
             if tuple(ind) not in seen:
                 seen.add(tuple(ind))
                 new.append(list(ind))
-        if not new:
-            return 0
-        if self.evaluate is None:
-            raise RuntimeError("EvolutionarySearch needs an evaluate function to score individuals")
-        fitnesses = list(self.evaluate([list(ind) for ind in new]))
-        if len(fitnesses) != len(new):
-            raise ValueError(f"evaluate returned {len(fitnesses)} fitnesses for {len(new)} individuals")
-        for ind, fit in zip(new, fitnesses):
-            self.cache[tuple(ind)] = float(fit)
-        self.evaluations += len(new)
-        return len(new)
+        return self._score(self.evaluate, new)
 
     def fitness(self, ind: Sequence[int]) -> float:
         """Cached fitness of an individual already evaluated."""
@@ -396,27 +375,6 @@ class EvolutionarySearch:
         self.generation += 1
         self._record(new, started)
 
-    def run(self, callback: Callable[[EvolutionarySearch], None] | None = None) -> tuple[Individual, float]:
-        """Initialise if needed, then step until ``generations``; ``callback(self)`` after each
-        generation (including generation 0 when it is created here). Returns `best`."""
-        if not self.initialized:
-            self.initialize()
-            if callback is not None:
-                callback(self)
-        while not self.done:
-            self.step()
-            if callback is not None:
-                callback(self)
-        return self.best
-
-    @property
-    def initialized(self) -> bool:
-        return self.generation >= 0
-
-    @property
-    def done(self) -> bool:
-        return self.generation >= self.generations
-
     @property
     def best(self) -> tuple[Individual, float]:
         """(levels, fitness) of the best individual in the current population (= best seen)."""
@@ -442,11 +400,7 @@ class EvolutionarySearch:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resume from `state_dict`. Settings must match this search (``generations`` may differ,
         so a finished search can be extended); a mismatch raises ValueError."""
-        saved = state["settings"]
-        diffs = [f"{k}: saved {saved.get(k)!r}, here {self.settings[k]!r}"
-                 for k in self._MATCHED if saved.get(k) != self.settings[k]]
-        if diffs:
-            raise ValueError("checkpoint belongs to a different search: " + "; ".join(diffs))
+        self._check_saved_settings(state["settings"])
         population = [list(ind) for ind in state["population"]]
         cache = {tuple(k): float(v) for k, v in state["cache"]}
         for ind in population:

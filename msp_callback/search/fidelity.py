@@ -61,6 +61,8 @@ class CostMeter:
     def _spent(self) -> float:
         if isinstance(self.evaluate, MultiFidelityEvaluate):
             return self.evaluate.cost
+        if hasattr(self.search, "cost"):  # a search that prices its own screenings (level-switch)
+            return float(self.search.cost)
         return float(self.search.evaluations)
 
     def __call__(self, search: Any) -> None:

@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..block_walk import BlockInputs, BlockStandIn, block_output, capture_stack_inputs
 from ..evaluate import perplexity
 from ..models import blocks_replaced, find_blocks, input_device
+from ..units import UnitLayout
 from .level_cache import LevelCache
 
 
@@ -45,9 +46,12 @@ class CachedFitness:
     """Scores individuals with the level cache and block prefix cache; subclasses turn the
     head's logits into one number (lower is better) in `_score`."""
 
-    def __init__(self, model: nn.Module, cache: LevelCache, windows: Tensor, batch_size: int = 4):
+    def __init__(self, model: nn.Module, cache: LevelCache, windows: Tensor, batch_size: int = 4,
+                 layout: UnitLayout | None = None):
+        """``layout``: the units an individual's levels belong to (default: one level per block)."""
         windows = windows.to(input_device(model))
         self.model, self.cache, self.windows, self.batch_size = model, cache, windows, batch_size
+        self.layout = layout or UnitLayout.of_model(model, "block")
         self.blocks = find_blocks(model)
         self.evaluations = 0
         self.blocks_run = 0
@@ -98,11 +102,19 @@ class CachedFitness:
     def _score(self, logits_fn: Callable[[int, Tensor], Tensor]) -> float:
         raise NotImplementedError
 
+    def _per_block(self, levels: Sequence[int]) -> list[Any]:
+        """An individual's unit levels as the level cache takes them: per block, an int or {linear: level}."""
+        if len(levels) != self.layout.num_units:
+            raise ValueError(f"{len(levels)} levels for {self.layout.num_units} {self.layout.granularity} units")
+        if self.layout.granularity == "block":
+            return list(levels)
+        return [self.layout.linear_levels(levels, b, list(self.cache.linears[b])) for b in range(len(self.blocks))]
+
     def evaluate(self, levels: Sequence[int]) -> float:
-        self.cache.apply(levels)
+        self.cache.apply(self._per_block(levels))
         # compare with this fitness's own last levels, not the cache's: another fitness (or
         # restore_dense) may have moved the cache in between
-        differ = [i for i, (old, new) in enumerate(zip(self._levels, levels)) if old != new]
+        differ = [self.layout.block_of(i) for i, (old, new) in enumerate(zip(self._levels, levels)) if old != new]
         first = min(differ, default=len(self.blocks)) if self._levels else 0
         self._levels = []  # until the blocks have run: an exception half-way leaves nothing trusted
         self._run_blocks(first)
@@ -136,8 +148,9 @@ class KLFitness(CachedFitness):
     as it is then (dense); the pruned log-probabilities are full log-softmaxes gathered at those
     k tokens, so the sum covers most of the dense probability mass without storing full logits."""
 
-    def __init__(self, model: nn.Module, cache: LevelCache, windows: Tensor, batch_size: int = 4, top_k: int = 64):
-        super().__init__(model, cache, windows, batch_size)
+    def __init__(self, model: nn.Module, cache: LevelCache, windows: Tensor, batch_size: int = 4,
+                 layout: UnitLayout | None = None, top_k: int = 64):
+        super().__init__(model, cache, windows, batch_size, layout)
         self.cache.restore_dense()
         with torch.no_grad():
             self._dense = [

@@ -14,7 +14,7 @@ fast; the final plan is then applied with the criterion properly (sequentially) 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +55,7 @@ class LevelCache:
         self.dense = [{n: self.store.put(local(mod.weight)) for n, mod in lin.items()} for lin in self.linears]
         self.ranks: list[dict[str, Tensor]] = [{} for _ in self.blocks]
         self.pruned: list[dict[str, dict[int, Tensor]]] = [{} for _ in self.blocks]
-        self.current = [0] * len(self.blocks)  # level each block's weights hold now
+        self.current = [dict.fromkeys(lin, 0) for lin in self.linears]  # level each linear's weight holds now
 
         needs_inputs = self.criterion.statistic != "none"
         if needs_inputs and not calibration:
@@ -102,18 +102,21 @@ class LevelCache:
         return self.pruned[index][name][level]
 
     @torch.no_grad()
-    def apply(self, levels: Sequence[int]) -> list[int]:
-        """Write the weights for ``levels`` into the model, touching only blocks whose level
-        changed since the last call. Returns the indices of the blocks rewritten."""
+    def apply(self, levels: Sequence[int | Mapping[str, int]]) -> list[int]:
+        """Write the weights for ``levels`` (one per block: a level for all its linears, or
+        {linear name: level}) into the model, touching only linears whose level changed since the
+        last call. Returns the indices of the blocks rewritten."""
         if len(levels) != len(self.blocks):
             raise ValueError(f"{len(levels)} levels for {len(self.blocks)} blocks")
         changed = []
         for index, level in enumerate(levels):
-            if level != self.current[index]:
+            wanted = dict(level) if isinstance(level, Mapping) else dict.fromkeys(self.linears[index], level)
+            if wanted != self.current[index]:
                 settle(self.blocks[index])
                 for name, module in self.linears[index].items():
-                    local(stored_weight(module)).data.copy_(self.weight(index, name, level))
-                self.current[index] = level
+                    if wanted[name] != self.current[index][name]:
+                        local(stored_weight(module)).data.copy_(self.weight(index, name, wanted[name]))
+                self.current[index] = wanted
                 changed.append(index)
         return changed
 

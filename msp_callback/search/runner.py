@@ -16,15 +16,18 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..atomic_files import atomic_write_text
+from ..budget import trace_levels
 from ..config import SearchSettings, check
 from ..distributed import ShardedEvaluate, world
 from ..models import fingerprint
 from ..plan import PlanError, SparsityPlan
 from ..sharded import is_sharded
+from ..units import UnitLayout
 from .evolution import EvolutionarySearch
 from .fidelity import CostMeter, MultiFidelityEvaluate
 from .fitness import FITNESSES
 from .level_cache import LevelCache
+from .level_switch import LevelSwitchSearch
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +67,18 @@ def _load_checkpoint(path: Path, search: EvolutionarySearch, model_print: dict, 
     log.info("resumed search from %s at generation %d", path, search.generation)
 
 
+def level_switch_starts(layout: UnitLayout, n: int, m: int, settings: SearchSettings,
+                        traces: Sequence[float] | None) -> list[list[int]]:
+    """Where the level-switch search starts: uniform, and with Fisher traces the trace plan
+    (`budget.trace_levels`, each block's units at its block's level); the better one wins."""
+    starts = [[n] * layout.num_units]
+    if traces is not None:
+        traced = layout.from_block_levels(trace_levels(traces, n, m, settings.trace_strength))
+        if traced not in starts:
+            starts.append(traced)
+    return starts
+
+
 def search_plan(
     model: nn.Module,
     n: int,
@@ -77,35 +92,50 @@ def search_plan(
     progress: bool = True,
     on_generation: Callable[[EvolutionarySearch], None] | None = None,
 ) -> SparsityPlan:
-    """Search per-block levels at target N:M; the model is left dense, the plan returned."""
+    """Search levels at target N:M (one per block, or per unit at a finer ``settings.granularity``);
+    the model is left dense, the plan returned."""
     settings = settings or SearchSettings()
+    check(settings)  # e.g. a finer granularity than block needs the level-switch search
     model_print = fingerprint(model)
+    layout = UnitLayout.of_model(model, settings.granularity)
     started = time.perf_counter()
     cache = LevelCache(model, criterion, m, calibration, progress=progress, storage=settings.cache_storage)
     cache_seconds = time.perf_counter() - started
     if settings.fitness not in FITNESSES:
         raise ValueError(f"unknown fitness {settings.fitness!r}; available: {sorted(FITNESSES)}")
-    fitness = FITNESSES[settings.fitness](model, cache, fitness_windows, settings.fitness_batch_size)
+    fitness = FITNESSES[settings.fitness](model, cache, fitness_windows, settings.fitness_batch_size, layout)
     split = not is_sharded(model)  # under DDP each rank scores its share; an FSDP model scores in step
     sharded = ShardedEvaluate(fitness, split)
     evaluate: Callable[[Sequence[Sequence[int]]], list[float]] = sharded
+    screen_evaluate, screen_tokens = None, 0
     if settings.screen_windows:
-        check(settings)  # screen_keep >= 0.5: the better half are parents, so every parent must be fully scored
         settings.check_screening(len(fitness_windows))
         screen = FITNESSES[settings.fitness](model, cache, fitness_windows[: settings.screen_windows],
-                                             settings.fitness_batch_size)
-        evaluate = MultiFidelityEvaluate(ShardedEvaluate(screen, split), sharded, settings.screen_keep, screen.tokens,
-                                         fitness.tokens)
+                                             settings.fitness_batch_size, layout)
+        screen_evaluate, screen_tokens = ShardedEvaluate(screen, split), screen.tokens
+        if settings.search == "paper":  # screen_keep >= 0.5: the better half are parents, so all are fully scored
+            evaluate = MultiFidelityEvaluate(screen_evaluate, sharded, settings.screen_keep, screen.tokens,
+                                             fitness.tokens)
     rank, _ = world()
     progress = progress and rank == 0
-    search = EvolutionarySearch(
-        n, m, model_print["num_blocks"], population_size=settings.population, generations=settings.generations,
-        mutation_rate=settings.mutation_rate, seed=seed, init=settings.init,
-        traces=list(traces) if traces is not None else None, trace_strength=settings.trace_strength,
-        evaluate=evaluate,
-    )
+    search: EvolutionarySearch | LevelSwitchSearch
+    if settings.search == "paper":
+        search = EvolutionarySearch(
+            n, m, model_print["num_blocks"], population_size=settings.population, generations=settings.generations,
+            mutation_rate=settings.mutation_rate, seed=seed, init=settings.init,
+            traces=list(traces) if traces is not None else None, trace_strength=settings.trace_strength,
+            evaluate=evaluate,
+        )
+    else:
+        search = LevelSwitchSearch(
+            n, m, layout.weights, offspring=settings.population, survivors=settings.survivors,
+            generations=settings.generations, max_switches=settings.max_switches, seed=seed,
+            starts=level_switch_starts(layout, n, m, settings, traces), full=sharded, screen=screen_evaluate,
+            screen_tokens=screen_tokens, full_tokens=fitness.tokens,
+        )
     checkpoint = Path(settings.search_checkpoint) if settings.search_checkpoint else None
-    scoring = {"fitness": settings.fitness, "screen_windows": settings.screen_windows,
+    scoring = {"search": settings.search, "granularity": settings.granularity, "fitness": settings.fitness,
+               "screen_windows": settings.screen_windows,
                "screen_keep": settings.screen_keep if settings.screen_windows else None,
                "data": data_digest(calibration, fitness_windows)}
     if checkpoint and settings.resume and checkpoint.exists():
@@ -129,8 +159,8 @@ def search_plan(
     finally:
         bar.close()
         cache.close()
-    return SparsityPlan(
-        m=m, target=n, levels=levels, criterion=criterion, allocation="msp", fingerprint=model_print,
+    return SparsityPlan.for_units(
+        layout, n, m, levels, criterion=criterion, allocation="msp", fingerprint=model_print,
         metadata={
             "search": asdict(settings),
             "seed": seed,
