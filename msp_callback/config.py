@@ -112,7 +112,8 @@ class SearchSettings:
                                "uniform draws from 1..this)", minimum=1)
     mutation_rate: float = option(0.5, "probability an offspring mutates", minimum=0.0, maximum=1.0)
     init: str = option("sensitivity", "initial population: random (Alg. 2), sensitivity (Alg. 3, front fifth of blocks "
-                       "below target), trace (from measured Fisher traces)", choices=("random", "sensitivity", "trace"))
+                       "below target), trace (from measured Fisher traces); level-switch: uniform plus population-1 "
+                       "of these, screened like children", choices=("random", "sensitivity", "trace"))
     trace_strength: float = option(1.0, "init=trace: levels move by this many steps per standard deviation of "
                                    "log Fisher trace", minimum=0.0)
     fitness: str = option("ppl", "fitness: ppl = perplexity on the fitness split (paper), kl = KL to the dense "

@@ -10,8 +10,8 @@ to the parent or to any individual scored before is drawn again (duplicate rejec
 
 Selection is in steps: every child is scored by the cheap ``screen`` (few fitness tokens), the best
 ``survivors`` by ``full`` (the whole fitness split); the parent is replaced only by a child with a lower
-full fitness (elitist). Without a screen every child is scored in full. The start is the best of the
-given starting individuals (uniform, and e.g. a Fisher-trace plan).
+full fitness (elitist). Without a screen every child is scored in full. Generation 0 selects the
+parent the same way among the starting individuals (e.g. uniform and the paper's initial population).
 
 Pure Python integers; all randomness from the search's ``random.Random``, so runs are reproducible and
 resumable from `state_dict`.
@@ -99,7 +99,7 @@ class LevelSwitchSearch(GenerationLoop):
         self.settings: dict[str, Any] = dict(n=n, m=m, weights=[int(w) for w in weights], offspring=offspring,
                                              survivors=survivors, generations=generations,
                                              max_switches=max_switches, seed=seed)
-        self.starts = [list(s) for s in (starts or [[n] * len(weights)])]
+        self.starts = list({tuple(s): list(s) for s in (starts or [[n] * len(weights)])}.values())  # distinct
         for start in self.starts:
             self._check(start)
         self.full, self.screen = full, screen
@@ -160,15 +160,30 @@ class LevelSwitchSearch(GenerationLoop):
                                  evaluations=evaluated, screened=screened, seconds=time.perf_counter() - started))
 
     # -- search ----------------------------------------------------------------------------------
+    def _select(self, candidates: Sequence[Individual]) -> tuple[list[Individual], int, int]:
+        """Screen ``candidates`` (when there are more than ``survivors``) and score the best in full:
+        (finalists, full evaluations made, screenings made)."""
+        finalists, screened = list(candidates), 0
+        if self.screen is not None and len(candidates) > self.settings["survivors"]:
+            rough = list(self.screen([list(c) for c in candidates]))
+            for candidate, score in zip(candidates, rough):
+                self.screened[tuple(candidate)] = float(score)
+            screened = len(candidates)
+            self.screenings += screened
+            order = sorted(range(len(candidates)), key=lambda i: (math.isnan(rough[i]), rough[i]))
+            finalists = [list(candidates[i]) for i in order[: self.settings["survivors"]]]
+        return finalists, self._score_full(finalists), screened
+
     def initialize(self) -> None:
-        """Score the starting individuals in full; the best becomes the parent (generation 0)."""
+        """Select among the starting individuals as among children; the best scored in full
+        becomes the parent (generation 0)."""
         if self.initialized:
             raise RuntimeError("search is already initialised")
         started = time.perf_counter()
-        evaluated = self._score_full(self.starts)
-        self.parent = list(min(self.starts, key=lambda s: self.cache[tuple(s)]))
+        finalists, evaluated, screened = self._select(self.starts)
+        self.parent = list(min(finalists, key=lambda s: self.cache[tuple(s)]))
         self.generation = 0
-        self._record(started, evaluated, 0, [self.cache[tuple(s)] for s in self.starts])
+        self._record(started, evaluated, screened, [self.cache[tuple(s)] for s in finalists])
 
     def step(self) -> None:
         """One generation: children by switches, screened, the best scored in full, the parent kept
@@ -176,17 +191,7 @@ class LevelSwitchSearch(GenerationLoop):
         if not self.initialized:
             raise RuntimeError("call initialize() before step()")
         started = time.perf_counter()
-        children = self._children()
-        finalists, screened = children, 0
-        if self.screen is not None and len(children) > self.settings["survivors"]:
-            rough = list(self.screen([list(c) for c in children]))
-            for child, score in zip(children, rough):
-                self.screened[tuple(child)] = float(score)
-            screened = len(children)
-            self.screenings += screened
-            order = sorted(range(len(children)), key=lambda i: (math.isnan(rough[i]), rough[i]))
-            finalists = [children[i] for i in order[: self.settings["survivors"]]]
-        evaluated = self._score_full(finalists)
+        finalists, evaluated, screened = self._select(self._children())
         scores = [self.cache[tuple(c)] for c in finalists]
         best = min(range(len(finalists)), key=lambda i: scores[i], default=None)
         if best is not None and scores[best] < self.cache[tuple(self.parent)]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict
@@ -16,14 +17,13 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..atomic_files import atomic_write_text
-from ..budget import trace_levels
 from ..config import SearchSettings, check
 from ..distributed import ShardedEvaluate, world
 from ..models import fingerprint
 from ..plan import PlanError, SparsityPlan
 from ..sharded import is_sharded
 from ..units import UnitLayout
-from .evolution import EvolutionarySearch
+from .evolution import EvolutionarySearch, random_population, sensitivity_population, trace_population
 from .fidelity import CostMeter, MultiFidelityEvaluate
 from .fitness import FITNESSES
 from .level_cache import LevelCache
@@ -68,14 +68,26 @@ def _load_checkpoint(path: Path, search: EvolutionarySearch, model_print: dict, 
 
 
 def level_switch_starts(layout: UnitLayout, n: int, m: int, settings: SearchSettings,
-                        traces: Sequence[float] | None) -> list[list[int]]:
-    """Where the level-switch search starts: uniform, and with Fisher traces the trace plan
-    (`budget.trace_levels`, each block's units at its block's level); the better one wins."""
+                        traces: Sequence[float] | None, seed: int) -> list[list[int]]:
+    """Where the level-switch search starts: uniform, plus ``population - 1`` individuals of the
+    paper's initialisation (``settings.init``), each block's units at its block's level; generation 0
+    picks the parent among them."""
+    rng = random.Random(seed)
+    size, blocks = settings.population, layout.num_blocks
+    if settings.init == "trace":
+        if traces is None:
+            raise ValueError("init='trace' needs the per-block Fisher traces")
+        population = trace_population(traces, size, n, m, rng, settings.trace_strength)
+    elif settings.init == "random":
+        population = random_population(size, blocks, n, m, rng)
+    else:
+        population = sensitivity_population(size, blocks, n, m, rng)
     starts = [[n] * layout.num_units]
-    if traces is not None:
-        traced = layout.from_block_levels(trace_levels(traces, n, m, settings.trace_strength))
-        if traced not in starts:
-            starts.append(traced)
+    budget = layout.budget(n)
+    for individual in population[: max(0, size - 1)]:
+        expanded = layout.from_block_levels(individual)
+        if layout.spent(expanded) == budget:  # blocks of unequal size: a block plan is not parameter-exact
+            starts.append(expanded)
     return starts
 
 
@@ -130,7 +142,7 @@ def search_plan(
         search = LevelSwitchSearch(
             n, m, layout.weights, offspring=settings.population, survivors=settings.survivors,
             generations=settings.generations, max_switches=settings.max_switches, seed=seed,
-            starts=level_switch_starts(layout, n, m, settings, traces), full=sharded, screen=screen_evaluate,
+            starts=level_switch_starts(layout, n, m, settings, traces, seed), full=sharded, screen=screen_evaluate,
             screen_tokens=screen_tokens, full_tokens=fitness.tokens,
         )
     checkpoint = Path(settings.search_checkpoint) if settings.search_checkpoint else None
