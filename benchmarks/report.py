@@ -487,6 +487,30 @@ def recovery_section(r: dict) -> list[str]:
     return lines
 
 
+def search_compare_section(r: dict) -> list[str]:
+    """The paper's search against the level-switch search, per config, search and seed."""
+    lines = ["## Paper search against the level-switch search (same data, fitness-token budget)", "",
+             f"`{r['command']}`: {r['model']}, calibration {r['calib']}, fitness {r['fitness']}, evaluation "
+             f"{r['eval_tokens']:,} held-out {r['eval_corpus']} tokens (95% bootstrap intervals); data fixed, the seed "
+             f"changes only the search; {r['machine']}. Dense: {_fmt(r['dense_ppl'])}. Cost in full evaluations of "
+             "the fitness split (screenings priced by their tokens); seconds include the level cache. "
+             "Sequential check: the search's successive best plans (up to 4) pruned sequentially and scored on the "
+             "fitness split: does that pick the same plan as the search's own (dense-input) fitness?", "",
+             "| config | search | granularity | fitness | seed | held-out ppl | best fitness | cost (tokens) | "
+             "minutes | sequential picks the same plan | Spearman |", "|---|---|---|---|---:|---:|---:|---:|---:|---|---:|"]
+    for x in sorted(r["rows"], key=lambda x: (x["config"], x["search"], x["granularity"], x["fitness"], x["seed"])):
+        low, high = x["interval"]
+        gap = x["sequential_gap"]
+        rho = "-" if gap["spearman"] is None else f"{gap['spearman']:.2f}"
+        lines.append(f"| {x['config']} | {x['search']} | {x['granularity']} | {x['fitness']} | {x['seed']} | "
+                     f"{_fmt(x['ppl'])} ({_fmt(low)}-{_fmt(high)}) | {x['best_fitness']:.4g} | "
+                     f"{x['fitness_cost']:.0f} ({x['fitness_tokens_spent']:,.0f}) | {x['search_seconds'] / 60:.1f} | "
+                     f"{'yes' if gap['same_winner'] else 'no'} ({len(gap['candidates'])} plans) | {rho} |")
+    for config in sorted({x["config"] for x in r["rows"]}):
+        lines += ["", f"![{config}](benchmarks/results/search_compare_{config.replace(':', '_')}.png)"]
+    return lines + [""]
+
+
 def stage_memory_section(r: dict) -> list[str]:
     """Per-stage peak anonymous memory in bytes per parameter, and what it means for 8B / 70B."""
     stages = ["load", "calibration", "fisher", "level cache", "search", "prune", "export"]
@@ -644,6 +668,8 @@ def main() -> None:
     if replay is not None and quick_seeds:
         searched = [r for r in [_load("msp_search"), *full_seeds] if r is not None]
         out += quick_noise_section(replay, quick_seeds, full_seeds, searched)
+    if (r := _load("search_compare")) is not None:
+        out += search_compare_section(r)
     if (r := _load("search_ablation")) is not None:
         out += ablation_section(r)
     if (r := _load("thread_check")) is not None:

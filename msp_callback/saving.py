@@ -126,9 +126,10 @@ def _fewest_zeros(module: nn.Module, weight: Tensor, m: int) -> int:
 
 def install_masks_for_checkpoint(model: nn.Module, state_dict: Mapping[str, Tensor], m: int, prefix: str = "") -> int:
     """Before ``state_dict`` loads into ``model``, install the masks it implies: from its mask
-    entries (the older checkpoint format), else from the zeros of its plain weights. Each block's
-    level is the fewest zeros any group of its linears holds (a dense block has groups without
-    zeros); when every block reads as level 0 the state dict is dense and nothing is installed.
+    entries (the older checkpoint format), else from the zeros of its plain weights: each linear at
+    its unit's level when the model's config records a plan finer than blocks, else at the fewest
+    zeros any of its groups holds (a dense linear has groups without zeros); when every linear reads
+    as level 0 the state dict is dense and nothing is installed.
     Otherwise every block linear ends up masked: blocks in ``state_dict`` at their level, blocks
     absent from it (another shard of a sharded checkpoint) all-kept until their own shard loads.
     Returns the number of masks installed or updated."""
@@ -154,9 +155,8 @@ def install_masks_for_checkpoint(model: nn.Module, state_dict: Mapping[str, Tens
         if plan is not None:  # a finer plan: each linear at its own unit's level
             levels = plan.linear_levels(kept[index], linears)
             present.update({mod: (levels[name], weights[mod]) for name, mod in linears.items() if mod in weights})
-        else:
-            level = min(_fewest_zeros(mod, w, m) for mod, w in weights.items())
-            present.update({mod: (level, w) for mod, w in weights.items()})
+        else:  # each linear at the fewest zeros any of its groups holds (a dense linear has groups without)
+            present.update({mod: (_fewest_zeros(mod, w, m), w) for mod, w in weights.items()})
     if not any(level for level, _ in present.values()):
         return 0
     count = _install_from_zeros(present, m, names)

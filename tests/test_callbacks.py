@@ -42,7 +42,7 @@ def assert_plan_exact(model, plan):
     for i, block in enumerate(find_blocks(model)):
         for name, module in block_linears(block).items():
             assert mask_of(module) is not None, name
-            check_pattern(to_out_in(module, module.weight), plan.levels[i], plan.m, name)
+            check_pattern(to_out_in(module, module.weight), plan.linear_levels(i, [name])[name], plan.m, name)
 
 
 FAST = dict(calib_samples=4, fitness_samples=4, population=4, generations=1, progress=False)
@@ -81,6 +81,21 @@ def test_lightning_checkpoint_keeps_plan_and_masks(tmp_path):
         if mask_of(module) is not None:
             original = dict(lit.model.named_modules())[name]
             assert torch.equal(mask_of(module), mask_of(original)), name
+
+
+def test_lightning_per_group_plan_survives_a_checkpoint(tmp_path):
+    settings = dict(FAST, sparsity="2:4", allocation="msp", search="level-switch", granularity="attn_mlp",
+                    generations=2)
+    lit, cb = LitLM(), MSPCallback(**settings)
+    t = trainer(cb)
+    t.fit(lit, loader())
+    assert cb.plan.granularity == "attn_mlp" and len(cb.plan.levels) == 6
+    assert_plan_exact(lit.model, cb.plan)
+    t.save_checkpoint(tmp_path / "pruned.ckpt")
+    lit2, cb2 = LitLM(tiny_model("llama", seed=5)), MSPCallback(**settings)
+    trainer(cb2, steps=5).fit(lit2, loader(seed=2), ckpt_path=str(tmp_path / "pruned.ckpt"))
+    assert cb2.plan.levels == cb.plan.levels and cb2.plan.unit_weights == cb.plan.unit_weights  # read from the masks
+    assert_plan_exact(lit2.model, cb2.plan)
 
 
 def test_lightning_on_demand(tmp_path):

@@ -24,6 +24,7 @@ from ..plan import PlanError, SparsityPlan, nm_string, parse_nm
 from ..pruner import check_model_fits, prune
 from ..recover import recover, teacher_targets
 from ..saving import forget_plan, plan_from_config, restore_masks
+from ..units import UnitLayout, unit_of
 
 log = logging.getLogger(__name__)
 
@@ -168,23 +169,24 @@ class MSPEngine:
         """If every block linear of ``model`` already carries an N:M mask (e.g. installed while a
         checkpoint loaded), read the plan from the masks instead of pruning again."""
         n, m = parse_nm(self.config.sparsity)
-        levels = []
+        layout = UnitLayout.of_model(model, self.config.granularity)
+        levels: list[int] = []
         for block in find_blocks(model):
-            block_levels = set()
-            for module in block_linears(block).values():
+            units: dict[str, set[int]] = {}
+            for name, module in block_linears(block).items():
                 mask = mask_of(module)
                 if mask is None:
                     return None
                 zeros = zeros_per_group(to_out_in(module, mask), m)
-                block_levels.update(int(v) for v in zeros.unique())
-            if len(block_levels) != 1:
+                units.setdefault(unit_of(layout.granularity, name), set()).update(int(v) for v in zeros.unique())
+            if any(len(found) != 1 for found in units.values()):
                 return None
-            levels.append(block_levels.pop())
-        if sum(levels) != n * len(levels):  # e.g. the all-kept masks of install_identity_masks
+            levels += [units[name].pop() for name in layout.names]
+        if layout.spent(levels) != layout.budget(n):  # e.g. the all-kept masks of install_identity_masks
             return None
-        self.plan = SparsityPlan(m=m, target=n, levels=levels, criterion=self.config.criterion,
-                                 allocation=self.config.allocation, fingerprint=fingerprint(model),
-                                 metadata={"config": asdict(self.config), "source": "masks already installed"})
+        self.plan = SparsityPlan.for_units(layout, n, m, levels, criterion=self.config.criterion,
+                                           allocation=self.config.allocation, fingerprint=fingerprint(model),
+                                           metadata={"config": asdict(self.config), "source": "masks already installed"})
         log.info("the model already carries N:M masks (a resumed checkpoint): %s", self.plan.describe())
         return self.plan
 
