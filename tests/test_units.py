@@ -20,7 +20,7 @@ from msp_callback.pruner import prune
 from msp_callback.saving import restore_masks
 from msp_callback.search.level_switch import LevelSwitchSearch, check_units, mutate_switches, switch
 from msp_callback.units import UnitLayout, linear_group
-from tests.conftest import token_batches, tiny_model
+from tests.conftest import tiny_model, token_batches
 
 
 def test_units_of_a_llama_block():
