@@ -23,6 +23,10 @@ def test_shipped_recipes_load(path):
 def test_paper_settings_cover_the_issue():
     sparsities = {load_recipe(p).prune.sparsity for p in RECIPES}
     assert {"3:4", "6:8", "12:16", "2:4", "7:8"} <= sparsities
+    for path in RECIPE_DIR.glob("paper_*.yaml"):  # the paper's search whatever the library's default
+        prune = load_recipe(path).prune
+        assert (prune.search, prune.granularity, prune.fitness, prune.screen_windows) == ("paper", "block", "ppl", 0)
+        assert (prune.population, prune.generations) == (20, 20), path
 
 
 def test_overrides_reach_sections_and_convert_numbers(tmp_path):
