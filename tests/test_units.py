@@ -163,3 +163,16 @@ def test_a_per_group_search_plan_survives_pruning_export_and_both_reloads(tmp_pa
     restore_masks(plain)  # from the plan recorded in its config
     assert all(torch.equal(mask_of(m), masks[(i, n)])
                for i, b in enumerate(find_blocks(plain)) for n, m in block_linears(b).items())
+
+
+def test_level_switch_starts_are_uniform_and_the_papers_initialisation_per_unit():
+    from msp_callback.search.runner import level_switch_starts
+
+    layout = UnitLayout("attn_mlp", ("attn", "mlp"), 5, (1, 3) * 5)
+    starts = level_switch_starts(layout, 3, 4, SearchSettings(search="level-switch", granularity="attn_mlp",
+                                                              population=6), None, seed=0)
+    assert starts[0] == [3] * 10 and len(starts) == 6
+    for start in starts:
+        check_units(start, 3, 4, layout.weights)
+        assert all(start[2 * b] == start[2 * b + 1] for b in range(5))  # a block's units share its level
+    assert any(start != starts[0] for start in starts[1:])
