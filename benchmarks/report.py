@@ -506,6 +506,13 @@ def search_compare_section(r: dict) -> list[str]:
                      f"{_fmt(x['ppl'])} ({_fmt(low)}-{_fmt(high)}) | {x['best_fitness']:.4g} | "
                      f"{x['fitness_cost']:.0f} ({x['fitness_tokens_spent']:,.0f}) | {x['search_seconds'] / 60:.1f} | "
                      f"{'yes' if gap['same_winner'] else 'no'} ({len(gap['candidates'])} plans) | {rho} |")
+    paper = _load("msp_search")
+    if paper is not None and not any(x["search"] == "paper" for x in r["rows"]):
+        row = next(x for x in paper["rows"] if x["allocation"] == "msp")
+        lines += ["", f"Not in this run yet: the paper's search on the same data and seed 0 (`{paper['command']}`, "
+                  f"results/msp_search.json, {paper['criterion']} {paper['sparsity']}, 20 x 20, perplexity fitness): "
+                  f"held-out {_fmt(row['ppl'])} after {row['fitness_evaluations']} evaluations "
+                  f"({row['search_seconds'] / 60:.0f} min)."]
     for config in sorted({x["config"] for x in r["rows"]}):
         lines += ["", f"![{config}](benchmarks/results/search_compare_{config.replace(':', '_')}.png)"]
     return lines + [""]
