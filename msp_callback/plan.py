@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .records import load_record, stamp, unstamp, write_json
-from .units import GRANULARITIES, unit_of
+from .units import GRANULARITIES, UnitLayout
 
 PLAN_FORMAT_VERSION = 1
 
@@ -101,7 +101,7 @@ class SparsityPlan:
         return cls(m=m, target=n, levels=[n] * num_blocks, allocation="uniform", **kwargs)
 
     @classmethod
-    def for_units(cls, layout: Any, n: int, m: int, levels: list[int], **kwargs: Any) -> "SparsityPlan":
+    def for_units(cls, layout: UnitLayout, n: int, m: int, levels: list[int], **kwargs: Any) -> "SparsityPlan":
         """A plan over the units of a `units.UnitLayout` (a block layout gives a block plan)."""
         if layout.granularity == "block":
             return cls(m=m, target=n, levels=levels, **kwargs)
@@ -164,17 +164,20 @@ class SparsityPlan:
     def num_blocks(self) -> int:
         return len(self.levels) // len(self.unit_names or ["block"])
 
+    @property
+    def layout(self) -> UnitLayout:
+        """The plan's units as a `units.UnitLayout` (a block plan: blocks of weight 1)."""
+        names = tuple(self.unit_names or ["block"])
+        return UnitLayout(self.granularity, names, self.num_blocks, tuple(self.unit_weights or [1] * len(self.levels)))
+
     def block_levels(self, block: int) -> dict[str, int]:
         """{unit name: level} of one block (``{"block": level}`` for a block plan)."""
-        names = self.unit_names or ["block"]
-        start = block * len(names)
-        return dict(zip(names, self.levels[start : start + len(names)]))
+        return self.layout.block_levels(self.levels, block)
 
     def linear_levels(self, block: int, linear_names: Any) -> dict[str, int]:
         """{linear name: level} for the linears of one block (names relative to the block)."""
-        units = self.block_levels(block)
         try:
-            return {name: units[unit_of(self.granularity, name)] for name in linear_names}
+            return self.layout.linear_levels(self.levels, block, list(linear_names))
         except KeyError as missing:
             raise PlanError(f"block {block} has linear(s) the plan has no level for ({missing}): the plan was made "
                             "for another model") from None
@@ -188,15 +191,14 @@ class SparsityPlan:
         """Every unit of the block at level M."""
         return all(level == self.m for level in self.block_levels(block).values())
 
-    def check_units(self, layout: Any) -> None:
-        """Raise a `PlanError` unless the plan's units are those of `units.UnitLayout` ``layout``."""
-        mine = (self.granularity, list(self.unit_names or ["block"]), self.num_blocks)
-        theirs = (layout.granularity, list(layout.names), layout.num_blocks)
-        weights_differ = self.granularity != "block" and list(self.unit_weights or []) != list(layout.weights)
-        if mine != theirs or weights_differ:
-            raise PlanError(f"the plan's units ({mine[0]}: {mine[1]} x {mine[2]} blocks) are not this model's "
-                            f"({theirs[0]}: {theirs[1]} x {theirs[2]} blocks{', other sizes' if weights_differ else ''})"
-                            ": the plan was made for another model")
+    def check_units(self, layout: UnitLayout) -> None:
+        """Raise a `PlanError` unless the plan's units are those of ``layout`` (read from a model)."""
+        mine = self.layout
+        if mine != layout:
+            other_sizes = ", other sizes" if mine.weights != layout.weights else ""
+            raise PlanError(f"the plan's units ({mine.granularity}: {list(mine.names)} x {mine.num_blocks} blocks) are "
+                            f"not this model's ({layout.granularity}: {list(layout.names)} x {layout.num_blocks} "
+                            f"blocks{other_sizes}): the plan was made for another model")
 
     @property
     def target_sparsity(self) -> float:

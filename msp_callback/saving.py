@@ -144,7 +144,8 @@ def install_masks_for_checkpoint(model: nn.Module, state_dict: Mapping[str, Tens
     names = {module: name for name, module in model.named_modules()}
     recorded = plan_from_config(model)
     plan = recorded[0] if recorded is not None and recorded[0].granularity != "block" else None
-    kept = [i for i in range(plan.num_blocks) if i not in set(recorded[1])] if plan is not None else []
+    removed = set(recorded[1]) if recorded is not None else set()
+    kept = [i for i in range(plan.num_blocks) if i not in removed] if plan is not None else []
     present: dict[nn.Module, tuple[int, Tensor]] = {}
     for index, block in enumerate(find_blocks(model)):
         linears = block_linears(block)

@@ -109,15 +109,3 @@ class UnitLayout:
 
     def spent(self, levels: Sequence[int]) -> int:
         return sum(w * level for w, level in zip(self.weights, levels))
-
-    def check(self, levels: Sequence[int], target: int, m: int) -> None:
-        """Raise ValueError unless ``levels`` has one level in 0..M per unit and meets the budget exactly."""
-        if len(levels) != self.num_units:
-            raise ValueError(f"{len(levels)} levels for {self.num_units} units ({self.num_blocks} blocks x "
-                             f"{len(self.names)} {self.granularity} units)")
-        bad = [(i, v) for i, v in enumerate(levels) if not 0 <= v <= m]
-        if bad:
-            raise ValueError(f"levels must lie in 0..{m}; (unit, level) out of range: {bad[:5]}")
-        if self.spent(levels) != self.budget(target):
-            raise ValueError(f"levels {list(levels)} break the budget: parameter-weighted sum {self.spent(levels)} "
-                             f"!= target x weights = {self.budget(target)}")
