@@ -506,8 +506,9 @@ def search_compare_section(r: dict) -> list[str]:
                      f"{_fmt(x['ppl'])} ({_fmt(low)}-{_fmt(high)}) | {x['best_fitness']:.4g} | "
                      f"{x['fitness_cost']:.0f} ({x['fitness_tokens_spent']:,.0f}) | {x['search_seconds'] / 60:.1f} | "
                      f"{'yes' if gap['same_winner'] else 'no'} ({len(gap['candidates'])} plans) | {rho} |")
+    lines += _search_compare_means(r["rows"])
     paper = _load("msp_search")
-    if paper is not None and not any(x["search"] == "paper" for x in r["rows"]):
+    if paper is not None and not any(x["search"] == "paper" and x["config"] == "wanda:3:4" for x in r["rows"]):
         row = next(x for x in paper["rows"] if x["allocation"] == "msp")
         lines += ["", f"Not in this run yet: the paper's search on the same data and seed 0 (`{paper['command']}`, "
                   f"results/msp_search.json, {paper['criterion']} {paper['sparsity']}, 20 x 20, perplexity fitness): "
@@ -516,6 +517,26 @@ def search_compare_section(r: dict) -> list[str]:
     for config in sorted({x["config"] for x in r["rows"]}):
         lines += ["", f"![{config}](benchmarks/results/search_compare_{config.replace(':', '_')}.png)"]
     return lines + [""]
+
+
+def _search_compare_means(rows: list[dict]) -> list[str]:
+    """Per config and search: the mean held-out perplexity over the seeds run, and the paper's mean
+    over each other search's (over the seeds both have)."""
+    by: dict[tuple[str, str], dict[int, float]] = {}
+    for x in rows:
+        by.setdefault((x["config"], f"{x['search']}:{x['granularity']}:{x['fitness']}"), {})[x["seed"]] = x["ppl"]
+    out = ["", "Mean over seeds (paper / other: the ratio of the means over the seeds both ran; above 1 means the "
+           "other search's plans are better):", "", "| config | search | seeds | mean held-out ppl | paper / this |",
+           "|---|---|---|---:|---:|"]
+    for (config, spec), ppl in sorted(by.items()):
+        paper = by.get((config, "paper:block:ppl"), {})
+        both = sorted(set(paper) & set(ppl))
+        ratio = "-"
+        if both and not spec.startswith("paper"):
+            ratio = f"{statistics.mean(paper[s] for s in both) / statistics.mean(ppl[s] for s in both):.2f}"
+        out.append(f"| {config} | {spec} | {', '.join(map(str, sorted(ppl)))} | {_fmt(statistics.mean(ppl.values()))} "
+                   f"| {ratio} |")
+    return out
 
 
 def stage_memory_section(r: dict) -> list[str]:
@@ -535,20 +556,31 @@ def stage_memory_section(r: dict) -> list[str]:
         if not rows:
             continue
         lines += [f"**{'In memory' if offload == 'none' else 'Offloaded to disk'}**", "",
-                  "| model | parameters | criterion | M | " + " | ".join(stages) + " | peak GB |",
-                  "|---|---:|---|---:|" + "---:|" * (len(stages) + 1)]
+                  "| model | parameters | criterion | M | level cache in | " + " | ".join(stages) + " | peak GB |",
+                  "|---|---:|---|---:|---|" + "---:|" * (len(stages) + 1)]
         for x in rows:
             b = x["bytes_per_parameter"]
             peak = max(x["peak_rss_anon_bytes"].values()) - x["baseline_rss_anon_bytes"]
-            lines.append(f"| {x['size']} | {x['parameters'] / 1e9:.2f}B | {x['criterion']} | {x['m']} | "
+            where = "memory" if x.get("level_cache_storage") in ("device", "cpu") else x.get("level_cache_storage", "-")
+            lines.append(f"| {x['size']} | {x['parameters'] / 1e9:.2f}B | {x['criterion']} | {x['m']} | {where} | "
                          + " | ".join(f"{b[s]:.2f}" if s in b else "-" for s in stages) + f" | {peak / GB:.2f} |")
+        if offload == "none" and any(x.get("level_cache_storage") == "disk" for x in rows):
+            lines += ["", "Level cache on disk in memory runs: `cache_storage=auto` found too little free memory for it "
+                      "beside the model and memory-mapped it (the row's level cache and search stages then count only "
+                      "their working set)."]
         lines.append("")
     lines += _projection(r)
     return lines
 
 
 def _projection(r: dict) -> list[str]:
-    big = [x for x in r["rows"] if x["size"] == "1b"]
+    big = [x for x in r["rows"] if x["size"] == "1b" and not (x["offload"] == "none" and x.get("level_cache_storage") == "disk")]
+    for x in r["rows"]:  # an in-memory 1b row whose cache went to disk: project from the largest size held in memory
+        if x["size"] == "1b" and x["offload"] == "none" and x.get("level_cache_storage") == "disk":
+            held = [y for y in r["rows"] if y["offload"] == "none" and (y["criterion"], y["m"]) == (x["criterion"], x["m"])
+                    and y.get("level_cache_storage") != "disk"]
+            if held:
+                big.append(max(held, key=lambda y: y["parameters"]))
     if not big:
         return []
     lines = ["Projection for 8B and 70B Llama-shaped models (Llama-3.1 shapes), float32 as measured: bf16 weights "
@@ -558,8 +590,10 @@ def _projection(r: dict) -> list[str]:
              "the ratio of block sizes (activations and logits grow with hidden size and vocabulary too: read it as an "
              "order of magnitude). In memory, the projection is what one device must hold for the whole job. "
              "Offloaded, it is the process's anonymous working set; on a GPU the device holds about one block's "
-             "working set plus the embeddings and head (not measured yet: no GPU run).", "",
-             "| criterion | M | form | 8B GB | 70B GB | fits 24 GB | fits 80 GB |", "|---|---:|---|---:|---:|---|---|"]
+             "working set plus the embeddings and head (not measured yet: no GPU run). Where the 1b in-memory run "
+             "put its level cache on disk, the in-memory projection uses the largest size that held it in memory "
+             "(column \"from\").", "",
+             "| criterion | M | form | from | 8B GB | 70B GB | fits 24 GB | fits 80 GB |", "|---|---:|---|---|---:|---:|---|---|"]
     for x in sorted(big, key=lambda x: (x["offload"], x["criterion"], x["m"])):
         if x["offload"] == "none":
             per = max(x["bytes_per_parameter"].values())
@@ -569,7 +603,7 @@ def _projection(r: dict) -> list[str]:
             need = {k: peak * BLOCK_PARAMS[k] / BLOCK_PARAMS["1b"] / GB for k in PROJECTED}
         fits = {cap: ", ".join(k for k, v in need.items() if v <= cap) or "neither" for cap in (24, 80)}
         form = "in memory" if x["offload"] == "none" else "offloaded"
-        lines.append(f"| {x['criterion']} | {x['m']} | {form} | {need['8B']:,.0f} | {need['70B']:,.0f} | "
+        lines.append(f"| {x['criterion']} | {x['m']} | {form} | {x['size']} | {need['8B']:,.0f} | {need['70B']:,.0f} | "
                      f"{fits[24]} | {fits[80]} |")
     return lines + [""]
 
