@@ -121,7 +121,8 @@ def main() -> None:
     restore = inputs.dense_snapshot()
 
     dense = perplexity_report(model, windows, desc="dense")
-    search = SearchSettings(population=args.population, generations=args.generations, init=args.init)
+    search = SearchSettings(search="paper", fitness="ppl", population=args.population, generations=args.generations,
+                            init=args.init)
     trace_rows = torch.cat(list(calibration))[: args.trace_samples]
     traces = None
     if not args.replay and ("fisher" in args.allocations or args.init == "trace"):

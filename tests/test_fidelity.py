@@ -55,7 +55,7 @@ def test_search_plan_with_screening_on_a_tiny_model():
 
     model = tiny_model("llama")
     fitness_windows = torch.cat(token_batches(4, seed=9))
-    settings = SearchSettings(population=6, generations=3, screen_windows=1, screen_keep=0.5)
+    settings = SearchSettings(search="paper", population=6, generations=3, screen_windows=1, screen_keep=0.5)
     plan = search_plan(model, 2, 4, "wanda", token_batches(2), fitness_windows, settings, progress=False)
     assert sum(plan.levels) == 2 * len(plan.levels)
     meta = plan.metadata
@@ -63,7 +63,7 @@ def test_search_plan_with_screening_on_a_tiny_model():
     assert math.isfinite(meta["best_fitness"])
     with pytest.raises(ValueError, match="screen_windows"):
         search_plan(model, 2, 4, "wanda", token_batches(2), fitness_windows,
-                    SearchSettings(population=4, generations=1, screen_windows=4), progress=False)
+                    SearchSettings(search="paper", population=4, generations=1, screen_windows=4), progress=False)
 
 
 def test_screened_search_resumes_with_its_cost_and_refuses_other_scoring(tmp_path):
@@ -74,7 +74,7 @@ def test_screened_search_resumes_with_its_cost_and_refuses_other_scoring(tmp_pat
     calibration, fitness_windows = token_batches(2), torch.cat(token_batches(4, seed=9))
     ckpt = tmp_path / "ckpt.json"
     whole = search_plan(model, 2, 4, "wanda", calibration, fitness_windows,
-                        SearchSettings(population=6, generations=3, screen_windows=1), progress=False)
+                        SearchSettings(search="paper", population=6, generations=3, screen_windows=1), progress=False)
 
     class Stop(Exception):
         pass
@@ -83,7 +83,7 @@ def test_screened_search_resumes_with_its_cost_and_refuses_other_scoring(tmp_pat
         if search.generation == 1:
             raise Stop
 
-    settings = SearchSettings(population=6, generations=3, screen_windows=1, search_checkpoint=str(ckpt))
+    settings = SearchSettings(search="paper", population=6, generations=3, screen_windows=1, search_checkpoint=str(ckpt))
     with pytest.raises(Stop):
         search_plan(model, 2, 4, "wanda", calibration, fitness_windows, settings, progress=False, on_generation=stop_at_one)
     settings.resume = True
@@ -92,7 +92,7 @@ def test_screened_search_resumes_with_its_cost_and_refuses_other_scoring(tmp_pat
     assert resumed.metadata["fitness_cost"] == pytest.approx(whole.metadata["fitness_cost"])
     with pytest.raises(PlanError, match="screen"):
         search_plan(model, 2, 4, "wanda", calibration, fitness_windows,
-                    SearchSettings(population=6, generations=3, search_checkpoint=str(ckpt), resume=True), progress=False)
+                    SearchSettings(search="paper", population=6, generations=3, search_checkpoint=str(ckpt), resume=True), progress=False)
     with pytest.raises(ValueError, match="screen_keep"):
         search_plan(model, 2, 4, "wanda", calibration, fitness_windows,
-                    SearchSettings(population=6, generations=3, screen_windows=1, screen_keep=0.25), progress=False)
+                    SearchSettings(search="paper", population=6, generations=3, screen_windows=1, screen_keep=0.25), progress=False)

@@ -6,8 +6,10 @@ from pathlib import Path
 
 import pytest
 
+from msp_callback.config import extract
 from msp_callback.plan import parse_nm
 from msp_callback.recipe import RecipeError, load_recipe
+from msp_callback.search.runner import SearchSettings
 
 RECIPE_DIR = Path(__file__).parent.parent / "recipes"
 RECIPES = sorted(p for p in RECIPE_DIR.glob("*.yaml") if p.name != "lightning_msp.yaml")
@@ -25,7 +27,8 @@ def test_paper_settings_cover_the_issue():
     assert {"3:4", "6:8", "12:16", "2:4", "7:8"} <= sparsities
     for path in RECIPE_DIR.glob("paper_*.yaml"):  # the paper's search whatever the library's default
         prune = load_recipe(path).prune
-        assert (prune.search, prune.granularity, prune.fitness, prune.screen_windows) == ("paper", "block", "ppl", 0)
+        search = extract(prune, SearchSettings).resolved(prune.fitness_samples)
+        assert (search.search, search.granularity, search.fitness, search.screen_windows) == ("paper", "block", "ppl", 0)
         assert (prune.population, prune.generations) == (20, 20), path
 
 

@@ -62,7 +62,7 @@ def test_msp_search_improves_on_its_initial_population_and_resumes(tmp_path):
     fitness = torch.cat(token_batches(2, seed=9))
     ckpt = tmp_path / "ckpt.json"
     full = make_plan("msp", model, 2, 4, "wanda", calibration=batches, fitness_windows=fitness, seed=1,
-                     search=SearchSettings(population=6, generations=4), progress=False)
+                     search=SearchSettings(search="paper", population=6, generations=4), progress=False)
     history = full.metadata["history"]
     assert history[-1]["best_fitness"] <= history[0]["best_fitness"]
     assert full.metadata["fitness_evaluations"] <= 6 + 4 * 3
@@ -79,7 +79,7 @@ def test_msp_search_improves_on_its_initial_population_and_resumes(tmp_path):
         if search.generation == 2:
             raise Stop
 
-    settings = SearchSettings(population=6, generations=4, search_checkpoint=str(ckpt))
+    settings = SearchSettings(search="paper", population=6, generations=4, search_checkpoint=str(ckpt))
     with pytest.raises(Stop):
         runner.search_plan(model, 2, 4, "wanda", batches, fitness, settings, seed=1, progress=False, on_generation=stop_at_two)
     assert json.loads(ckpt.read_text())["search"]["generation"] == 2
@@ -149,7 +149,7 @@ def test_msp_search_with_kl_fitness():
     plan = make_plan("msp", model, 2, 4, "wanda", calibration=token_batches(2), progress=False,
                      search=SearchSettings(population=4, generations=2, fitness="kl"))
     assert sum(plan.levels) == 6 and plan.metadata["search"]["fitness"] == "kl"
-    with pytest.raises(ValueError, match="fitness .*must be one of ppl, kl, got 'x'"):
+    with pytest.raises(ValueError, match="fitness .*must be one of auto, ppl, kl, got 'x'"):
         make_plan("msp", model, 2, 4, "wanda", calibration=token_batches(2), progress=False,
                   search=SearchSettings(fitness="x"))
 
@@ -181,3 +181,13 @@ def test_level_cache_storage_changes_where_not_what(criterion, monkeypatch):
 
     monkeypatch.setattr(storage, "available_bytes", lambda device: 1000)
     assert LevelCache(tiny_model("llama"), criterion, 4, batches, progress=False, storage="auto").store.kind == "disk"
+
+
+def test_search_defaults_follow_the_search():
+    default = SearchSettings().resolved(4)
+    assert (default.search, default.granularity, default.fitness, default.screen_windows) == ("level-switch", "block", "kl", 1)
+    paper = SearchSettings(search="paper").resolved(4)  # --search paper alone is the paper's algorithm
+    assert (paper.fitness, paper.screen_windows) == ("ppl", 0)
+    assert SearchSettings().resolved(1).screen_windows == 0  # one fitness window: nothing to screen on
+    chosen = SearchSettings(fitness="ppl", screen_windows=2).resolved(4)
+    assert (chosen.fitness, chosen.screen_windows) == ("ppl", 2)

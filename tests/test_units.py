@@ -65,7 +65,7 @@ def test_a_unit_plan_is_budget_exact_by_parameters_and_round_trips():
 
 def test_a_finer_granularity_needs_the_level_switch_search():
     with pytest.raises(ConfigError, match="needs search='level-switch'"):
-        check(SearchSettings(granularity="attn_mlp"))
+        check(SearchSettings(search="paper", granularity="attn_mlp"))
     check(SearchSettings(search="level-switch", granularity="linear"))
 
 

@@ -108,13 +108,12 @@ def search_plan(
     the model is left dense, the plan returned."""
     settings = settings or SearchSettings()
     check(settings)  # e.g. a finer granularity than block needs the level-switch search
+    settings = settings.resolved(len(fitness_windows))
     model_print = fingerprint(model)
     layout = UnitLayout.of_model(model, settings.granularity)
     started = time.perf_counter()
     cache = LevelCache(model, criterion, m, calibration, progress=progress, storage=settings.cache_storage)
     cache_seconds = time.perf_counter() - started
-    if settings.fitness not in FITNESSES:
-        raise ValueError(f"unknown fitness {settings.fitness!r}; available: {sorted(FITNESSES)}")
     fitness = FITNESSES[settings.fitness](model, cache, fitness_windows, settings.fitness_batch_size, layout)
     split = not is_sharded(model)  # under DDP each rank scores its share; an FSDP model scores in step
     sharded = ShardedEvaluate(fitness, split)
