@@ -38,6 +38,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sparsity", default="3:4", help="N:M, N pruned of M (default: %(default)s = 75%%)")
     p.add_argument("--plan", help="use this plan.json instead of searching")
+    p.add_argument("--search", default="paper", choices=("paper", "level-switch"),
+                   help="the MSP search (paper: what the README's numbers were measured with)")
     p.add_argument("--population", type=int, default=8)
     p.add_argument("--generations", type=int, default=3)
     p.add_argument("--steps", type=int, default=30, help="LoRA steps of 4 x 256 C4 tokens")
@@ -60,7 +62,8 @@ def main() -> None:
     else:
         plan = make_plan("msp", model, n, m, "wanda", calibration=inputs.calibration,
                          fitness_windows=inputs.fitness_windows,
-                         search=SearchSettings(population=args.population, generations=args.generations))
+                         search=SearchSettings(search=args.search, population=args.population,
+                                                 generations=args.generations))
     prune(model, plan, inputs.calibration)
     ppl["pruned"] = perplexity(model, windows, desc="pruned")
 
