@@ -25,6 +25,10 @@ import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).parent))
+
+from results_file import add_row, read  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -51,16 +55,14 @@ def main() -> None:
     args = p.parse_args()
     import torch
 
-    saved = json.loads(args.out.read_text()) if args.out.exists() else {"rows": []}
+    saved = read(args.out)
     for seed in args.seeds:  # searches interleaved per seed: side by side on the same machine state
         for search in args.searches:
             row = one(search, seed)
             print(json.dumps(row))
-            saved["rows"] = [r for r in saved["rows"] if r["row"] != row["row"]] + [row]
             saved.update(command="python benchmarks/default_prune.py " + " ".join(sys.argv[1:]),
                          machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(saved, indent=2))
+            add_row(args.out, saved, row)
 
 
 if __name__ == "__main__":

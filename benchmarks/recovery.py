@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 RESULTS = Path(__file__).parent / "results"
 
 from fresh_process import emit, run_fresh  # noqa: E402
+from results_file import add_row, read  # noqa: E402
 
 # the MSP plans: the best plan of each search benchmark run (its own settings are in the file)
 PLAN_SOURCES = {("wanda", "3:4"): "msp_search.json", ("wanda", "2:4"): "msp_search_2of4.json",
@@ -155,7 +156,7 @@ def main() -> None:
         emit(one(args, args.one))
         return
     path = Path(args.out)
-    record = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    record = read(path)
     record.update(command="python benchmarks/recovery.py", model="smollm2-135m", calib_corpus="c4",
                   eval_corpus="wikipedia", eval_tokens=args.eval_windows * 1024, minutes=args.minutes,
                   recovery_windows=f"{args.windows} x {args.seqlen} tokens of c4, {args.batch_size} per step",
@@ -171,9 +172,7 @@ def main() -> None:
             continue
         if result["dense"]:
             record["dense_ppl"], record["dense_interval"] = result["dense"]["ppl"], result["dense"]["interval"]
-        record["rows"] = [r for r in record["rows"] if r["row"] != row] + [result]
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=2))
+        add_row(path, record, result)
         plot(record, path.with_suffix(".png"))
         print(row, f"pruned {result['pruned']['ppl']:.1f} -> recovered {result['recovered']['ppl']:.1f} "
               f"in {result['train_minutes']} min ({result['steps']} steps)", flush=True)

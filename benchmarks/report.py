@@ -564,7 +564,7 @@ def stage_memory_section(r: dict) -> list[str]:
             where = "memory" if x.get("level_cache_storage") in ("device", "cpu") else x.get("level_cache_storage", "-")
             lines.append(f"| {x['size']} | {x['parameters'] / 1e9:.2f}B | {x['criterion']} | {x['m']} | {where} | "
                          + " | ".join(f"{b[s]:.2f}" if s in b else "-" for s in stages) + f" | {peak / GB:.2f} |")
-        if offload == "none" and any(x.get("level_cache_storage") == "disk" for x in rows):
+        if any(_cache_spilled(x) for x in rows):
             lines += ["", "Level cache on disk in memory runs: `cache_storage=auto` found too little free memory for it "
                       "beside the model and memory-mapped it (the row's level cache and search stages then count only "
                       "their working set)."]
@@ -573,12 +573,17 @@ def stage_memory_section(r: dict) -> list[str]:
     return lines
 
 
+def _cache_spilled(x: dict) -> bool:
+    """An in-memory row whose level cache `cache_storage=auto` put on disk."""
+    return x["offload"] == "none" and x.get("level_cache_storage") == "disk"
+
+
 def _projection(r: dict) -> list[str]:
-    big = [x for x in r["rows"] if x["size"] == "1b" and not (x["offload"] == "none" and x.get("level_cache_storage") == "disk")]
+    big = [x for x in r["rows"] if x["size"] == "1b" and not _cache_spilled(x)]
     for x in r["rows"]:  # an in-memory 1b row whose cache went to disk: project from the largest size held in memory
-        if x["size"] == "1b" and x["offload"] == "none" and x.get("level_cache_storage") == "disk":
+        if x["size"] == "1b" and _cache_spilled(x):
             held = [y for y in r["rows"] if y["offload"] == "none" and (y["criterion"], y["m"]) == (x["criterion"], x["m"])
-                    and y.get("level_cache_storage") != "disk"]
+                    and not _cache_spilled(y)]
             if held:
                 big.append(max(held, key=lambda y: y["parameters"]))
     if not big:

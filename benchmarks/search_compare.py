@@ -23,7 +23,6 @@ a row replaces it) and results/search_compare_<config>.png (best fitness against
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import platform
 import sys
@@ -31,11 +30,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent.parent))
+sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
+from results_file import add_row, read  # noqa: E402
 
 from msp_callback.allocation import make_plan  # noqa: E402
-from msp_callback.atomic_files import atomic_write_text  # noqa: E402
 from msp_callback.evaluate import perplexity, perplexity_report  # noqa: E402
 from msp_callback.job import PruneSettings, prepare  # noqa: E402
 from msp_callback.plan import SparsityPlan, parse_nm  # noqa: E402
@@ -116,10 +116,6 @@ def sequential_gap(inputs, plan: SparsityPlan, restore, finalists: int) -> dict:
             "spearman": spearman(cached, sequential)}
 
 
-def load(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {"rows": []}
-
-
 def plot(record: dict, out: Path) -> None:
     import itertools
 
@@ -186,15 +182,14 @@ def main() -> None:
                        "sequential_gap": sequential_gap(inputs, plan, restore, args.finalists)}
                 log.info("%s: ppl %.1f (%s), cost %.1f, %.0f s", row["row"], row["ppl"],
                          plan.describe(), row["fitness_cost"], plan_seconds)
-                record = load(args.out)
-                record["rows"] = [r for r in record["rows"] if r["row"] != row["row"]] + [row]
+                record = read(args.out)
                 record.update(command=" ".join(["python", "benchmarks/search_compare.py", *sys.argv[1:]]),
                               model=args.model, calib=f"c4, {args.calib_samples} x 1024", fitness="c4, 4 x 512",
                               eval_corpus=settings.eval_corpus, eval_tokens=int(inputs.windows.numel()),
                               dense_ppl=dense.perplexity, dense_interval=list(dense.interval()),
                               machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch "
                                       f"{torch.__version__}")
-                atomic_write_text(args.out, json.dumps(record, indent=2))
+                add_row(args.out, record, row)
                 plot(record, args.out)
     log.info("wrote %s", args.out)
 

@@ -26,7 +26,6 @@ memory does not. Writes results/stage_memory.json (rows are added; a rerun of on
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
@@ -37,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 RESULTS = Path(__file__).parent / "results"
 
 from fresh_process import emit, run_fresh  # noqa: E402
+from results_file import add_row, read  # noqa: E402
 
 STAGES = ("load", "calibration", "fisher", "level cache", "search", "prune", "export")  # level cache: the search's own
 
@@ -132,7 +132,7 @@ def main() -> None:
         emit(one(size, criterion, int(m), offload))
         return
     path = RESULTS / "stage_memory.json"
-    record = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    record = read(path)
     record.update(command="python benchmarks/stage_memory.py", sampling_interval_s=0.02,
                   tokens="calibration 4 x 256, Fisher 2 x 256, fitness 2 x 256 tokens of c4; search 4 x 1 generation",
                   dtype="float32")
@@ -144,11 +144,7 @@ def main() -> None:
         row = run_fresh(__file__, ["--one", size, criterion, str(m), offload], f"{size} {criterion} M={m} {offload}")
         if row is None:
             continue
-        key = (size, criterion, m, offload)
-        record["rows"] = [r for r in record["rows"] if (r["size"], r["criterion"], r["m"], r["offload"]) != key]
-        record["rows"].append(row)
-        RESULTS.mkdir(exist_ok=True)
-        path.write_text(json.dumps(record, indent=2))
+        add_row(path, record, row, key=lambda r: (r["size"], r["criterion"], r["m"], r["offload"]))
         print(size, criterion, m, offload, row["bytes_per_parameter"], flush=True)
 
 
