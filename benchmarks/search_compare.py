@@ -16,7 +16,9 @@ Each final plan is pruned sequentially and evaluated on the held-out windows (95
 over windows). The dense-input vs sequential gap: the search's successive best individuals (up to
 --finalists distinct ones) are pruned sequentially and scored by perplexity on the fitness windows;
 the row records whether the sequential scores pick the same plan as the search's own (dense-input)
-fitness, and their Spearman agreement. Writes results/search_compare.json (rows are added; a rerun of
+fitness, and their Spearman agreement. The searches of one config share one level cache (built from the
+same calibration rows whatever the seed); its build time is counted in each row's minutes. With
+--skip-done, rows already in the results file are not run again. Writes results/search_compare.json (rows are added; a rerun of
 a row replaces it) and results/search_compare_<config>.png (best fitness against fitness tokens).
 """
 
@@ -40,6 +42,7 @@ from msp_callback.evaluate import perplexity, perplexity_report  # noqa: E402
 from msp_callback.job import PruneSettings, prepare  # noqa: E402
 from msp_callback.plan import SparsityPlan, parse_nm  # noqa: E402
 from msp_callback.pruner import prune  # noqa: E402
+from msp_callback.search.level_cache import LevelCache  # noqa: E402
 from msp_callback.search.runner import SearchSettings  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -62,6 +65,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--eval-windows", type=int, default=40)
+    p.add_argument("--skip-done", action="store_true", help="do not rerun rows already in --out")
     p.add_argument("--out", type=Path, default=RESULTS / "search_compare.json")
     return p.parse_args()
 
@@ -159,38 +163,47 @@ def main() -> None:
     for config in args.configs:
         criterion, n_text, m_text = config.split(":")
         n, m = parse_nm(f"{n_text}:{m_text}")
-        for seed in args.seeds:  # searches side by side per seed: a cut-short run leaves matched pairs
-            for spec in args.searches:
-                search = search_settings(spec, args, full_tokens, screen_tokens)
-                started = time.perf_counter()
-                plan = make_plan("msp", inputs.model, n, m, criterion, calibration=inputs.calibration,
-                                 fitness_windows=inputs.fitness_windows, search=search, seed=seed, progress=False)
-                plan_seconds = time.perf_counter() - started
-                prune(inputs.model, plan, inputs.calibration, progress=False)
-                report = perplexity_report(inputs.model, inputs.windows, progress=False)
-                restore()
-                meta = plan.metadata
-                row = {"row": f"{config}|{spec}|{seed}", "config": config, "search": search.search,
-                       "granularity": search.granularity, "fitness": search.fitness, "seed": seed,
-                       "population": search.population, "generations": search.generations,
-                       "levels": plan.levels, "unit_names": plan.unit_names, "ppl": report.perplexity,
-                       "interval": list(report.interval()), "best_fitness": meta["best_fitness"],
-                       "fitness_evaluations": meta["fitness_evaluations"], "fitness_cost": meta["fitness_cost"],
-                       "fitness_tokens": full_tokens, "fitness_tokens_spent": meta["fitness_cost"] * full_tokens,
-                       "level_cache_seconds": meta["level_cache_seconds"], "search_seconds": meta["search_seconds"],
-                       "plan_seconds": plan_seconds, "history": meta["history"],
-                       "sequential_gap": sequential_gap(inputs, plan, restore, args.finalists)}
-                log.info("%s: ppl %.1f (%s), cost %.1f, %.0f s", row["row"], row["ppl"],
-                         plan.describe(), row["fitness_cost"], plan_seconds)
-                record = read(args.out)
-                record.update(command=" ".join(["python", "benchmarks/search_compare.py", *sys.argv[1:]]),
-                              model=args.model, calib=f"c4, {args.calib_samples} x 1024", fitness="c4, 4 x 512",
-                              eval_corpus=settings.eval_corpus, eval_tokens=int(inputs.windows.numel()),
-                              dense_ppl=dense.perplexity, dense_interval=list(dense.interval()),
-                              machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch "
-                                      f"{torch.__version__}")
-                add_row(args.out, record, row)
-                plot(record, args.out)
+        todo = [(seed, spec) for seed in args.seeds for spec in args.searches  # searches side by side per seed:
+                if not (args.skip_done and any(x["row"] == f"{config}|{spec}|{seed}"  # a cut-short run leaves
+                                               for x in read(args.out).get("rows", [])))]  # matched pairs
+        if not todo:
+            continue
+        started = time.perf_counter()
+        cache = LevelCache(inputs.model, criterion, m, inputs.calibration, progress=False)
+        cache_seconds = time.perf_counter() - started
+        for seed, spec in todo:
+            search = search_settings(spec, args, full_tokens, screen_tokens)
+            started = time.perf_counter()
+            plan = make_plan("msp", inputs.model, n, m, criterion, calibration=inputs.calibration,
+                             fitness_windows=inputs.fitness_windows, search=search, seed=seed, progress=False,
+                             level_cache=cache)
+            plan_seconds = time.perf_counter() - started
+            prune(inputs.model, plan, inputs.calibration, progress=False)
+            report = perplexity_report(inputs.model, inputs.windows, progress=False)
+            restore()
+            meta = plan.metadata
+            row = {"row": f"{config}|{spec}|{seed}", "config": config, "search": search.search,
+                   "granularity": search.granularity, "fitness": search.fitness, "seed": seed,
+                   "population": search.population, "generations": search.generations,
+                   "levels": plan.levels, "unit_names": plan.unit_names, "ppl": report.perplexity,
+                   "interval": list(report.interval()), "best_fitness": meta["best_fitness"],
+                   "fitness_evaluations": meta["fitness_evaluations"], "fitness_cost": meta["fitness_cost"],
+                   "fitness_tokens": full_tokens, "fitness_tokens_spent": meta["fitness_cost"] * full_tokens,
+                   "level_cache_seconds": cache_seconds, "level_cache_shared": True, "search_seconds": meta["search_seconds"],
+                   "plan_seconds": plan_seconds, "history": meta["history"],
+                   "sequential_gap": sequential_gap(inputs, plan, restore, args.finalists)}
+            log.info("%s: ppl %.1f (%s), cost %.1f, %.0f s", row["row"], row["ppl"],
+                     plan.describe(), row["fitness_cost"], plan_seconds)
+            record = read(args.out)
+            record.update(command=" ".join(["python", "benchmarks/search_compare.py", *sys.argv[1:]]),
+                          model=args.model, calib=f"c4, {args.calib_samples} x 1024", fitness="c4, 4 x 512",
+                          eval_corpus=settings.eval_corpus, eval_tokens=int(inputs.windows.numel()),
+                          dense_ppl=dense.perplexity, dense_interval=list(dense.interval()),
+                          machine=f"{platform.machine()}, {torch.get_num_threads()} threads, torch "
+                                  f"{torch.__version__}")
+            add_row(args.out, record, row)
+            plot(record, args.out)
+        cache.close()
     log.info("wrote %s", args.out)
 
 

@@ -110,8 +110,9 @@ def fisher(model: nn.Module, n: int, m: int, criterion: str, calibration: Sequen
 @register_allocation("msp")
 def msp(model: nn.Module, n: int, m: int, criterion: str, calibration: Sequence[Tensor] | None = None,
         fitness_windows: Tensor | None = None, search: Any = None, seed: int = 0, progress: bool = True,
-        traces: Sequence[float] | None = None, **_: Any) -> SparsityPlan:
-    """The MSP evolutionary search (see `search.runner.search_plan`)."""
+        traces: Sequence[float] | None = None, level_cache: Any = None, **_: Any) -> SparsityPlan:
+    """The MSP evolutionary search (see `search.runner.search_plan`; ``level_cache`` lets several
+    searches share one)."""
     from .search.runner import SearchSettings, search_plan
 
     calibration = _require(calibration, "msp")
@@ -120,7 +121,8 @@ def msp(model: nn.Module, n: int, m: int, criterion: str, calibration: Sequence[
         fitness_windows = torch.cat(list(calibration))
     if settings.init == "trace" and traces is None:
         traces = block_traces(model, calibration, progress)
-    plan = search_plan(model, n, m, criterion, calibration, fitness_windows, settings, traces, seed, progress)
+    plan = search_plan(model, n, m, criterion, calibration, fitness_windows, settings, traces, seed, progress,
+                       level_cache=level_cache)
     if traces is not None:
         plan.metadata["traces"] = list(traces)
     return plan

@@ -191,3 +191,24 @@ def test_search_defaults_follow_the_search():
     assert SearchSettings().resolved(1).screen_windows == 0  # one fitness window: nothing to screen on
     chosen = SearchSettings(fitness="ppl", screen_windows=2).resolved(4)
     assert (chosen.fitness, chosen.screen_windows) == ("ppl", 2)
+
+
+def test_searches_sharing_one_level_cache_find_what_each_finds_alone():
+    model = tiny_model("llama")
+    dense = copy.deepcopy(model.state_dict())
+    batches, fitness = token_batches(2), torch.cat(token_batches(2, seed=5))
+    searches = [SearchSettings(search="paper", population=4, generations=2),
+                SearchSettings(population=4, generations=2)]
+    alone = [make_plan("msp", model, 2, 4, "wanda", calibration=batches, fitness_windows=fitness, search=s,
+                       progress=False).levels for s in searches]
+    cache = LevelCache(model, "wanda", 4, batches, progress=False)
+    shared = [make_plan("msp", model, 2, 4, "wanda", calibration=batches, fitness_windows=fitness, search=s,
+                        progress=False, level_cache=cache).levels for s in searches]
+    assert shared == alone
+    assert all(torch.equal(v, dense[k]) for k, v in model.state_dict().items())  # left dense between searches
+    with pytest.raises(ValueError, match="built for wanda at M=4.*magnitude at M=4"):
+        make_plan("msp", model, 2, 4, "magnitude", calibration=batches, fitness_windows=fitness, level_cache=cache)
+    with pytest.raises(ValueError, match="another model"):
+        make_plan("msp", tiny_model("llama"), 2, 4, "wanda", calibration=batches, fitness_windows=fitness,
+                  level_cache=cache)
+    cache.close()

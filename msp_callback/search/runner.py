@@ -18,8 +18,9 @@ from tqdm.auto import tqdm
 
 from ..atomic_files import atomic_write_text
 from ..config import SearchSettings, check
+from ..criteria import get_criterion
 from ..distributed import ShardedEvaluate, world
-from ..models import fingerprint
+from ..models import find_blocks, fingerprint
 from ..plan import PlanError, SparsityPlan
 from ..sharded import is_sharded
 from ..units import UnitLayout
@@ -91,6 +92,16 @@ def level_switch_starts(layout: UnitLayout, n: int, m: int, settings: SearchSett
     return starts
 
 
+def check_level_cache(cache: LevelCache, model: nn.Module, criterion: str, m: int) -> None:
+    """Refuse a level cache built for another model, criterion or M."""
+    wanted = get_criterion(criterion).name
+    if cache.m != m or cache.criterion.name != wanted:
+        raise ValueError(f"the level cache was built for {cache.criterion.name} at M={cache.m}, this search prunes "
+                         f"with {wanted} at M={m}; build a LevelCache for this criterion and M")
+    if cache.blocks is not find_blocks(model):
+        raise ValueError("the level cache was built on another model; build a LevelCache on the model searched")
+
+
 def search_plan(
     model: nn.Module,
     n: int,
@@ -103,16 +114,25 @@ def search_plan(
     seed: int = 0,
     progress: bool = True,
     on_generation: Callable[[EvolutionarySearch], None] | None = None,
+    level_cache: LevelCache | None = None,
 ) -> SparsityPlan:
     """Search levels at target N:M (one per block, or per unit at a finer ``settings.granularity``);
-    the model is left dense, the plan returned."""
+    the model is left dense, the plan returned.
+
+    ``level_cache``: one already built on this model from ``calibration`` with this criterion and M,
+    to run several searches on one cache (it is left open and dense); by default the search builds
+    its own and frees it."""
     settings = settings or SearchSettings()
     check(settings)  # e.g. a finer granularity than block needs the level-switch search
     settings = settings.resolved(len(fitness_windows))
     model_print = fingerprint(model)
     layout = UnitLayout.of_model(model, settings.granularity)
     started = time.perf_counter()
-    cache = LevelCache(model, criterion, m, calibration, progress=progress, storage=settings.cache_storage)
+    if level_cache is None:
+        cache = LevelCache(model, criterion, m, calibration, progress=progress, storage=settings.cache_storage)
+    else:
+        check_level_cache(level_cache, model, criterion, m)
+        cache = level_cache
     cache_seconds = time.perf_counter() - started
     fitness = FITNESSES[settings.fitness](model, cache, fitness_windows, settings.fitness_batch_size, layout)
     split = not is_sharded(model)  # under DDP each rank scores its share; an FSDP model scores in step
@@ -169,7 +189,10 @@ def search_plan(
         levels, best = search.run(callback=after_generation)
     finally:
         bar.close()
-        cache.close()
+        if level_cache is None:
+            cache.close()
+        else:
+            cache.restore_dense()
     return SparsityPlan.for_units(
         layout, n, m, levels, criterion=criterion, allocation="msp", fingerprint=model_print,
         metadata={
