@@ -418,6 +418,19 @@ def cache_storage_section(r: dict) -> list[str]:
     return lines + [""]
 
 
+def level_cache_cost_section(r: dict) -> list[str]:
+    lines = ["## Building the level cache: each block run once", "",
+             f"`{r['command']}`: {r['model']}, M=4; {r['machine']}. The build used to run each block twice per "
+             "calibration batch (once for its input statistics, once for the next block's inputs); one run gives both. "
+             "Builds alternate in one process; medians of the repeats, and the weights cached compared."
+             + (f" Conditions: {r['conditions']}." if r.get("conditions") else ""), "",
+             "| criterion | calibration | once, s | twice (before), s | speedup | same weights |",
+             "|---|---|---:|---:|---:|---|"]
+    lines += [f"| {x['criterion']} | {x['calibration']} | {x['median_once']:.1f} | {x['median_twice']:.1f} | "
+              f"{x['speedup']:.2f}x | {'yes' if x['same_weights'] else 'no'} |" for x in r["rows"]]
+    return lines + [""]
+
+
 GB = 1e9
 PROJECTED = {"8B": 8.0e9, "70B": 70.6e9}
 BLOCK_PARAMS = {"1b": 60_817_408, "8B": 218_103_808, "70B": 855_638_016}  # one decoder block's linears
@@ -735,6 +748,8 @@ def main() -> None:
         out += stage_cost_section(r)
     if (r := _load("cache_storage")) is not None:
         out += cache_storage_section(r)
+    if (r := _load("level_cache_cost")) is not None:
+        out += level_cache_cost_section(r)
     if (r := _load("recovery")) is not None:
         out += recovery_section(r)
     if (r := _load("compact_export")) is not None:

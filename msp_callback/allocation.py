@@ -50,12 +50,13 @@ def outlier_ratios(model: nn.Module, calibration: Sequence[Tensor], threshold: f
     ``threshold`` times their mean (dense model, dense inputs)."""
     wanda, ratios = get_criterion("wanda"), []
 
-    def visit(index: int, block: nn.Module, inputs: BlockInputs) -> None:
-        linears = block_linears(block)
-        stats = collect_input_stats(block, linears, inputs, wanda.statistic)
+    def visit(index: int, block: nn.Module, inputs: BlockInputs) -> list[Tensor]:
+        linears, outputs = block_linears(block), []
+        stats = collect_input_stats(block, linears, inputs, wanda.statistic, outputs)
         scores = torch.cat([wanda.scores(to_out_in(mod, mod.weight).float(), stats[name]).flatten()
                             for name, mod in linears.items()])
         ratios.append(float((scores > threshold * scores.mean()).float().mean()))
+        return outputs  # the block is unchanged: the walk reuses them
 
     walk_blocks(model, calibration, visit, desc="outlier ratios", progress=progress)
     return ratios

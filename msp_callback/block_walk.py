@@ -152,7 +152,9 @@ def run_block(block: nn.Module, inputs: BlockInputs) -> list[Tensor]:
     ]
 
 
-BlockVisitor = Callable[[int, nn.Module, BlockInputs | None], None]
+# A visitor that ran the *unchanged* block on its inputs may return those outputs: the walk then
+# feeds them to the next block instead of running the block again (half the forwards).
+BlockVisitor = Callable[[int, nn.Module, BlockInputs | None], list[Tensor] | None]
 
 
 def walk_blocks(
@@ -193,17 +195,19 @@ def walk_blocks(
                    f"block {index - 1} overflowed; in float16 load the model in bfloat16 or float32")
             )
         with held(block):
-            visit(index, block, inputs)
+            outputs = visit(index, block, inputs)
             if index + 1 < len(blocks):
-                inputs = stack.block(index + 1, run_block(block, inputs))
+                inputs = stack.block(index + 1, outputs if outputs else run_block(block, inputs))
 
 
 @torch.no_grad()
 def collect_input_stats(
-    block: nn.Module, linears: dict[str, nn.Module], inputs: BlockInputs | None, statistic: str
+    block: nn.Module, linears: dict[str, nn.Module], inputs: BlockInputs | None, statistic: str,
+    outputs: list[Tensor] | None = None,
 ) -> dict[str, InputStats | None]:
     """Run ``block`` once on ``inputs`` and accumulate each linear's input statistic (None for
-    every linear when there are no inputs or the criterion needs none)."""
+    every linear when there are no inputs or the criterion needs none). A list passed as
+    ``outputs`` receives the block's outputs of that run (none when it did not run)."""
     from .criteria.base import InputStats
 
     if inputs is None or statistic == "none":
@@ -214,8 +218,10 @@ def collect_input_stats(
         for name, module in linears.items()
     ]
     try:
-        run_block(block, inputs)
+        ran = run_block(block, inputs)
     finally:
         for handle in handles:
             handle.remove()
+    if outputs is not None:
+        outputs.extend(ran)
     return stats

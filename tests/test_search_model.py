@@ -212,3 +212,39 @@ def test_searches_sharing_one_level_cache_find_what_each_finds_alone():
         make_plan("msp", tiny_model("llama"), 2, 4, "wanda", calibration=batches, fitness_windows=fitness,
                   level_cache=cache)
     cache.close()
+
+
+def test_wanda_level_cache_uses_dense_model_inputs_and_runs_each_block_once():
+    """The cached Wanda weights equal Wanda computed by hand from the inputs each linear sees in a
+    forward of the dense model; building the cache runs every block once per batch."""
+    model = tiny_model("llama")
+    batches = token_batches(2)
+    sq_norms: dict[str, torch.Tensor] = {}
+
+    def record(name):
+        def hook(mod, args, out):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            sq_norms[name] = sq_norms.get(name, 0) + (x * x).sum(0)
+        return hook
+
+    linears = {f"{i}.{n}": mod for i, b in enumerate(find_blocks(model)) for n, mod in block_linears(b).items()}
+    handles = [mod.register_forward_hook(record(name)) for name, mod in linears.items()]
+    with torch.no_grad():
+        for batch in batches:
+            model(input_ids=batch)
+    for h in handles:
+        h.remove()
+    calls = []
+    counters = [b.register_forward_pre_hook(lambda *_: calls.append(1)) for b in find_blocks(model)]
+    cache = LevelCache(model, "wanda", 4, batches, progress=False)
+    for h in counters:
+        h.remove()
+    assert len(calls) == len(find_blocks(model)) * len(batches)
+    for key, mod in linears.items():
+        block, name = key.split(".", 1)
+        w = mod.weight.detach().double()
+        scores = (w.abs() * sq_norms[key].sqrt()).reshape(w.shape[0], -1, 4)
+        drop = scores.argsort(-1)[..., :2]  # the 2 lowest of each 4 consecutive inputs
+        expected = w.reshape(w.shape[0], -1, 4).scatter(-1, drop, 0.0).reshape(w.shape)
+        torch.testing.assert_close(cache.weight(int(block), name, 2).double(), expected, rtol=0, atol=0)
+    cache.close()

@@ -74,9 +74,10 @@ class LevelCache:
         return dense + extra
 
     @torch.no_grad()
-    def _fill(self, index: int, inputs: BlockInputs | None) -> None:
-        linears = self.linears[index]
-        stats = collect_input_stats(self.blocks[index], linears, inputs, self.criterion.statistic)
+    def _fill(self, index: int, inputs: BlockInputs | None) -> list[Tensor]:
+        """Cache block ``index``; returns its dense outputs (the walk feeds them to the next block)."""
+        linears, outputs = self.linears[index], []
+        stats = collect_input_stats(self.blocks[index], linears, inputs, self.criterion.statistic, outputs)
         for name, module in linears.items():
             weight = to_out_in(module, module.weight.detach()).float()
             like = self._like[index][name]
@@ -88,6 +89,7 @@ class LevelCache:
                 self.pruned[index][name] = {
                     level: self.store.put(local_rows(from_out_in(module, w).to(module.weight.dtype), like))
                     for level, (w, _) in pruned.items()}
+        return outputs
 
     def weight(self, index: int, name: str, level: int) -> Tensor:
         """Weight (module layout) of linear ``name`` in block ``index`` at ``level``."""
