@@ -81,6 +81,15 @@ def search_settings(spec: str, args: argparse.Namespace, full_tokens: int, scree
                           generations=generations, survivors=2, screen_windows=1)
 
 
+def command(args: argparse.Namespace) -> str:
+    """The command line, without an --out that names the default file (however it was spelled)."""
+    argv = sys.argv[1:]
+    if "--out" in argv and args.out.resolve() == (RESULTS / "search_compare.json").resolve():
+        at = argv.index("--out")
+        argv = argv[:at] + argv[at + 2:]
+    return " ".join(["python", "benchmarks/search_compare.py", *argv])
+
+
 def spearman(a: list[float], b: list[float]) -> float | None:
     if len(a) < 3:
         return None
@@ -195,7 +204,7 @@ def main() -> None:
             log.info("%s: ppl %.1f (%s), cost %.1f, %.0f s", row["row"], row["ppl"],
                      plan.describe(), row["fitness_cost"], plan_seconds)
             record = read(args.out)
-            record.update(command=" ".join(["python", "benchmarks/search_compare.py", *sys.argv[1:]]),
+            record.update(command=command(args),
                           model=args.model, calib=f"c4, {args.calib_samples} x 1024", fitness="c4, 4 x 512",
                           eval_corpus=settings.eval_corpus, eval_tokens=int(inputs.windows.numel()),
                           dense_ppl=dense.perplexity, dense_interval=list(dense.interval()),
