@@ -172,9 +172,9 @@ def main() -> None:
     for config in args.configs:
         criterion, n_text, m_text = config.split(":")
         n, m = parse_nm(f"{n_text}:{m_text}")
-        todo = [(seed, spec) for seed in args.seeds for spec in args.searches  # searches side by side per seed:
-                if not (args.skip_done and any(x["row"] == f"{config}|{spec}|{seed}"  # a cut-short run leaves
-                                               for x in read(args.out).get("rows", [])))]  # matched pairs
+        done = {x["row"] for x in read(args.out)["rows"]} if args.skip_done else set()
+        # searches side by side per seed: a cut-short run leaves matched pairs
+        todo = [(seed, spec) for seed in args.seeds for spec in args.searches if f"{config}|{spec}|{seed}" not in done]
         if not todo:
             continue
         started = time.perf_counter()
