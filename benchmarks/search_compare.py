@@ -25,6 +25,7 @@ a row replaces it) and results/search_compare_<config>.png (best fitness against
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import platform
 import sys
@@ -115,9 +116,7 @@ def sequential_gap(inputs, plan: SparsityPlan, restore, finalists: int) -> dict:
     candidates = list(seen)
     sequential = []
     for levels in candidates:
-        candidate = SparsityPlan(m=plan.m, target=plan.target, levels=list(levels), criterion=plan.criterion,
-                                 granularity=plan.granularity, unit_names=plan.unit_names,
-                                 unit_weights=plan.unit_weights)
+        candidate = dataclasses.replace(plan, levels=list(levels))  # the plan's other fields, e.g. "msp"
         prune(inputs.model, candidate, inputs.calibration, progress=False)
         sequential.append(perplexity(inputs.model, inputs.fitness_windows, 4, progress=False))
         restore()
