@@ -7,8 +7,8 @@ Each row is one fresh ``msp prune --search SEARCH --seed SEED --json ...`` (ever
 its default: SmolLM2-135M, Wanda 3:4, 16 x 512 C4 calibration tokens, 4 x 512 fitness tokens,
 40 x 1024 held-out Wikipedia evaluation tokens). The seed draws the calibration and fitness windows
 as well as the search's choices, as it does for a user. ``--search paper`` alone is the paper's algorithm
-(perplexity fitness, no screening); the default is the level-switch search (KL fitness, screened
-on 1 of the 4 fitness windows). Wall time is the whole command: load, dense and pruned evaluation,
+(perplexity fitness, no screening); the default is the level-switch search (perplexity fitness,
+screened on 1 of the 4 fitness windows). Wall time is the whole command: load, dense and pruned evaluation,
 level cache, search and prune. Writes results/default_prune.json (rows are added; a rerun of a row
 replaces it).
 """

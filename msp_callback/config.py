@@ -117,9 +117,9 @@ class SearchSettings:
                        "of these, screened like children", choices=("random", "sensitivity", "trace"))
     trace_strength: float = option(1.0, "init=trace: levels move by this many steps per standard deviation of "
                                    "log Fisher trace", minimum=0.0)
-    fitness: str = option("auto", "fitness: ppl = perplexity on the fitness split (the paper's), kl = KL to the "
-                          "dense model's top-64 next-token distribution; auto = kl for level-switch, ppl for paper",
-                          choices=("auto", "ppl", "kl"))
+    fitness: str = option("ppl", "fitness: ppl = perplexity on the fitness split (the paper's; as good as kl at "
+                          "3:4 and better at 2:4 in BENCHMARKS.md), kl = KL to the dense model's top-64 next-token "
+                          "distribution", choices=("ppl", "kl"))
     fitness_batch_size: int = option(4, "fitness windows per forward", minimum=1)
     screen_windows: int | None = option(None, "multi-fidelity search: score new individuals on this many fitness "
                                         "windows first and only the better ones on all; 1 of 4 costs 3/4 per "
@@ -134,13 +134,12 @@ class SearchSettings:
     resume: bool = option(False, "continue the search from its checkpoint (written every generation)")
 
     def resolved(self, fitness_windows: int) -> SearchSettings:
-        """These settings with the defaults that depend on the search filled in (fitness ``auto``, an
-        unset ``screen_windows``) for a fitness split of ``fitness_windows`` windows."""
-        fitness = self.fitness if self.fitness != "auto" else ("kl" if self.search == "level-switch" else "ppl")
+        """These settings with an unset ``screen_windows`` filled in for a fitness split of
+        ``fitness_windows`` windows (1 for level-switch when there is more than one window, else off)."""
         screen = self.screen_windows
         if screen is None:
             screen = 1 if self.search == "level-switch" and fitness_windows > 1 else 0
-        return replace(self, fitness=fitness, screen_windows=screen)
+        return replace(self, screen_windows=screen)
 
     def check_screening(self, fitness_windows: int) -> None:
         """Screening needs fewer screen windows than the fitness split has."""

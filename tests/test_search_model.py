@@ -149,7 +149,7 @@ def test_msp_search_with_kl_fitness():
     plan = make_plan("msp", model, 2, 4, "wanda", calibration=token_batches(2), progress=False,
                      search=SearchSettings(population=4, generations=2, fitness="kl"))
     assert sum(plan.levels) == 6 and plan.metadata["search"]["fitness"] == "kl"
-    with pytest.raises(ValueError, match="fitness .*must be one of auto, ppl, kl, got 'x'"):
+    with pytest.raises(ValueError, match="fitness .*must be one of ppl, kl, got 'x'"):
         make_plan("msp", model, 2, 4, "wanda", calibration=token_batches(2), progress=False,
                   search=SearchSettings(fitness="x"))
 
@@ -185,7 +185,7 @@ def test_level_cache_storage_changes_where_not_what(criterion, monkeypatch):
 
 def test_search_defaults_follow_the_search():
     default = SearchSettings().resolved(4)
-    assert (default.search, default.granularity, default.fitness, default.screen_windows) == ("level-switch", "block", "kl", 1)
+    assert (default.search, default.granularity, default.fitness, default.screen_windows) == ("level-switch", "block", "ppl", 1)
     paper = SearchSettings(search="paper").resolved(4)  # --search paper alone is the paper's algorithm
     assert (paper.fitness, paper.screen_windows) == ("ppl", 0)
     assert SearchSettings().resolved(1).screen_windows == 0  # one fitness window: nothing to screen on
