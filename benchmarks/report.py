@@ -533,6 +533,19 @@ def search_compare_section(r: dict) -> list[str]:
     return lines + [""]
 
 
+def finalist_section(r: dict) -> list[str]:
+    """Held-out perplexity of the search's pick against the sequential check's pick, where they differ."""
+    lines = ["### Sequential re-score of the finalists: held-out", "",
+             f"`{r['command']}`: where the sequential check above preferred another plan than the search, that "
+             f"plan pruned and evaluated on the same {r['eval_tokens']:,} held-out tokens; {r['machine']}.", "",
+             "| row | search's pick | sequential pick |", "|---|---:|---:|"]
+    for x in sorted(r["rows"], key=lambda x: x["row"]):
+        a, b = x["search_pick_interval"], x["sequential_pick_interval"]
+        lines.append(f"| {x['row']} | {_fmt(x['search_pick_ppl'])} ({_fmt(a[0])}-{_fmt(a[1])}) | "
+                     f"{_fmt(x['sequential_pick_ppl'])} ({_fmt(b[0])}-{_fmt(b[1])}) |")
+    return lines + [""]
+
+
 def _search_minutes(x: dict) -> float:
     """A row's search time with its level cache, shared (built once, outside the search) or not."""
     return (x["search_seconds"] + (x["level_cache_seconds"] if x.get("level_cache_shared") else 0)) / 60
@@ -735,6 +748,8 @@ def main() -> None:
         out += quick_noise_section(replay, quick_seeds, full_seeds, searched)
     if (r := _load("search_compare")) is not None:
         out += search_compare_section(r)
+    if (r := _load("finalist_heldout")) is not None:
+        out += finalist_section(r)
     if (r := _load("search_ablation")) is not None:
         out += ablation_section(r)
     if (r := _load("thread_check")) is not None:
