@@ -541,7 +541,7 @@ def finalist_section(r: dict) -> list[str]:
              "| row | search's pick | sequential pick |", "|---|---:|---:|"]
     for x in sorted(r["rows"], key=lambda x: x["row"]):
         a, b = x["search_pick_interval"], x["sequential_pick_interval"]
-        lines.append(f"| {x['row']} | {_fmt(x['search_pick_ppl'])} ({_fmt(a[0])}-{_fmt(a[1])}) | "
+        lines.append(f"| {x['row'].replace('|', ', ')} | {_fmt(x['search_pick_ppl'])} ({_fmt(a[0])}-{_fmt(a[1])}) | "
                      f"{_fmt(x['sequential_pick_ppl'])} ({_fmt(b[0])}-{_fmt(b[1])}) |")
     return lines + [""]
 
