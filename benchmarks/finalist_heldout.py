@@ -23,9 +23,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import torch  # noqa: E402
 from results_file import add_row, read  # noqa: E402
+from search_compare import data_settings  # noqa: E402
+from search_compare import parse_args as parse_compare_args  # noqa: E402
 
 from msp_callback.evaluate import perplexity_report  # noqa: E402
-from msp_callback.job import PruneSettings, prepare  # noqa: E402
+from msp_callback.job import prepare  # noqa: E402
 from msp_callback.models import fingerprint  # noqa: E402
 from msp_callback.plan import SparsityPlan, parse_nm  # noqa: E402
 from msp_callback.pruner import prune  # noqa: E402
@@ -46,11 +48,7 @@ def main() -> None:
             and r.get("granularity", "block") == "block" and not r["sequential_gap"]["same_winner"]]
     if not rows:
         raise SystemExit(f"no disagreeing block-level rows of {args.searches} in {args.compare}")
-    data_seed = 0  # search_compare.py's default --data-seed: every recorded row used it
-    settings = PruneSettings(model=compare.get("model", "smollm2-135m"), calib_samples=32, calib_seqlen=1024,
-                             eval_windows=40, eval_seqlen=1024, seed=data_seed, fitness_samples=4,
-                             fitness_seqlen=512, progress=False)
-    inputs = prepare(settings)
+    inputs = prepare(data_settings(parse_compare_args([])))  # search_compare.py's defaults: every recorded row used them
     restore = inputs.dense_snapshot()
     for r in sorted(rows, key=lambda r: r["row"]):
         criterion, n_text, m_text = r["config"].split(":")

@@ -50,7 +50,7 @@ RESULTS = Path(__file__).parent / "results"
 log = logging.getLogger("search_compare")
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--configs", nargs="+", default=["wanda:3:4", "sparsegpt:3:4", "wanda:2:4"],
                    metavar="CRITERION:N:M")
@@ -68,7 +68,14 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--eval-windows", type=int, default=40)
     p.add_argument("--skip-done", action="store_true", help="do not rerun rows already in --out")
     p.add_argument("--out", type=Path, default=RESULTS / "search_compare.json")
-    return p.parse_args()
+    return p.parse_args(argv)
+
+
+def data_settings(args: argparse.Namespace) -> PruneSettings:
+    """The model and data of every row: calibration, fitness and held-out windows drawn with --data-seed."""
+    return PruneSettings(model=args.model, calib_samples=args.calib_samples, calib_seqlen=1024,
+                         eval_windows=args.eval_windows, eval_seqlen=1024,
+                         seed=args.data_seed, fitness_samples=4, fitness_seqlen=512, progress=False)
 
 
 def search_settings(spec: str, args: argparse.Namespace, full_tokens: int, screen_tokens: int) -> SearchSettings:
@@ -160,9 +167,7 @@ def plot(record: dict, out: Path) -> None:
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    settings = PruneSettings(model=args.model, calib_samples=args.calib_samples, calib_seqlen=1024,
-                             eval_windows=args.eval_windows, eval_seqlen=1024,
-                             seed=args.data_seed, fitness_samples=4, fitness_seqlen=512, progress=False)
+    settings = data_settings(args)
     inputs = prepare(settings)
     restore = inputs.dense_snapshot()
     full_tokens = int(inputs.fitness_windows.numel())
