@@ -176,6 +176,32 @@ class RecoverSettings:
 
 
 @dataclass
+class ReconstructSettings:
+    """Block-wise reconstruction while pruning: each pruned block's kept weights trained to match the
+    dense block's output, masks held."""
+
+    reconstruct_epochs: int = option(0, "passes over the calibration windows per block after it is pruned (0 = no "
+                                     "reconstruction)", minimum=0)
+    reconstruct_target: str = option("dense", "what a pruned block learns to output: dense = the dense model's own "
+                                     "block output on the dense model's inputs (also corrects error carried from "
+                                     "earlier blocks); pruned = the dense block's output on the pruned model's "
+                                     "inputs", choices=("dense", "pruned"))
+    reconstruct_loss: str = option("token", "the training loss: token = squared error of each token's output relative to "
+                                   "its target's squared norm, averaged over tokens (every token counts alike, as "
+                                   "the next block's norm reads them); batch = squared error relative to the whole "
+                                   "batch's (dominated by the few tokens with huge activations)",
+                                   choices=("token", "batch"))
+    reconstruct_lr: float = option(1e-4, "Adam learning rate of the block's trained weights", minimum=0.0)
+    reconstruct_batch_size: int = option(2, "calibration windows per optimizer step", minimum=1)
+    reconstruct_holdout: int = option(4, "windows of the calibration text (apart from the calibration rows; never "
+                                      "the evaluation text) that decide early stopping and which epoch's weights a "
+                                      "block keeps (0 = keep the last epoch's)", minimum=0)
+    reconstruct_patience: int = option(2, "epochs without a lower held-out loss before a block stops", minimum=1)
+    reconstruct_checkpoint: str | None = option(None, "folder that reconstruction saves each finished block to and "
+                                                "resumes from")
+
+
+@dataclass
 class OutputSettings:
     """What the command-line job reports and where."""
 
@@ -186,8 +212,8 @@ class OutputSettings:
 
 
 @dataclass
-class MSPConfig(RecoverSettings, SearchSettings, CalibrationSettings, TargetSettings):
-    """Everything the callbacks (`MSPEngine`) need: target, calibration, search and recovery."""
+class MSPConfig(RecoverSettings, ReconstructSettings, SearchSettings, CalibrationSettings, TargetSettings):
+    """Everything the callbacks (`MSPEngine`) need: target, calibration, search, reconstruction and recovery."""
 
     def __post_init__(self) -> None:
         check(self)

@@ -24,6 +24,7 @@ from .config import (
     DataSettings,
     DeviceSettings,
     OutputSettings,
+    ReconstructSettings,
     RecoverSettings,
     SearchSettings,
     TargetSettings,
@@ -46,7 +47,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PruneSettings(OutputSettings, RecoverSettings, SearchSettings, DeviceSettings, DataSettings, CalibrationSettings,
+class PruneSettings(OutputSettings, RecoverSettings, ReconstructSettings, SearchSettings, DeviceSettings, DataSettings, CalibrationSettings,
                     TargetSettings):
     """Everything one pruning job needs (``msp prune``, recipes); defaults are the embedded
     real-model run. Each setting is declared once, in its section in `config`."""
