@@ -39,6 +39,7 @@ from .nm import remove_masks
 from .offload import release
 from .plan import SparsityPlan, nm_string, parse_nm
 from .pruner import prune
+from .reconstruct import RESUME_SETTINGS, reconstruct
 from .recover import TeacherTargets, recover, teacher_targets
 from .saving import forget_plan
 from .search.runner import search_summary
@@ -171,11 +172,12 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
     uniform_ppl = _uniform_beside(settings, inputs, plan, ppl) if settings.compare_uniform else None
     recovery, teacher = recovery_inputs(settings, inputs)  # the teacher is the dense model: before pruning
     t0 = time.perf_counter()
-    prune(model, plan, calibration, progress=settings.progress)
+    reconstruction = _prune(settings, inputs, plan)
     prune_seconds = time.perf_counter() - t0
     pruned_ppl = ppl("pruned perplexity")
     stats = measure_sparsity(model)
-    log.info("pruned perplexity at %s (%s, %s): %.3f", nm_string(n, m), settings.criterion, plan.allocation, pruned_ppl)
+    log.info("pruned perplexity at %s (%s, %s%s): %.3f", nm_string(n, m), settings.criterion, plan.allocation,
+             ", reconstructed" if reconstruction else "", pruned_ppl)
     recovered = _recover(settings, inputs, recovery, teacher, ppl) if recovery else None
     result = {
         "model": settings.model,
@@ -200,12 +202,28 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
         **search_summary(plan),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        **({"reconstruction": reconstruction} if reconstruction else {}),
         **({"recovery": recovered} if recovered else {}),
         "device": str(input_device(model)),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
     result["seconds"] = time.perf_counter() - start
     return result, plan, inputs
+
+
+def _prune(settings: PruneSettings, inputs: Inputs, plan: SparsityPlan) -> dict[str, Any] | None:
+    """Prune to ``plan``, with block-wise reconstruction when asked; the reconstruction's summary
+    (per-block losses) or None."""
+    if not settings.reconstruct_epochs:
+        prune(inputs.model, plan, inputs.calibration, progress=settings.progress)
+        return None
+    holdout = (data.sample_calibration(inputs.calib_tokens, settings.reconstruct_holdout, settings.calib_seqlen,
+                                       settings.seed + 3, inputs.bos_id) if settings.reconstruct_holdout else [])
+    t0 = time.perf_counter()
+    reports = reconstruct(inputs.model, plan, inputs.calibration, extract(settings, ReconstructSettings), holdout,
+                          resume=settings.resume, seed=settings.seed, progress=settings.progress)
+    return {**{k: getattr(settings, k) for k in RESUME_SETTINGS}, "seconds": time.perf_counter() - t0,
+            "holdout_windows": settings.reconstruct_holdout, "blocks": [asdict(r) for r in reports]}
 
 
 def _uniform_beside(settings: PruneSettings, inputs: Inputs, plan: SparsityPlan, ppl: Callable[[str], float]) -> float:

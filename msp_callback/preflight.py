@@ -20,7 +20,7 @@ from .semistructured import SemiStructuredError
 # What the command line reports in one line with exit status 2 (anything else is a bug).
 USER_ERRORS = (ValueError, OSError, ExportError, SemiStructuredError)
 
-RUN_FILES = ("plan.json", "search_checkpoint.json", "recovery_checkpoint.pt", "result.json", "history.json", "levels.png",
+RUN_FILES = ("plan.json", "search_checkpoint.json", "reconstruct_checkpoint", "recovery_checkpoint.pt", "result.json", "history.json", "levels.png",
              "convergence.png")
 
 
@@ -123,6 +123,10 @@ def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike) -
     if settings.recover_steps and settings.offload == "disk":
         raise ConfigError("recovery (--recover-steps) cannot train a model offloaded to disk (not built yet): drop "
                           "--offload disk, or recover in a separate run on a machine that holds the model")
+    unused = [name for name in given if name.startswith("reconstruct_") and name != "reconstruct_epochs"]
+    if unused and not settings.reconstruct_epochs:
+        flag = "--" + unused[0].replace("_", "-")
+        raise ConfigError(f"{flag} is only used with --reconstruct-epochs N (N > 0): add it, or drop {flag}")
     if settings.compare_uniform:
         if settings.offload == "disk":
             raise ConfigError("--compare-uniform keeps a copy of the dense weights in memory, which --offload disk "
@@ -131,9 +135,9 @@ def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike) -
             raise ConfigError("--compare-uniform with --allocation uniform compares uniform with itself: drop it")
     searches = not settings.plan and settings.allocation == "msp"
     if settings.resume:
-        if not searches and not settings.recover_steps:
-            raise ConfigError("--resume continues an MSP search (--allocation msp, no --plan) or a recovery "
-                              "(--recover-steps): this job has neither")
+        if not searches and not settings.recover_steps and not settings.reconstruct_epochs:
+            raise ConfigError("--resume continues an MSP search (--allocation msp, no --plan), a reconstruction "
+                              "(--reconstruct-epochs) or a recovery (--recover-steps): this job has none")
     if settings.resume and searches:
         checkpoint = Path(settings.search_checkpoint)
         if not checkpoint.is_file():

@@ -105,6 +105,14 @@ CLI_CASES = [
     (["--compare-uniform", "--offload", "disk"], "--compare-uniform keeps a copy"),
     (["--recover-steps", "2", "--dtype", "bf16"], "add --dtype float32"),
     (["--compare-uniform", "--allocation", "uniform"], "compares uniform with itself"),
+    (["--reconstruct-epochs", "-1"], "--reconstruct-epochs"),
+    (["--reconstruct-epochs", "2", "--reconstruct-target", "teacher"], "--reconstruct-target"),
+    (["--reconstruct-epochs", "2", "--reconstruct-loss", "l1"], "--reconstruct-loss"),
+    (["--reconstruct-epochs", "2", "--reconstruct-lr", "-1"], "--reconstruct-lr"),
+    (["--reconstruct-epochs", "2", "--reconstruct-batch-size", "0"], "--reconstruct-batch-size"),
+    (["--reconstruct-epochs", "2", "--reconstruct-patience", "0"], "--reconstruct-patience"),
+    (["--reconstruct-epochs", "0", "--reconstruct-lr", "1e-3"], "--reconstruct-lr is only used with --reconstruct-epochs"),
+    (["--reconstruct-lr", "1e-3"], "--reconstruct-lr is only used with --reconstruct-epochs"),
 ]
 
 
