@@ -20,7 +20,8 @@ from .semistructured import SemiStructuredError
 # What the command line reports in one line with exit status 2 (anything else is a bug).
 USER_ERRORS = (ValueError, OSError, ExportError, SemiStructuredError)
 
-RUN_FILES = ("plan.json", "search_checkpoint.json", "reconstruct_checkpoint", "recovery_checkpoint.pt", "result.json", "history.json", "levels.png",
+RUN_FILES = ("plan.json", "search_checkpoint.json", "reconstruct_checkpoint", "recovery_checkpoint.pt",
+              "result.json", "history.json", "levels.png",
              "convergence.png")
 
 
