@@ -21,8 +21,7 @@ from .semistructured import SemiStructuredError
 USER_ERRORS = (ValueError, OSError, ExportError, SemiStructuredError)
 
 RUN_FILES = ("plan.json", "search_checkpoint.json", "reconstruct_checkpoint", "recovery_checkpoint.pt",
-              "result.json", "history.json", "levels.png",
-             "convergence.png")
+             "result.json", "history.json", "levels.png", "convergence.png")
 
 
 def check_model_source(name: str) -> None:
