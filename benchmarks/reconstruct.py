@@ -105,15 +105,15 @@ def one(args: argparse.Namespace, row: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, metavar="CRITERION:N:M:ALLOCATION")
-    p.add_argument("--epochs", type=int, default=4, help="reconstruction epochs per block (default 4)")
+    p.add_argument("--epochs", type=int, default=3, help="reconstruction epochs per block (default 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other job setting, e.g. reconstruct_lr=3e-4 (repeatable)")
-    p.add_argument("--kd-minutes", type=float, default=15.0, help="KD training minutes after reconstruction (0 = none)")
+    p.add_argument("--kd-minutes", type=float, default=8.0, help="KD training minutes after reconstruction (0 = none)")
     p.add_argument("--kd-rows", nargs="*", default=KD_ROWS, metavar="ROW", help="the rows that get KD after "
                    "reconstruction (default: the MSP Wanda rows)")
     p.add_argument("--kd-lr", type=float, default=1e-4)
     p.add_argument("--kd-windows", type=int, default=128, help="distinct KD windows of 512 tokens, 4 a step, cycled")
-    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--calib-seqlen", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=40)
     p.add_argument("--out", default=str(RESULTS / "reconstruct.json"))
