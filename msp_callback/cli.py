@@ -102,7 +102,7 @@ def _eval(args: argparse.Namespace) -> int:
     import torch
 
     from .export import RECORD_FILE, load_pruned
-    from .models import load_causal_lm
+    from .loading import load_causal_lm
     from .zero_shot import zero_shot
 
     dtype = getattr(torch, args.dtype)

@@ -20,8 +20,11 @@ import typing
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any
 
+from .criteria import CRITERIA
+from .devices import DeviceError, resolve_device
 from .offload import OFFLOADS
 from .plan import PlanError, parse_nm
+from .registry import ALLOCATIONS
 from .storage import STORAGES
 from .units import GRANULARITIES
 
@@ -268,9 +271,6 @@ def _check_field(f: Field, value: Any, kind: Any) -> None:
 def check(config: Any) -> None:
     """Check every field of ``config`` and the settings that depend on each other; raise a
     `ConfigError` naming the first setting at fault. Runs before any model work."""
-    from .allocation import ALLOCATIONS
-    from .criteria import CRITERIA
-
     kinds = field_types(type(config))
     for f in fields(config):
         _check_field(f, getattr(config, f.name), kinds[f.name])
@@ -290,8 +290,6 @@ def check(config: Any) -> None:
         raise ConfigError(f"granularity (--granularity) {config.granularity!r} needs search='level-switch' "
                           "(--search level-switch): the paper's search gives one level per block")
     if isinstance(config, DeviceSettings):
-        from .devices import DeviceError, resolve_device
-
         try:
             resolve_device(config.device)
         except DeviceError as error:

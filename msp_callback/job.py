@@ -33,7 +33,8 @@ from .config import (
 )
 from .devices import resolve_device, resolve_dtype
 from .evaluate import perplexity
-from .models import input_device, load_causal_lm, measure_sparsity
+from .loading import load_causal_lm
+from .models import input_device, measure_sparsity
 from .nm import remove_masks
 from .offload import release
 from .plan import SparsityPlan, nm_string, parse_nm

@@ -10,7 +10,8 @@ import torch
 from msp_callback import data
 from msp_callback.cli import main
 from msp_callback.evaluate import perplexity
-from msp_callback.models import fingerprint, load_causal_lm, measure_sparsity
+from msp_callback.loading import load_causal_lm
+from msp_callback.models import fingerprint, measure_sparsity
 from msp_callback.plan import SparsityPlan
 from msp_callback.pruner import prune
 
