@@ -30,6 +30,11 @@ Examples:
   msp prune --recover-steps 50                  # ... then distil toward the dense model, masks held
   msp prune --sparsity 2:4 --criterion sparsegpt --json result.json
   msp prune --plan runs/x/plan.json --criterion magnitude   # apply a saved plan
+  msp prune --save-model compact                # save the model in the compact N:M form (default: plain)
+
+The model the job made is saved to <output>/model (unless --save-model none):
+  python -c "from transformers import AutoModelForCausalLM as A; A.from_pretrained('runs/<name>/model')"
+  msp eval runs/<name>/model --limit 200
 """
 
 
@@ -38,7 +43,8 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
         "prune",
         help="prune a model and report dense/pruned perplexity",
         description="Prune every decoder block's linears to N:M with a criterion, at levels from an allocation; "
-        "report perplexity before and after, the measured sparsity, and write the plan.",
+        "report perplexity before and after, the measured sparsity and a sample continuation, and write the plan "
+        "and the pruned model.",
         epilog=EPILOG % {"models": ", ".join(PACKAGED_MODELS), "texts": ", ".join(PACKAGED_TEXT)},
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -157,6 +163,11 @@ def _summary(result: dict) -> dict:
     for stage, keys in (("recovery", ("recovered_ppl",)), ("lora", ("ppl_after_lora", "ppl_after_merge")),
                         ("export", ("ppl_after_reload", "removed_blocks"))):
         summary.update({k: result[stage][k] for k in keys if stage in result})
+    if "saved_model" in result:
+        summary["saved_model"] = result["saved_model"]["folder"]
+        summary["saved_model_bytes"] = result["saved_model"]["bytes"]
+    if "samples" in result:
+        summary["sample_prompt"], summary["samples"] = result["sample_prompt"], result["samples"]
     summary["seconds"] = round(result["seconds"], 1)
     return summary
 
@@ -174,8 +185,9 @@ def _run(args: argparse.Namespace) -> int:
 def _prune(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k != "command"}
     settings = PruneSettings(**given)
-    output = settings.output or (f"runs/{settings.model.replace('/', '_')}-{settings.sparsity.replace(':', 'of')}-"
-                                 f"{settings.criterion}-{settings.allocation}")
+    output = settings.output = settings.output or (f"runs/{settings.model.replace('/', '_')}-"
+                                                   f"{settings.sparsity.replace(':', 'of')}-{settings.criterion}-"
+                                                   f"{settings.allocation}")
     settings.search_checkpoint = f"{output}/search_checkpoint.json"
     settings.recover_checkpoint = settings.recover_checkpoint or f"{output}/recovery_checkpoint.pt"
     check_job(settings, given, output)

@@ -182,7 +182,13 @@ class RecoverSettings:
 class OutputSettings:
     """What the command-line job reports and where."""
 
-    output: str | None = option(None, "folder for plan.json and plots (default: runs/<model>-<N>of<M>-<criterion>-<allocation>)")
+    output: str | None = option(None, "folder for plan.json, plots and the model (default: "
+                                "runs/<model>-<N>of<M>-<criterion>-<allocation>)")
+    save_model: str = option("plain", "save the final model (pruned, and recovered when that ran) to <output>/model: "
+                             "plain = a transformers folder AutoModelForCausalLM.from_pretrained loads as it is (the "
+                             "plan in its config.json, the tokenizer beside it); compact = each block linear as its kept "
+                             "weights plus packed positions (read with msp_callback.export.load_pruned); none = do not "
+                             "save it", choices=("plain", "compact", "none"))
     json: str | None = option(None, "write the machine-readable result here")
     dense_eval: bool = option(True, "skip the dense perplexity", flag="--no-dense-eval")
     progress: bool = option(True, "no progress bars, warnings only", flag="--quiet")

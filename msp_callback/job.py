@@ -1,7 +1,8 @@
-"""One end-to-end pruning job: load, sample data, plan, prune, evaluate, report.
+"""One end-to-end pruning job: load, sample data, plan, prune, (recover,) evaluate, save, report.
 
 This is what ``msp prune`` runs; it strings the framework-free pieces together and returns a
-JSON-ready result. Calibration text and evaluation text never overlap.
+JSON-ready result. Calibration text and evaluation text never overlap. Whatever stages run, the
+job ends by saving the model they made (`save_final_model`) into ``<output>/model``.
 """
 
 from __future__ import annotations
@@ -33,13 +34,16 @@ from .config import (
 )
 from .devices import resolve_device, resolve_dtype
 from .evaluate import perplexity
+from .export import folder_bytes, save_pruned
 from .loading import load_causal_lm
 from .models import input_device, measure_sparsity
 from .nm import remove_masks
 from .offload import release
 from .plan import SparsityPlan, nm_string, parse_nm
+from .preflight import MODEL_FOLDER
 from .pruner import prune
 from .recover import TeacherTargets, recover, teacher_targets
+from .samples import Samples
 from .saving import forget_plan
 from .search.runner import search_summary
 
@@ -128,10 +132,36 @@ def prepare(settings: PruneSettings, loaded: tuple[torch.nn.Module, Any] | None 
 
 
 def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
-    """Run the job; returns (result dict, plan). The model is discarded afterwards."""
+    """Run the job and save its final model (unless ``save_model`` is none or there is no
+    ``output``); returns (result dict, plan). The model is discarded afterwards."""
     result, plan, inputs = prune_and_measure(settings)
-    release(inputs.model)
+    try:
+        if settings.output and settings.save_model != "none":
+            saved = save_final_model(inputs.model, inputs.tokenizer, plan, Path(settings.output) / MODEL_FOLDER,
+                                     settings.save_model)
+            result["saved_model"] = saved
+            result["seconds"] += saved["seconds"]
+    finally:
+        release(inputs.model)
     return result, plan
+
+
+def save_final_model(model: torch.nn.Module, tokenizer: Any, plan: SparsityPlan, folder: str | Path,
+                     format: str) -> dict[str, Any]:
+    """Save the job's model as it is at the end, after every stage that ran, with the tokenizer
+    (`export.save_pruned`: written whole or not at all; an earlier run's model there is replaced).
+    Every block is kept, level-M ones too, so the folder holds exactly the model the job measured:
+    ``format="plain"`` loads with plain ``AutoModelForCausalLM.from_pretrained``, ``"compact"``
+    with `export.load_pruned`. Returns where, in what form and how large (bytes of all its files)."""
+    started = time.perf_counter()
+    folder = Path(folder)
+    record = save_pruned(model, folder, plan, tokenizer, drop_pruned_blocks=False, overwrite=True, format=format)
+    saved = {"folder": str(folder), "format": format, "bytes": folder_bytes(folder),
+             "parameters": record.parameters_after, "seconds": time.perf_counter() - started}
+    how = "AutoModelForCausalLM.from_pretrained" if format == "plain" else "msp_callback.export.load_pruned"
+    log.info("saved the model to %s (%s, %.1f MB): load it with %s(%r)", folder, format, saved["bytes"] / 1e6, how,
+             str(folder))
+    return saved
 
 
 def prune_and_measure(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan, Inputs]:
@@ -155,6 +185,8 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
     dense_ppl = ppl("dense perplexity") if settings.dense_eval else None
     if dense_ppl is not None:
         log.info("dense perplexity: %.3f", dense_ppl)
+    samples = Samples(inputs.tokenizer, inputs.bos_id, model)
+    samples.take("dense", model)
 
     if settings.plan:
         plan = SparsityPlan.load(settings.plan)
@@ -176,7 +208,10 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
     pruned_ppl = ppl("pruned perplexity")
     stats = measure_sparsity(model)
     log.info("pruned perplexity at %s (%s, %s): %.3f", nm_string(n, m), settings.criterion, plan.allocation, pruned_ppl)
+    samples.take("pruned", model)
     recovered = _recover(settings, inputs, recovery, teacher, ppl) if recovery else None
+    if recovered:
+        samples.take("recovered", model)
     result = {
         "model": settings.model,
         "criterion": plan.criterion,
@@ -201,6 +236,7 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         **({"recovery": recovered} if recovered else {}),
+        **samples.result(),
         "device": str(input_device(model)),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }

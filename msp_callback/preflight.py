@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import ConfigError
-from .export import ExportError
+from .export import ExportError, check_replaceable
 from .plan import PlanError, SparsityPlan, nm_string, parse_nm
 from .semistructured import SemiStructuredError
 
@@ -21,7 +21,8 @@ from .semistructured import SemiStructuredError
 USER_ERRORS = (ValueError, OSError, ExportError, SemiStructuredError)
 
 RUN_FILES = ("plan.json", "search_checkpoint.json", "recovery_checkpoint.pt", "result.json", "history.json", "levels.png",
-             "convergence.png")
+             "convergence.png", "model")
+MODEL_FOLDER = "model"  # where a job saves its model inside its output folder
 
 
 def check_model_source(name: str) -> None:
@@ -80,6 +81,17 @@ def check_output_folder(option: str, folder: str | os.PathLike) -> None:
             raise ConfigError(f"{option} {folder}: the folder holds other files ({', '.join(sorted(entries)[:3])}...); "
                               "give a new folder or an earlier run's")
     _check_writable(option, path)
+
+
+def check_model_folder(folder: Path) -> None:
+    """The job's model folder is new, or a model an earlier run saved there (replaced once the new
+    one is complete)."""
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise ExportError(f"{folder} is a file")
+        check_replaceable(folder)
+    except ExportError as error:
+        raise ConfigError(f"--output {folder.parent}: {error}; or add --save-model none") from None
 
 
 def check_output_file(option: str, file: str | os.PathLike) -> None:
@@ -152,5 +164,7 @@ def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike) -
             raise ConfigError("--offload-folder is only used with --offload disk: add --offload disk or drop it")
         _check_writable("--offload-folder", Path(settings.offload_folder))
     check_output_folder("--output", output)
+    if settings.save_model != "none":
+        check_model_folder(Path(output) / MODEL_FOLDER)
     if settings.json:
         check_output_file("--json", settings.json)
