@@ -30,6 +30,7 @@ from .config import (
     TargetSettings,
     check,
     extract,
+    label,
     option,
 )
 from .devices import resolve_device, resolve_dtype
@@ -95,7 +96,7 @@ class Inputs:
     model: torch.nn.Module
     tokenizer: Any
     calibration: list[torch.Tensor]  # batches (B, calib_seqlen)
-    fitness_windows: torch.Tensor  # (fitness_samples, fitness_seqlen), calibration corpus, other seed
+    fitness_windows: torch.Tensor | None  # (fitness_samples, fitness_seqlen), calibration corpus, other seed; None for 0
     windows: torch.Tensor  # (eval_windows, eval_seqlen), evaluation text
     calib_tokens: torch.Tensor | None = None  # the calibration corpus as one token stream
     bos_id: int | None = None  # BOS token starting each window, if any
@@ -122,13 +123,29 @@ def prepare(settings: PruneSettings, loaded: tuple[torch.nn.Module, Any] | None 
     model, tokenizer = loaded
     bos_id = _bos_id(tokenizer, settings.bos)
     calib_tokens, eval_tokens = load_texts(settings, tokenizer)
-    calibration = data.sample_calibration(calib_tokens, settings.calib_samples, settings.calib_seqlen, settings.seed, bos_id)
-    fitness_windows = torch.cat(data.sample_calibration(
-        calib_tokens, settings.fitness_samples, settings.fitness_seqlen, settings.seed + 1, bos_id))
-    windows = data.evaluation_windows(eval_tokens, settings.eval_seqlen, settings.eval_windows, bos_id)
+    calibration = _calibration_windows(settings, calib_tokens, "calib_samples", "calib_seqlen", settings.seed, bos_id)
+    fitness_windows = None  # none asked for: the search scores plans on the calibration rows, as the callbacks' does
+    if settings.fitness_samples:
+        fitness_windows = torch.cat(_calibration_windows(settings, calib_tokens, "fitness_samples", "fitness_seqlen",
+                                                         settings.seed + 1, bos_id))
+    elif settings.allocation == "msp" and not settings.plan:
+        log.warning("--fitness-samples 0: the search scores plans on the calibration rows it prunes with")
+    windows = data.evaluation_windows(eval_tokens, settings.eval_seqlen, settings.eval_windows, bos_id,
+                                      what=f"the evaluation text ({settings.eval_corpus})",
+                                      option=label(settings, "eval_seqlen"))
     log.info("calibration: %d x %d tokens of %s; evaluation: %d x %d tokens of %s",
              settings.calib_samples, settings.calib_seqlen, settings.calib_corpus, windows.shape[0], windows.shape[1], settings.eval_corpus)
     return Inputs(model, tokenizer, calibration, fitness_windows, windows, calib_tokens, bos_id)
+
+
+def _calibration_windows(settings: PruneSettings, tokens: torch.Tensor, count: str, seqlen: str, seed: int,
+                         bos_id: int | None, batch_size: int = 8) -> list[torch.Tensor]:
+    """Windows of the calibration text, ``count`` and ``seqlen`` named by their settings (whose
+    values they are, and what an error names)."""
+    number = settings.window_count() if count == "recover_steps" else getattr(settings, count)
+    return data.sample_calibration(tokens, number, getattr(settings, seqlen), seed, bos_id, batch_size,
+                                   what=f"the calibration text ({settings.calib_corpus})",
+                                   options=(label(settings, count), label(settings, seqlen)))
 
 
 def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
@@ -262,8 +279,9 @@ def recovery_inputs(settings: PruneSettings, inputs: Inputs) -> tuple[list[torch
     model's targets on them; (None, None) without a recovery stage."""
     if not settings.recover_steps:
         return None, None
-    recovery = data.sample_calibration(inputs.calib_tokens, settings.window_count(), settings.recover_seqlen,
-                                       settings.seed + 2, inputs.bos_id, batch_size=settings.recover_batch_size)
+    recovery = _calibration_windows(settings, inputs.calib_tokens,
+                                    "recover_windows" if settings.recover_windows else "recover_steps", "recover_seqlen",
+                                    settings.seed + 2, inputs.bos_id, settings.recover_batch_size)
     if settings.recover_loss != "kd":
         return recovery, None
     return recovery, teacher_targets(inputs.model, recovery, settings.recover_top_k, progress=settings.progress)

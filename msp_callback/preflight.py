@@ -8,14 +8,17 @@ and the places the results go. Each failure names the option or file and how to 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
+from .config import ConfigError, flag, ignored_settings, label
 from .export import ExportError, check_replaceable
 from .plan import PlanError, SparsityPlan, nm_string, parse_nm
 from .semistructured import SemiStructuredError
+
+log = logging.getLogger(__name__)
 
 # What the command line reports in one line with exit status 2 (anything else is a bug).
 USER_ERRORS = (ValueError, OSError, ExportError, SemiStructuredError)
@@ -111,9 +114,14 @@ def _check_writable(option: str, path: Path) -> None:
         raise ConfigError(f"{option} {path}: {existing} is not writable")
 
 
-def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike) -> None:
-    """Everything a `workflow.PruneSettings` job names, before the model loads. ``given`` are the
-    settings the user set explicitly (a value they set that the job would ignore is refused)."""
+def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike, unused: str = "refuse") -> None:
+    """Everything a `job.PruneSettings` job names, before the model loads. ``given`` are the
+    settings the user set explicitly: one the job would ignore is refused (``unused="refuse"``, the
+    command line) or warned about (``"warn"``, recipes, which may describe more than one job)."""
+    for name, why in ignored_settings(settings, given):
+        if unused == "refuse":
+            raise ConfigError(f"{flag(settings, name)} {why}")
+        log.warning("%s %s; it is ignored", label(settings, name), why)
     check_model_source(settings.model)
     check_corpus("--calib-corpus", settings.calib_corpus)
     check_corpus("--eval-corpus", settings.eval_corpus)

@@ -1,6 +1,6 @@
 """Recipes: one YAML file describes a whole job, run with ``msp run RECIPE [--set key=value ...]``.
 
-Top-level keys are the settings of ``msp prune`` (`workflow.PruneSettings`: model, sparsity,
+Top-level keys are the settings of ``msp prune`` (`job.PruneSettings`: model, sparsity,
 criterion, allocation, data and search sizes); optional sections add stages after pruning:
 
     lora:     # sparsity-preserving LoRA finetune on calibration-corpus text, then merge
@@ -218,7 +218,7 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
                           "built yet): set device: cpu, or drop offload: disk (or the lora section)")
     settings.search_checkpoint = settings.search_checkpoint or f"{recipe.output}/search_checkpoint.json"
     settings.recover_checkpoint = settings.recover_checkpoint or f"{recipe.output}/recovery_checkpoint.pt"
-    check_job(settings, recipe.given, recipe.output)
+    check_job(settings, recipe.given, recipe.output, unused="warn")  # a recipe may describe more than this job
     result, plan, inputs = prune_and_measure(settings)
     result["recipe"] = {**recipe.source, **{k: asdict(v) for k, v in (("lora", recipe.lora), ("export", recipe.export)) if v}}
     model = inputs.model

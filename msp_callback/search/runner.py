@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..atomic_files import atomic_write_text
-from ..config import SearchSettings, check
+from ..config import SearchSettings, check, label
 from ..criteria import get_criterion
 from ..distributed import ShardedEvaluate, world
 from ..models import find_blocks, fingerprint
@@ -43,21 +43,43 @@ def data_digest(calibration: Sequence[Tensor], fitness_windows: Tensor) -> str:
     return digest.hexdigest()
 
 
+def fixed_settings(settings: SearchSettings, n: int, m: int, seed: int, data: str) -> dict[str, Any]:
+    """What a search cannot change when it resumes: its scoring (cached fitnesses are only comparable
+    under one) and every setting that shapes its individuals. ``generations`` may grow."""
+    fixed = {"search": settings.search, "granularity": settings.granularity, "fitness": settings.fitness,
+             "screen_windows": settings.screen_windows,
+             "screen_keep": settings.screen_keep if settings.screen_windows else None,
+             "data": data, "sparsity": f"{n}:{m}", "population": settings.population, "init": settings.init,
+             "seed": seed}
+    if settings.search == "paper":
+        fixed["mutation_rate"] = settings.mutation_rate
+    else:
+        fixed.update(survivors=settings.survivors, max_switches=settings.max_switches)
+    if settings.init == "trace":
+        fixed["trace_strength"] = settings.trace_strength
+    return fixed
+
+
 def _load_checkpoint(path: Path, search: EvolutionarySearch, model_print: dict, criterion: str,
-                     scoring: dict[str, Any]) -> None:
+                     fixed: dict[str, Any]) -> None:
     try:
         state = json.loads(path.read_text())
         stored = state["scoring"] if "scoring" in state else {}
         saved_search = state["search"]
     except (ValueError, KeyError, TypeError) as error:
         raise PlanError(f"search checkpoint {path} is damaged ({error}); delete it to start a new search") from None
-    for key, value in scoring.items():  # cached fitnesses are only comparable under one scoring
+    for key, value in fixed.items():
         if key not in stored:
             log.warning("search checkpoint %s does not record its %s: resuming without checking it", path, key)
+        elif stored[key] != value and key == "data":
+            raise PlanError(f"checkpoint {path} was scored with other calibration or fitness data (corpus, rows, lengths "
+                            "or seed) than this search; resume with the same settings, or delete the checkpoint to start "
+                            "a new search")
         elif stored[key] != value:
-            what = "calibration or fitness data (corpus, rows, lengths or seed)" if key == "data" else key
-            raise PlanError(f"checkpoint {path} was scored with other {what} than this search; resume with the same "
-                            "settings, or delete the checkpoint to start a new search")
+            name = label(SearchSettings, key) if key in SearchSettings.__dataclass_fields__ else f"{key} (--{key})"
+            raise PlanError(f"checkpoint {path} was written by a search with {name} {stored[key]}, and this one has "
+                            f"{value}: resume with {stored[key]}, or drop --resume (delete the checkpoint) to start a "
+                            "new search")
     if state.get("fingerprint") != model_print or state.get("criterion") != criterion:
         raise PlanError(
             f"checkpoint {path} was written for another model or criterion "
@@ -165,12 +187,9 @@ def search_plan(
             screen_tokens=screen_tokens, full_tokens=fitness.tokens,
         )
     checkpoint = Path(settings.search_checkpoint) if settings.search_checkpoint else None
-    scoring = {"search": settings.search, "granularity": settings.granularity, "fitness": settings.fitness,
-               "screen_windows": settings.screen_windows,
-               "screen_keep": settings.screen_keep if settings.screen_windows else None,
-               "data": data_digest(calibration, fitness_windows)}
+    fixed = fixed_settings(settings, n, m, seed, data_digest(calibration, fitness_windows))
     if checkpoint and settings.resume and checkpoint.exists():
-        _load_checkpoint(checkpoint, search, model_print, criterion, scoring)
+        _load_checkpoint(checkpoint, search, model_print, criterion, fixed)
     meter = CostMeter(search, evaluate)
 
     bar = tqdm(total=settings.generations + 1, initial=search.generation + 1, desc="msp search", disable=not progress)
@@ -181,7 +200,7 @@ def search_plan(
         bar.set_postfix(best=f"{s.best[1]:.4g}", evals=s.evaluations)
         if checkpoint and rank == 0:
             atomic_write_text(checkpoint, json.dumps(
-                {"fingerprint": model_print, "criterion": criterion, "scoring": scoring, "search": s.state_dict()}))
+                {"fingerprint": model_print, "criterion": criterion, "scoring": fixed, "search": s.state_dict()}))
         if on_generation:
             on_generation(s)
 
