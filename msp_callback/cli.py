@@ -9,10 +9,10 @@ import logging
 import sys
 import typing
 
-from .config import add_arguments, suggest
+from .config import DeviceSettings, add_arguments, check, suggest
 from .job import PruneSettings, run_prune, write_outputs
 from .packaged import PACKAGED_MODELS, PACKAGED_TEXT
-from .preflight import USER_ERRORS, check_job
+from .preflight import USER_ERRORS, check_job, check_output_file
 
 log = logging.getLogger("msp")
 
@@ -95,30 +95,47 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                        "model in memory.", epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="packaged name, folder, hub id, or an export folder")
     p.add_argument("--tasks", nargs="+", default=list(LOCAL_TASKS), help="lm-eval task names (default: the local ones)")
-    p.add_argument("--limit", type=int, default=None, help="examples per task (default: all: 500 per local task)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--limit", type=_at_least_one, default=None, help="examples per task (default: all: 500 per local task)")
+    p.add_argument("--batch-size", type=_at_least_one, default=8, help="examples per forward (default: 8)")
+    add_arguments(p, DeviceSettings, skip=("offload", "offload_folder"))  # --device and --dtype as in msp prune
     p.add_argument("--json", help="write the accuracies here")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type: a whole number of at least 1 (an empty run is refused up front)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value} (leave it out for the default)")
+    return value
 
 
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
+    from .devices import resolve_device, resolve_dtype
     from .export import RECORD_FILE, load_pruned
     from .loading import load_causal_lm
+    from .model_source import check_model_source
     from .zero_shot import zero_shot
 
-    dtype = getattr(torch, args.dtype)
+    device_settings = DeviceSettings(**{k: getattr(args, k) for k in ("device", "dtype") if hasattr(args, k)})
+    check(device_settings)
+    check_model_source(args.model, "msp eval")
+    if args.json:
+        check_output_file("--json", args.json)
+    device = resolve_device(device_settings.device)
+    dtype = resolve_dtype(device_settings.dtype, device)
     if (Path(args.model) / RECORD_FILE).exists():
         from transformers import AutoTokenizer
 
-        model, _ = load_pruned(args.model, dtype=dtype, masks=False)
+        model = load_pruned(args.model, dtype=dtype, masks=False)[0].to(device)
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     else:
-        model, tokenizer = load_causal_lm(args.model, dtype=dtype)
+        model, tokenizer = load_causal_lm(args.model, dtype=dtype, device=device)
     result = {"model": args.model, "tasks": zero_shot(model, tokenizer, args.tasks, args.limit, args.batch_size)}
     print(json.dumps(result, indent=2))
     if args.json:

@@ -15,6 +15,7 @@ from typing import Any
 
 from .config import ConfigError, flag, ignored_settings, label
 from .export import ExportError, check_replaceable
+from .model_source import check_model_source
 from .plan import PlanError, SparsityPlan, nm_string, parse_nm
 from .semistructured import SemiStructuredError
 
@@ -26,30 +27,6 @@ USER_ERRORS = (ValueError, OSError, ExportError, SemiStructuredError)
 RUN_FILES = ("plan.json", "search_checkpoint.json", "recovery_checkpoint.pt", "result.json", "history.json", "levels.png",
              "convergence.png", "model")
 MODEL_FOLDER = "model"  # where a job saves its model inside its output folder
-
-
-def check_model_source(name: str) -> None:
-    """A packaged name, a hub id, or a local folder holding a readable ``config.json``."""
-    from .packaged import PACKAGED_MODELS
-
-    if name in PACKAGED_MODELS:
-        return
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ConfigError(f"--model {name}: is a file; give a model folder (with config.json), a packaged name "
-                              f"({', '.join(PACKAGED_MODELS)}) or a hub id")
-        config = path / "config.json"
-        if not config.is_file():
-            raise ConfigError(f"--model {name}: the folder has no config.json, so it is not a transformers model folder")
-        try:
-            json.loads(config.read_text())
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ConfigError(f"--model {name}: config.json is not valid JSON ({error})") from None
-        return
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a hub id (org/name)
-        raise ConfigError(f"--model {name}: no such folder; give a model folder, a packaged name "
-                          f"({', '.join(PACKAGED_MODELS)}) or a hub id (org/name)")
 
 
 def check_corpus(option: str, name: str) -> None:

@@ -44,6 +44,12 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "taken" / "model").mkdir(parents=True)  # an earlier run's folder whose model/ holds something else
     (tmp_path / "taken" / "plan.json").write_text("{}")
     (tmp_path / "taken" / "model" / "notes.txt").write_text("mine")
+    tiny_config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128}
+    for name, change in (("bad_values", {"hidden_size": "abc"}), ("bad_heads", {"num_attention_heads": 5}),
+                         ("bad_act", {"hidden_act": "nope"}), ("bad_type", {"model_type": "lama"})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({**tiny_config, **change}))
     (tmp_path / "taken_by_file").mkdir()
     (tmp_path / "taken_by_file" / "model").write_text("not a folder")
 
@@ -51,6 +57,8 @@ def workdir(tmp_path, monkeypatch):
         raise AssertionError("the model was loaded before the bad input was found")
 
     monkeypatch.setattr("msp_callback.job.load_causal_lm", no_model)
+    monkeypatch.setattr("msp_callback.loading.load_causal_lm", no_model)
+    monkeypatch.setattr("msp_callback.export.load_pruned", no_model)
     return tmp_path
 
 
@@ -128,17 +136,40 @@ CLI_CASES = [
     (["--sparsity", "0:4"], "--sparsity) 0:4 prunes nothing"),
     (["--sparsity", "0:8"], "give N of at least 1, e.g. 4:8"),
     (["--output", "taken"], "taken/model exists and is not an export"),
+    (["--model", "bad_values"], "bad_values/config.json: field 'hidden_size' = 'abc' is invalid"),
+    (["--model", "bad_heads"], "bad_heads/config.json: field 'num_attention_heads' = 5 is invalid"),
+    (["--model", "bad_act"], "bad_act/config.json: field 'hidden_act' = 'nope' cannot build the model"),
+    (["--model", "bad_type"], "field 'model_type' = 'lama' is not an architecture this transformers knows; did you mean"),
+    (["--model", "org/no-such-model"], "--model org/no-such-model: not found"),
+    (["--model", "./no-such-model"], "not found (no such folder)"),
     (["--output", "taken_by_file"], "taken_by_file/model is a file"),
 ]
 
 
-@pytest.mark.parametrize("argv,names", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
-def test_cli_refuses_bad_input_up_front(workdir, capsys, caplog, argv, names):
+EVAL_CASES = [
+    (["./no-such-model"], "msp eval ./no-such-model: not found"),
+    (["org/no-such-model"], "msp eval org/no-such-model: not found"),
+    (["no-such-model"], "msp eval no-such-model: not found"),
+    (["broken"], "config.json is not valid JSON"),
+    (["bad_values"], "field 'hidden_size'"),
+    (["smollm2-135m", "--limit", "0"], "--limit: must be at least 1"),
+    (["smollm2-135m", "--batch-size", "0"], "--batch-size: must be at least 1"),
+    (["smollm2-135m", "--device", "cuda:99"], "--device"),
+    (["smollm2-135m", "--dtype", "fp8"], "--dtype"),
+    (["smollm2-135m", "--json", "json_dir"], "--json json_dir"),
+]
+
+
+COMMAND_CASES = [("prune", *case) for case in CLI_CASES] + [("eval", *case) for case in EVAL_CASES]
+
+
+@pytest.mark.parametrize("command,argv,names", COMMAND_CASES, ids=[" ".join([c, *a]) for c, a, _ in COMMAND_CASES])
+def test_cli_refuses_bad_input_up_front(workdir, capsys, caplog, command, argv, names):
     before = _files(workdir)
     started = time.perf_counter()
     with caplog.at_level(logging.ERROR):
         try:
-            code = main(["prune", *argv])
+            code = main([command, *argv])
         except SystemExit as exit_:  # argparse's own errors
             code = exit_.code
     seconds = time.perf_counter() - started

@@ -121,3 +121,27 @@ def test_a_recipe_saves_its_final_model_once(tiny, tmp_path):
     result = json.loads((tmp_path / "exports" / "result.json").read_text())
     assert "saved_model" not in result and result["export"]["format"] == "compact"  # the export stage is the save
     assert result["export"]["ppl_after_reload"] == result["pruned_ppl"]
+
+
+def test_the_saved_model_fine_tunes_on_sparse_with_the_callbacks(tiny, tmp_path):
+    from transformers import Trainer, TrainingArguments
+
+    from msp_callback import MSPTrainerCallback
+    from msp_callback.models import named_block_linears
+    from msp_callback.nm import mask_of
+
+    out = tmp_path / "run"
+    result = _job(tiny, out)
+    model = AutoModelForCausalLM.from_pretrained(out / "model")  # as the README's quick start does
+    zeros = {name: module.weight.detach() == 0 for name, module in named_block_linears(model).items()}
+    rows = torch.randint(0, 1000, (8, 16), generator=torch.Generator().manual_seed(0))
+    callback = MSPTrainerCallback(sparsity="2:4", progress=False)  # re-installs the masks from config.json
+    args = TrainingArguments(output_dir=str(tmp_path / "train"), max_steps=2, per_device_train_batch_size=4,
+                             learning_rate=1e-2, report_to=[], use_cpu=True, disable_tqdm=True, save_strategy="no")
+    Trainer(model=model, args=args, train_dataset=[{"input_ids": r, "labels": r} for r in rows],
+            callbacks=[callback]).train()
+    assert callback.plan.levels == result["levels"]  # the job's plan, not pruned again
+    for name, module in named_block_linears(model).items():
+        pruned = ~mask_of(module)
+        assert torch.equal(pruned, zeros[name]), name  # the masks are the job's zeros
+        assert not module.weight.detach()[pruned].any(), name  # and they stayed zero through training
