@@ -105,7 +105,8 @@ def fisher(model: nn.Module, n: int, m: int, criterion: str, calibration: Sequen
 @register_allocation("msp")
 def msp(model: nn.Module, n: int, m: int, criterion: str, calibration: Sequence[Tensor] | None = None,
         fitness_windows: Tensor | None = None, search: Any = None, seed: int = 0, progress: bool = True,
-        traces: Sequence[float] | None = None, level_cache: Any = None, **_: Any) -> SparsityPlan:
+        traces: Sequence[float] | None = None, level_cache: Any = None, data_settings: dict[str, Any] | None = None,
+        **_: Any) -> SparsityPlan:
     """The MSP evolutionary search (see `search.runner.search_plan`; ``level_cache`` lets several
     searches share one)."""
     calibration = _require(calibration, "msp")
@@ -115,7 +116,7 @@ def msp(model: nn.Module, n: int, m: int, criterion: str, calibration: Sequence[
     if settings.init == "trace" and traces is None:
         traces = block_traces(model, calibration, progress)
     plan = search_plan(model, n, m, criterion, calibration, fitness_windows, settings, traces, seed, progress,
-                       level_cache=level_cache)
+                       level_cache=level_cache, data_settings=data_settings)
     if traces is not None:
         plan.metadata["traces"] = list(traces)
     return plan

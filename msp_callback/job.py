@@ -69,6 +69,10 @@ class PruneSettings(OutputSettings, RecoverSettings, SearchSettings, DeviceSetti
             self.eval_windows = None  # all of the text
 
 
+# what drew the calibration and fitness windows: a resumed search refuses other values, naming them
+DATA_SETTINGS = ("calib_corpus", "calib_samples", "calib_seqlen", "fitness_samples", "fitness_seqlen", "bos")
+
+
 def _bos_id(tokenizer, bos: str) -> int | None:
     if bos not in ("auto", "yes", "no"):
         raise ValueError(f"bos must be auto, yes or no, got {bos!r}")
@@ -214,7 +218,8 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
             search.cache_storage = "disk"  # the level cache follows the weights out of memory
         plan = make_plan(settings.allocation, model, n, m, settings.criterion, calibration=calibration,
                          fitness_windows=inputs.fitness_windows, search=search, seed=settings.seed,
-                         progress=settings.progress, **settings.extra)
+                         progress=settings.progress, data_settings={k: getattr(settings, k) for k in DATA_SETTINGS},
+                         **settings.extra)
     plan.metadata.update(settings=asdict(settings))
 
     uniform_ppl = _uniform_beside(settings, inputs, plan, ppl) if settings.compare_uniform else None

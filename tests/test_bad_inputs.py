@@ -410,3 +410,16 @@ def test_no_fitness_windows_means_the_search_scores_on_the_calibration_rows(tmp_
     settings = PruneSettings(calib_corpus=str(tmp_path / "text.txt"), eval_corpus=str(tmp_path / "text.txt"),
                              calib_seqlen=16, eval_seqlen=16, fitness_samples=0)
     assert prepare(settings, loaded=(tiny_model("llama"), real_tokenizer)).fitness_windows is None  # not "num_samples"
+
+
+def test_a_resumed_search_names_the_data_setting_that_changed(tmp_path):
+    from msp_callback.search.runner import search_plan
+
+    model = tiny_model("llama")
+    settings = SearchSettings(population=4, generations=1, search_checkpoint=str(tmp_path / "search.json"))
+    calibration, fitness = token_batches(2), torch.cat(token_batches(2, seed=9))
+    search_plan(model, 2, 4, "wanda", calibration, fitness, settings, progress=False, data_settings={"calib_seqlen": 16})
+    settings.resume = True
+    with pytest.raises(PlanError, match=re.escape("calib_seqlen (--calib-seqlen) 16, and this one has 32")):
+        search_plan(model, 2, 4, "wanda", calibration, fitness, settings, progress=False,
+                    data_settings={"calib_seqlen": 32})

@@ -43,14 +43,16 @@ def data_digest(calibration: Sequence[Tensor], fitness_windows: Tensor) -> str:
     return digest.hexdigest()
 
 
-def fixed_settings(settings: SearchSettings, n: int, m: int, seed: int, data: str) -> dict[str, Any]:
+def fixed_settings(settings: SearchSettings, n: int, m: int, seed: int, data: str,
+                   data_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """What a search cannot change when it resumes: its scoring (cached fitnesses are only comparable
-    under one) and every setting that shapes its individuals. ``generations`` may grow."""
+    under one), every setting that shapes its individuals, and its data (``data_settings``, named
+    by the caller, then their digest). ``generations`` may grow."""
     fixed = {"search": settings.search, "granularity": settings.granularity, "fitness": settings.fitness,
              "screen_windows": settings.screen_windows,
              "screen_keep": settings.screen_keep if settings.screen_windows else None,
-             "data": data, "sparsity": f"{n}:{m}", "population": settings.population, "init": settings.init,
-             "seed": seed}
+             "sparsity": f"{n}:{m}", "population": settings.population, "init": settings.init, "seed": seed,
+             **(data_settings or {}), "data": data}
     if settings.search == "paper":
         fixed["mutation_rate"] = settings.mutation_rate
     else:
@@ -76,7 +78,8 @@ def _load_checkpoint(path: Path, search: EvolutionarySearch, model_print: dict, 
                             "or seed) than this search; resume with the same settings, or delete the checkpoint to start "
                             "a new search")
         elif stored[key] != value:
-            name = label(SearchSettings, key) if key in SearchSettings.__dataclass_fields__ else f"{key} (--{key})"
+            name = (label(SearchSettings, key) if key in SearchSettings.__dataclass_fields__
+                    else f"{key} (--{key.replace('_', '-')})")
             raise PlanError(f"checkpoint {path} was written by a search with {name} {stored[key]}, and this one has "
                             f"{value}: resume with {stored[key]}, or drop --resume (delete the checkpoint) to start a "
                             "new search")
@@ -137,13 +140,16 @@ def search_plan(
     progress: bool = True,
     on_generation: Callable[[EvolutionarySearch], None] | None = None,
     level_cache: LevelCache | None = None,
+    data_settings: dict[str, Any] | None = None,
 ) -> SparsityPlan:
     """Search levels at target N:M (one per block, or per unit at a finer ``settings.granularity``);
     the model is left dense, the plan returned.
 
     ``level_cache``: one already built on this model from ``calibration`` with this criterion and M,
     to run several searches on one cache (it is left open and dense); by default the search builds
-    its own and frees it."""
+    its own and frees it. ``data_settings``: the caller's settings that drew ``calibration`` and
+    ``fitness_windows`` (corpus, rows, lengths), kept in the checkpoint so that a resume under
+    other ones is refused naming the setting."""
     settings = settings or SearchSettings()
     check(settings)  # e.g. a finer granularity than block needs the level-switch search
     settings = settings.resolved(len(fitness_windows))
@@ -187,7 +193,7 @@ def search_plan(
             screen_tokens=screen_tokens, full_tokens=fitness.tokens,
         )
     checkpoint = Path(settings.search_checkpoint) if settings.search_checkpoint else None
-    fixed = fixed_settings(settings, n, m, seed, data_digest(calibration, fitness_windows))
+    fixed = fixed_settings(settings, n, m, seed, data_digest(calibration, fitness_windows), data_settings)
     if checkpoint and settings.resume and checkpoint.exists():
         _load_checkpoint(checkpoint, search, model_print, criterion, fixed)
     meter = CostMeter(search, evaluate)
