@@ -4,6 +4,7 @@ after each stage (dense, pruned, recovered, ...), so the stages can be compared 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import torch
@@ -45,6 +46,7 @@ class Samples:
     def __init__(self, tokenizer: Any, bos_id: int | None = None, model: nn.Module | None = None) -> None:
         self.tokenizer, self.bos_id = tokenizer, bos_id
         self.texts: dict[str, str] = {}
+        self.seconds = 0.0
         self.skipped = model is not None and offload_of(model) is not None
         if self.skipped:
             log.info("no sample continuations: the model is offloaded to disk, and each new token would read every "
@@ -54,9 +56,14 @@ class Samples:
         """Continue the prompt with ``model`` as it is after ``stage``."""
         if self.skipped:
             return
+        started = time.perf_counter()
         self.texts[stage] = continuation(model, self.tokenizer, bos_id=self.bos_id)
+        self.seconds += time.perf_counter() - started
         log.info("%s continues %r with %r", stage, PROMPT, self.texts[stage])
 
     def result(self) -> dict[str, Any]:
-        """The JSON entries: ``sample_prompt`` and ``samples`` ({stage: continuation}); none when skipped."""
-        return {} if self.skipped else {"sample_prompt": PROMPT, "samples": dict(self.texts)}
+        """The JSON entries: ``sample_prompt``, ``samples`` ({stage: continuation}) and the seconds
+        they took; none when skipped."""
+        if self.skipped:
+            return {}
+        return {"sample_prompt": PROMPT, "samples": dict(self.texts), "sample_seconds": self.seconds}
