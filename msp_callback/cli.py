@@ -177,6 +177,8 @@ def _summary(result: dict) -> dict:
     summary = {k: result[k] for k in SUMMARY_KEYS}
     summary.update({k: result[k] for k in OPTIONAL_KEYS if k in result})
     summary["measured_sparsity_pct"] = round(result["measured_sparsity"]["pruned_linears_pct"], 3)
+    if "reconstruction" in result:
+        summary["reconstruction_minutes"] = round(result["reconstruction"]["seconds"] / 60, 1)
     for stage, keys in (("recovery", ("recovered_ppl",)), ("lora", ("ppl_after_lora", "ppl_after_merge")),
                         ("export", ("ppl_after_reload", "removed_blocks"))):
         summary.update({k: result[stage][k] for k in keys if stage in result})
@@ -207,6 +209,7 @@ def _prune(args: argparse.Namespace) -> int:
                                                    f"{settings.allocation}")
     settings.search_checkpoint = f"{output}/search_checkpoint.json"
     settings.recover_checkpoint = settings.recover_checkpoint or f"{output}/recovery_checkpoint.pt"
+    settings.reconstruct_checkpoint = settings.reconstruct_checkpoint or f"{output}/reconstruct_checkpoint"
     check_job(settings, given, output)
     result, plan = run_prune(settings)
     write_outputs(result, plan, output, settings.json)

@@ -183,6 +183,32 @@ class RecoverSettings:
 
 
 @dataclass
+class ReconstructSettings:
+    """Block-wise reconstruction while pruning: each pruned block's kept weights trained to match the
+    dense block's output, masks held."""
+
+    reconstruct_epochs: int = option(0, "passes over the calibration windows per block after it is pruned (0 = no "
+                                     "reconstruction)", minimum=0)
+    reconstruct_target: str = option("dense", "what a pruned block learns to output: dense = the dense model's own "
+                                     "block output on the dense model's inputs (also corrects error carried from "
+                                     "earlier blocks); pruned = the dense block's output on the pruned model's "
+                                     "inputs", choices=("dense", "pruned"))
+    reconstruct_loss: str = option("token", "the training loss: token = squared error of each token's output relative to "
+                                   "its target's squared norm, averaged over tokens (every token counts alike, as "
+                                   "the next block's norm reads them); batch = squared error relative to the whole "
+                                   "batch's (dominated by the few tokens with huge activations)",
+                                   choices=("token", "batch"))
+    reconstruct_lr: float = option(1e-4, "Adam learning rate of the block's trained weights", minimum=0.0)
+    reconstruct_batch_size: int = option(2, "calibration windows per optimizer step", minimum=1)
+    reconstruct_holdout: int = option(4, "windows of the calibration text (apart from the calibration rows; never "
+                                      "the evaluation text) that decide early stopping and which epoch's weights a "
+                                      "block keeps (0 = keep the last epoch's)", minimum=0)
+    reconstruct_patience: int = option(2, "epochs without a lower held-out loss before a block stops", minimum=1)
+    reconstruct_checkpoint: str | None = option(None, "folder that reconstruction saves each finished block to and "
+                                                "resumes from")
+
+
+@dataclass
 class OutputSettings:
     """What the command-line job reports and where."""
 
@@ -199,8 +225,8 @@ class OutputSettings:
 
 
 @dataclass
-class MSPConfig(RecoverSettings, SearchSettings, CalibrationSettings, TargetSettings):
-    """Everything the callbacks (`MSPEngine`) need: target, calibration, search and recovery."""
+class MSPConfig(RecoverSettings, ReconstructSettings, SearchSettings, CalibrationSettings, TargetSettings):
+    """Everything the callbacks (`MSPEngine`) need: target, calibration, search, reconstruction and recovery."""
 
     def __post_init__(self) -> None:
         check(self)
@@ -340,6 +366,8 @@ def _screens(c: Any) -> bool:
 
 SEARCH_ONLY = ("search", "granularity", "population", "generations", "survivors", "max_switches", "mutation_rate", "init",
                "fitness", "fitness_batch_size", "screen_windows", "screen_keep", "cache_storage", "fitness_seqlen")
+RECONSTRUCTION_ONLY = ("reconstruct_target", "reconstruct_loss", "reconstruct_lr", "reconstruct_batch_size",
+                       "reconstruct_holdout", "reconstruct_patience", "reconstruct_checkpoint")
 RECOVERY_ONLY = ("recover_method", "recover_loss", "recover_lr", "recover_batch_size", "recover_seqlen", "recover_windows",
                  "recover_top_k", "recover_lora_rank", "recover_checkpoint", "recover_save_every", "recover_max_minutes")
 
@@ -358,6 +386,9 @@ UNUSED: tuple[tuple[tuple[str, ...], typing.Callable[[Any], bool], typing.Callab
                "search scores its best --survivors in full instead): drop it"),
     (("trace_strength",), lambda c: getattr(c, "allocation", "msp") != "fisher" and not (_searches(c) and c.init == "trace"),
      lambda c: "is used only with Fisher-trace levels (--allocation fisher, or --init trace for the search): drop it"),
+    (RECONSTRUCTION_ONLY, lambda c: not c.reconstruct_epochs,
+     lambda c: "is only used with --reconstruct-epochs N (N > 0), and this job reconstructs no block: add it, or drop "
+               "this option"),
     (RECOVERY_ONLY, lambda c: not c.recover_steps,
      lambda c: "is a recovery setting, and this job runs no recovery (--recover-steps is 0): drop it, or add "
                "--recover-steps N"),

@@ -1,4 +1,4 @@
-"""One end-to-end pruning job: load, sample data, plan, prune, (recover,) evaluate, save, report.
+"""One end-to-end pruning job: load, sample data, plan, prune (reconstruct, recover), evaluate, save.
 
 This is what ``msp prune`` runs; it strings the framework-free pieces together and returns a
 JSON-ready result. Calibration text and evaluation text never overlap. Whatever stages run, the
@@ -25,6 +25,7 @@ from .config import (
     DataSettings,
     DeviceSettings,
     OutputSettings,
+    ReconstructSettings,
     RecoverSettings,
     SearchSettings,
     TargetSettings,
@@ -43,6 +44,7 @@ from .offload import release
 from .plan import SparsityPlan, nm_string, parse_nm
 from .preflight import MODEL_FOLDER
 from .pruner import prune
+from .reconstruct import RESUME_SETTINGS, reconstruct
 from .recover import TeacherTargets, recover, teacher_targets
 from .samples import Samples
 from .saving import forget_plan
@@ -52,7 +54,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class PruneSettings(OutputSettings, RecoverSettings, SearchSettings, DeviceSettings, DataSettings, CalibrationSettings,
+class PruneSettings(OutputSettings, RecoverSettings, ReconstructSettings, SearchSettings, DeviceSettings, DataSettings, CalibrationSettings,
                     TargetSettings):
     """Everything one pruning job needs (``msp prune``, recipes); defaults are the embedded
     real-model run. Each setting is declared once, in its section in `config`."""
@@ -225,12 +227,13 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
     uniform_ppl = _uniform_beside(settings, inputs, plan, ppl) if settings.compare_uniform else None
     recovery, teacher = recovery_inputs(settings, inputs)  # the teacher is the dense model: before pruning
     t0 = time.perf_counter()
-    prune(model, plan, calibration, progress=settings.progress)
+    reconstruction = _prune(settings, inputs, plan)
     prune_seconds = time.perf_counter() - t0
     pruned_ppl = ppl("pruned perplexity")
     stats = measure_sparsity(model)
-    log.info("pruned perplexity at %s (%s, %s): %.3f", nm_string(n, m), settings.criterion, plan.allocation, pruned_ppl)
-    samples.take("pruned", model)
+    log.info("pruned perplexity at %s (%s, %s%s): %.3f", nm_string(n, m), settings.criterion, plan.allocation,
+             ", reconstructed" if reconstruction else "", pruned_ppl)
+    samples.take("reconstructed" if reconstruction else "pruned", model)
     recovered = _recover(settings, inputs, recovery, teacher, ppl) if recovery else None
     if recovered:
         samples.take("recovered", model)
@@ -257,6 +260,7 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
         **search_summary(plan),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        **({"reconstruction": reconstruction} if reconstruction else {}),
         **({"recovery": recovered} if recovered else {}),
         **samples.result(),
         "device": str(input_device(model)),
@@ -264,6 +268,21 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
     }
     result["seconds"] = time.perf_counter() - start
     return result, plan, inputs
+
+
+def _prune(settings: PruneSettings, inputs: Inputs, plan: SparsityPlan) -> dict[str, Any] | None:
+    """Prune to ``plan``, with block-wise reconstruction when asked; the reconstruction's summary
+    (per-block losses) or None."""
+    if not settings.reconstruct_epochs:
+        prune(inputs.model, plan, inputs.calibration, progress=settings.progress)
+        return None
+    holdout = (_calibration_windows(settings, inputs.calib_tokens, "reconstruct_holdout", "calib_seqlen", settings.seed + 3,
+                                    inputs.bos_id) if settings.reconstruct_holdout else [])
+    t0 = time.perf_counter()
+    reports = reconstruct(inputs.model, plan, inputs.calibration, extract(settings, ReconstructSettings), holdout,
+                          resume=settings.resume, seed=settings.seed, progress=settings.progress)
+    return {**{k: getattr(settings, k) for k in RESUME_SETTINGS}, "seconds": time.perf_counter() - t0,
+            "holdout_windows": settings.reconstruct_holdout, "blocks": [asdict(r) for r in reports]}
 
 
 def _uniform_beside(settings: PruneSettings, inputs: Inputs, plan: SparsityPlan, ppl: Callable[[str], float]) -> float:

@@ -24,8 +24,8 @@ log = logging.getLogger(__name__)
 # What the command line reports in one line with exit status 2 (anything else is a bug).
 USER_ERRORS = (ValueError, OSError, ExportError, SemiStructuredError)
 
-RUN_FILES = ("plan.json", "search_checkpoint.json", "recovery_checkpoint.pt", "result.json", "history.json", "levels.png",
-             "convergence.png", "model")
+RUN_FILES = ("plan.json", "search_checkpoint.json", "reconstruct_checkpoint", "recovery_checkpoint.pt",
+             "result.json", "history.json", "levels.png", "convergence.png", "model")
 MODEL_FOLDER = "model"  # where a job saves its model inside its output folder
 
 
@@ -128,9 +128,9 @@ def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike, u
             raise ConfigError("--compare-uniform with --allocation uniform compares uniform with itself: drop it")
     searches = not settings.plan and settings.allocation == "msp"
     if settings.resume:
-        if not searches and not settings.recover_steps:
-            raise ConfigError("--resume continues an MSP search (--allocation msp, no --plan) or a recovery "
-                              "(--recover-steps): this job has neither")
+        if not searches and not settings.recover_steps and not settings.reconstruct_epochs:
+            raise ConfigError("--resume continues an MSP search (--allocation msp, no --plan), a reconstruction "
+                              "(--reconstruct-epochs) or a recovery (--recover-steps): this job has none")
     if settings.resume and searches:
         checkpoint = Path(settings.search_checkpoint)
         if not checkpoint.is_file():

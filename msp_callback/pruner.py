@@ -57,6 +57,27 @@ def prune_block(block: nn.Module, level: int | Mapping[str, int], m: int, criter
         if install:
             install_mask(module, from_out_in(module, keep))
 
+def prepare_prune(model: nn.Module, plan: SparsityPlan, criterion: str | Criterion | None = None,
+                  install: bool = True) -> tuple[Criterion, bool]:
+    """Check that ``plan`` fits ``model`` and that the model is not pruned yet; returns the
+    criterion and whether masks can be installed (not on an FSDP-sharded model)."""
+    criterion = get_criterion(criterion or plan.criterion)
+    plan.check_model(fingerprint(model))
+    plan.check_units(UnitLayout.of_model(model, plan.granularity))
+    check_model_fits(model, plan.m)
+    if has_pruning_masks(model):
+        raise RuntimeError(
+            "the model already carries N:M masks; call msp_callback.nm.remove_masks(model) "
+            "(bake=True keeps their zeros) before pruning it again"
+        )
+    log.info("pruning with %s: %s", criterion.name, plan.describe())
+    if install and is_sharded(model):
+        log.warning("the model is sharded (FSDP): pruning writes zeros into the shards but installs no masks; "
+                    "restore_masks(model) on the saved, gathered model gets them back")
+        install = False
+    return criterion, install
+
+
 def prune(
     model: nn.Module,
     plan: SparsityPlan,
@@ -72,20 +93,7 @@ def prune(
         criterion: overrides ``plan.criterion`` (a name from the registry or an instance).
         install: install mask parametrizations (True) or only write zeros into the weights.
     """
-    criterion = get_criterion(criterion or plan.criterion)
-    plan.check_model(fingerprint(model))
-    plan.check_units(UnitLayout.of_model(model, plan.granularity))
-    check_model_fits(model, plan.m)
-    if has_pruning_masks(model):
-        raise RuntimeError(
-            "the model already carries N:M masks; call msp_callback.nm.remove_masks(model) "
-            "(bake=True keeps their zeros) before pruning it again"
-        )
-    log.info("pruning with %s: %s", criterion.name, plan.describe())
-    if install and is_sharded(model):
-        log.warning("the model is sharded (FSDP): pruning writes zeros into the shards but installs no masks; "
-                    "restore_masks(model) on the saved, gathered model gets them back")
-        install = False
+    criterion, install = prepare_prune(model, plan, criterion, install)
 
     def visit(index: int, block: nn.Module, inputs: BlockInputs | None) -> None:
         prune_block(block, plan.linear_levels(index, block_linears(block)), plan.m, criterion, inputs, install)

@@ -142,19 +142,25 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     return cls(**{k: _coerce(v, hints[k], f"{where}: {k}") for k, v in values.items()})
 
 
-def _flatten_recover(raw: dict[str, Any], where: str, overriding: bool = False) -> None:
-    """A ``recover:`` section (steps, method, loss, ...) is the job's ``recover_*`` settings. In the
-    file, a setting in both places is refused; from overrides (``recover.steps=7``) the section wins."""
-    section = raw.pop("recover", None)
-    if section is None:
-        return
-    if not isinstance(section, dict):
-        raise RecipeError(f"{where}: recover must be a mapping of settings (steps, method, loss, lr, ...), got {section!r}")
-    for key, value in section.items():
-        flat = key if key.startswith("recover_") else f"recover_{key}"
-        if flat in raw and not overriding:
-            raise RecipeError(f"{where}: {flat} is set twice (at the top and in the recover section): keep one")
-        raw[flat] = value
+FLAT_SECTIONS = ("recover", "reconstruct")  # a section of these is the job's ``<name>_*`` settings
+
+
+def _flatten_sections(raw: dict[str, Any], where: str, overriding: bool = False) -> None:
+    """A ``recover:`` section (steps, method, loss, ...) is the job's ``recover_*`` settings, a
+    ``reconstruct:`` one (epochs, lr, ...) its ``reconstruct_*`` settings. In the file, a setting in
+    both places is refused; from overrides (``recover.steps=7``) the section wins."""
+    for name in FLAT_SECTIONS:
+        section = raw.pop(name, None)
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            raise RecipeError(f"{where}: {name} must be a mapping of {name}_* settings without the prefix (e.g. "
+                              f"{'steps: 50' if name == 'recover' else 'epochs: 4'}), got {section!r}")
+        for key, value in section.items():
+            flat = key if key.startswith(f"{name}_") else f"{name}_{key}"
+            if flat in raw and not overriding:
+                raise RecipeError(f"{where}: {flat} is set twice (at the top and in the {name} section): keep one")
+            raw[flat] = value
 
 
 def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
@@ -171,7 +177,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
         if name in raw and raw[name] is None:
             raw[name] = {}
     raw = dict(raw)
-    _flatten_recover(raw, str(path))
+    _flatten_sections(raw, str(path))
     for override in overrides:
         keys, value = _parse_override(override)
         target = raw
@@ -180,7 +186,7 @@ def load_recipe(path: str | Path, overrides: list[str] = ()) -> Recipe:
             if not isinstance(target, dict):
                 raise RecipeError(f"override {override!r}: {key} is not a section")
         target[keys[-1]] = value
-    _flatten_recover(raw, f"{path} (overrides)", overriding=True)
+    _flatten_sections(raw, f"{path} (overrides)", overriding=True)
     sections = {name: raw.pop(name, False) for name in SECTIONS}
     output = raw.pop("output", None) or f"runs/{path.stem}"
     prune = _build(PruneSettings, raw, str(path))
@@ -218,6 +224,7 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
                           "built yet): set device: cpu, or drop offload: disk (or the lora section)")
     settings.search_checkpoint = settings.search_checkpoint or f"{recipe.output}/search_checkpoint.json"
     settings.recover_checkpoint = settings.recover_checkpoint or f"{recipe.output}/recovery_checkpoint.pt"
+    settings.reconstruct_checkpoint = settings.reconstruct_checkpoint or f"{recipe.output}/reconstruct_checkpoint"
     check_job(settings, recipe.given, recipe.output, unused="warn")  # a recipe may describe more than this job
     result, plan, inputs = prune_and_measure(settings)
     result["recipe"] = {**recipe.source, **{k: asdict(v) for k, v in (("lora", recipe.lora), ("export", recipe.export)) if v}}

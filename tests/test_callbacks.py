@@ -266,3 +266,23 @@ def test_an_already_masked_model_is_not_pruned_again():
     trainer(again).fit(lit, loader(seed=3))
     assert again.plan.levels == plan.levels and again.plan.metadata["source"] == "masks already installed"
     assert_plan_exact(lit.model, plan)
+
+
+@pytest.mark.parametrize("framework", ["lightning", "hf"])
+def test_callbacks_reconstruct_blocks_while_pruning_with_masks_held(tmp_path, framework):
+    settings = dict(sparsity="2:4", allocation="uniform", calib_samples=4, fitness_samples=0, reconstruct_epochs=2,
+                    reconstruct_holdout=2, reconstruct_lr=1e-3, progress=False)
+    if framework == "lightning":
+        lit, cb = LitLM(), MSPCallback(**settings)
+        trainer(cb).fit(lit, loader())
+        model = lit.model
+    else:
+        model, cb = tiny_model("llama"), MSPTrainerCallback(**settings)
+        _hf_trainer(model, cb, tmp_path).train()
+    reports = cb.plan.metadata["reconstruction"]
+    assert [r["block"] for r in reports] == [0, 1, 2]
+    assert all(r["holdout_before"] is not None for r in reports)  # rows after the calibration ones held out
+    assert_plan_exact(model, cb.plan)
+    for block in find_blocks(model):
+        for module in block_linears(block).values():
+            assert bool((module.weight[~mask_of(module)] == 0).all())

@@ -87,15 +87,15 @@ def test_the_compact_form_reloads_through_load_pruned_and_replaces_an_earlier_mo
     assert _held_out_perplexity(tiny, model) == result["pruned_ppl"]
 
 
-def test_the_saved_model_is_the_recovered_one_when_recovery_ran(tiny, tmp_path):
+def test_the_saved_model_is_the_final_one_after_reconstruction_and_recovery(tiny, tmp_path):
     out = tmp_path / "run"
-    result = _job(tiny, out, "--recover-steps", "2", "--recover-batch-size", "1", "--recover-seqlen", "32",
-                  "--recover-lr", "1e-2")
+    result = _job(tiny, out, "--reconstruct-epochs", "1", "--reconstruct-holdout", "0", "--recover-steps", "2",
+                  "--recover-batch-size", "1", "--recover-seqlen", "32", "--recover-lr", "1e-2")
     recovered = result["recovery"]["recovered_ppl"]
-    assert recovered != result["pruned_ppl"]
+    assert "reconstruction" in result and recovered != result["pruned_ppl"]
     plain = AutoModelForCausalLM.from_pretrained(out / "model").eval()
     assert _held_out_perplexity(tiny, plain) == recovered
-    assert set(result["samples"]) == {"dense", "pruned", "recovered"}
+    assert set(result["samples"]) == {"dense", "reconstructed", "recovered"}
 
 
 def test_save_model_none_saves_nothing(tiny, tmp_path):

@@ -94,6 +94,25 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert perplexity(plain, windows, progress=False) == result["pruned_ppl"]
 
 
+def test_cli_reconstruction_lowers_perplexity_and_resumes(tmp_path):
+    out = tmp_path / "run"
+    common = ["prune", "--allocation", "uniform", "--sparsity", "2:4", "--criterion", "wanda", "--calib-samples", "2",
+              "--calib-seqlen", "64", "--eval-seqlen", "128", "--eval-windows", "2", "--no-dense-eval", "--quiet",
+              "--output", str(out)]
+    assert main([*common, "--json", str(tmp_path / "plain.json")]) == 0
+    recon = ["--reconstruct-epochs", "2", "--reconstruct-holdout", "1", "--reconstruct-lr", "1e-4"]
+    assert main([*common, *recon, "--json", str(tmp_path / "r.json")]) == 0
+    plain, result = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("plain", "r"))
+    blocks = result["reconstruction"]["blocks"]
+    assert len(blocks) == 30 and all(b["holdout_after"] <= b["holdout_before"] for b in blocks)
+    assert result["pruned_ppl"] < plain["pruned_ppl"], (result["pruned_ppl"], plain["pruned_ppl"])
+    assert result["measured_sparsity"]["pruned_linears_pct"] == pytest.approx(50.0, abs=0.1)
+    assert len(list((out / "reconstruct_checkpoint").glob("block_*.pt"))) == 30
+    # a resumed job finds every block finished and gives the same model
+    assert main([*common, *recon, "--resume", "--json", str(tmp_path / "resumed.json")]) == 0
+    assert json.loads((tmp_path / "resumed.json").read_text())["pruned_ppl"] == result["pruned_ppl"]
+
+
 def test_cli_in_bf16(tmp_path):
     code = main(["prune", "--allocation", "uniform", "--dtype", "bf16", "--sparsity", "2:4", "--criterion", "wanda", "--calib-samples", "1",
                  "--calib-seqlen", "64", "--eval-seqlen", "128", "--eval-windows", "2", "--quiet", "--save-model", "none",

@@ -96,3 +96,13 @@ def test_the_recover_section_sets_the_jobs_recover_settings():
 
 def test_a_top_level_override_of_a_recover_setting_wins_over_the_section():
     assert load_recipe(RECIPE_DIR / "msp_recover.yaml", ["recover_steps=10"]).prune.recover_steps == 10
+
+
+def test_a_reconstruct_section_sets_the_jobs_reconstruct_settings(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text("sparsity: '2:4'\nreconstruct:\n  epochs: 3\n  lr: 0.0003\n")
+    job = load_recipe(path, ["reconstruct.target=pruned"]).prune
+    assert (job.reconstruct_epochs, job.reconstruct_lr, job.reconstruct_target) == (3, 3e-4, "pruned")
+    path.write_text("reconstruct_epochs: 2\nreconstruct:\n  epochs: 3\n")
+    with pytest.raises(RecipeError, match="reconstruct_epochs is set twice"):
+        load_recipe(path)

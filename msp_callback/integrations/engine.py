@@ -16,12 +16,13 @@ from torch import Tensor, nn
 
 from ..allocation import make_plan
 from ..block_walk import CalibrationError
-from ..config import MSPConfig, RecoverSettings, SearchSettings, extract
+from ..config import MSPConfig, ReconstructSettings, RecoverSettings, SearchSettings, extract
 from ..distributed import broadcast, broadcast_masks
 from ..models import block_linears, find_blocks, fingerprint
 from ..nm import NMPatternError, has_pruning_masks, install_mask, mask_of, masked_modules, remove_masks, to_out_in, zeros_per_group
 from ..plan import PlanError, SparsityPlan, nm_string, parse_nm
 from ..pruner import check_model_fits, prune
+from ..reconstruct import reconstruct
 from ..recover import recover, teacher_targets
 from ..saving import forget_plan, plan_from_config, restore_masks
 from ..units import UnitLayout, unit_of
@@ -210,8 +211,13 @@ class MSPEngine:
         self.check_model(model)
         self._refuse_installed_masks(model)
         recovery_rows = cfg.window_count() if cfg.recover_steps else 0
-        taken = broadcast(take_rows(batches, cfg.calib_samples + cfg.fitness_samples + recovery_rows))  # rank 0's, everywhere
-        rows, extra = split_rows(taken, cfg.calib_samples + cfg.fitness_samples)
+        holdout_rows = cfg.reconstruct_holdout if cfg.reconstruct_epochs else 0
+        taken = broadcast(take_rows(batches, cfg.calib_samples + cfg.fitness_samples + holdout_rows + recovery_rows))
+        rows, extra = split_rows(taken, cfg.calib_samples + cfg.fitness_samples)  # rank 0's rows, everywhere
+        holdout, extra = split_rows(extra, holdout_rows)
+        if holdout_rows and not holdout:
+            log.warning("the calibration data has no rows for reconstruction's held-out windows: every block keeps its "
+                        "last epoch (give more data, or reconstruct_holdout=0 to silence this)")
         total = sum(r.shape[0] for r in rows)
         if total == 0:
             raise CalibrationError("the calibration data gave no batches: pass a non-empty dataloader")
@@ -237,7 +243,12 @@ class MSPEngine:
                 recovery = self._recovery_batches(rows, extra) if cfg.recover_steps else None
                 teacher = (teacher_targets(model, recovery, cfg.recover_top_k, progress=progress)
                            if recovery and cfg.recover_loss == "kd" else None)  # the dense model, before pruning
-                prune(model, plan, calibration, progress=progress)
+                if cfg.reconstruct_epochs:  # resumes whenever its checkpoint folder holds finished blocks
+                    reports = reconstruct(model, plan, calibration, extract(cfg, ReconstructSettings), holdout,
+                                          resume=cfg.reconstruct_checkpoint is not None, seed=cfg.seed, progress=progress)
+                    plan.metadata["reconstruction"] = [asdict(r) for r in reports]
+                else:
+                    prune(model, plan, calibration, progress=progress)
                 broadcast_masks(model)
                 if recovery:  # every rank runs the same recovery on the same rows: the same weights
                     losses = recover(model, recovery, extract(cfg, RecoverSettings), teacher, progress=progress,
