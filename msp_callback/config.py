@@ -8,7 +8,8 @@ what an entry point takes is a combination of them, flat in use:
 
 The command line (`add_arguments`), recipes (`build`) and the callbacks' keyword arguments
 (`keyword_signature`) are generated from these fields, so adding an option is one field here.
-`check` validates a whole configuration before any model work and names the option at fault.
+`check` validates a whole configuration before any model work and names the option at fault;
+`ignored_settings` finds the settings that the others leave unused (refused or warned about).
 """
 
 from __future__ import annotations
@@ -214,7 +215,8 @@ class OutputSettings:
 
     output: str | None = option(None, "folder for plan.json, plots and the model (default: "
                                 "runs/<model>-<N>of<M>-<criterion>-<allocation>)")
-    save_model: str = option("plain", "save the final model (pruned, and recovered when that ran) to <output>/model: "
+    save_model: str = option("plain", "save the final model (after every stage that ran: pruning, reconstruction, "
+                             "recovery) to <output>/model: "
                              "plain = a transformers folder AutoModelForCausalLM.from_pretrained loads as it is (the "
                              "plan in its config.json, the tokenizer beside it); compact = each block linear as its kept "
                              "weights plus packed positions (read with msp_callback.export.load_pruned); none = do not "
@@ -275,8 +277,11 @@ def flag(config: Any, name: str) -> str:
 def label(config: Any, name: str) -> str:
     """How messages name a setting of ``config`` (a dataclass or its class): ``calib_seqlen (--calib-seqlen)``,
     the key a recipe or a callback takes and the option the command line takes."""
-    found = next(f for f in fields(config) if f.name == name)
-    return f"{name} ({flag_of(found)})" if found.metadata.get("cli", True) else name
+    return _label_of(next(f for f in fields(config) if f.name == name))
+
+
+def _label_of(f: Field) -> str:
+    return f"{f.name} ({flag_of(f)})" if f.metadata.get("cli", True) else f.name
 
 
 def field_types(cls: type) -> dict[str, Any]:
@@ -293,8 +298,7 @@ def alternatives(kind: Any) -> tuple[Any, ...]:
 
 # ---------------------------------------------------------------------------- checks
 def _check_field(f: Field, value: Any, kind: Any) -> None:
-    meta = f.metadata
-    label = f"{f.name} ({flag_of(f)})" if meta.get("cli", True) else f.name
+    meta, label = f.metadata, _label_of(f)
     if value is None:
         if type(None) not in alternatives(kind):
             raise ConfigError(f"{label} needs a value")
