@@ -75,8 +75,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 EVAL_EPILOG = """\
-MODEL is a packaged name, a transformers folder or hub id, or a folder written by save_pruned /
-msp run (plain or compact: read with load_pruned). Needs lm-eval: pip install 'msp-callback[eval]'.
+MODEL is a packaged name, a transformers folder or hub id, or a folder written by msp prune, msp run
+or save_pruned (plain or compact: read with load_pruned). Needs lm-eval: pip install 'msp-callback[eval]'.
 Local tasks (offline, from held-out Wikipedia): msp_wiki_lastword (LAMBADA-style last word),
 msp_wiki_realnext (which of two next sentences is the real one). With a dataset hub, lm-eval's
 own task names work unchanged (e.g. --tasks hellaswag arc_easy).
@@ -84,6 +84,7 @@ own task names work unchanged (e.g. --tasks hellaswag arc_easy).
 Examples:
   msp eval smollm2-135m
   msp eval runs/compress_then_lora/model --limit 200 --json acc.json
+  msp eval runs/smollm2-135m-3of4-wanda-msp/model --device cuda
 """
 
 
