@@ -42,7 +42,7 @@ def one(search: str, seed: int) -> dict:
         seconds = time.perf_counter() - started
         result = json.loads(out.read_text())
     keep = ("dense_ppl", "pruned_ppl", "measured_sparsity", "levels", "seconds", "search_seconds",
-            "fitness_evaluations", "best_fitness")
+            "fitness_evaluations", "best_fitness", "saved_model", "sample_seconds", "samples")
     return {"row": f"{search}|{seed}", "search": search, "seed": seed, "wall_seconds": seconds,
             **{k: result.get(k) for k in keep}}
 

@@ -26,7 +26,7 @@ def random_model_folder(size: str, seed: int = 0) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, LlamaConfig
 
-    from msp_callback.models import resolve_model_path
+    from msp_callback.loading import resolve_model_path
     from msp_callback.packaged import cache_dir
 
     folder = cache_dir() / "random-models" / f"llama-{size}-seed{seed}"

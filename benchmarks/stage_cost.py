@@ -26,7 +26,7 @@ import torch
 from msp_callback.atomic_files import atomic_write_text
 from msp_callback.evaluate import perplexity
 from msp_callback.job import PruneSettings, prepare
-from msp_callback.models import load_causal_lm
+from msp_callback.loading import load_causal_lm
 from msp_callback.plan import nm_string, parse_nm
 from msp_callback.pruner import prune
 from msp_callback.search.level_cache import LevelCache

@@ -60,7 +60,8 @@ def one(size: str, criterion: str, m: int, offload: str) -> dict:
     from msp_callback.block_walk import collect_input_stats, walk_blocks
     from msp_callback.criteria import get_criterion
     from msp_callback.export import save_pruned
-    from msp_callback.models import block_linears, load_causal_lm, named_block_linears
+    from msp_callback.loading import load_causal_lm
+    from msp_callback.models import block_linears, named_block_linears
     from msp_callback.pruner import prune
     from msp_callback.search.level_cache import LevelCache
     from msp_callback.search.runner import SearchSettings

@@ -13,7 +13,8 @@ from transformers import Trainer, TrainingArguments
 
 from msp_callback import MSPTrainerCallback, data
 from msp_callback.evaluate import perplexity
-from msp_callback.models import load_causal_lm, measure_sparsity
+from msp_callback.loading import load_causal_lm
+from msp_callback.models import measure_sparsity
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """msp-callback: Mixed Sparsity Pruning (per-block N:M levels) for causal language models."""
 
-from . import data
+from . import allocation, data  # noqa: F401  (allocation: registers the built-in allocations)
 from .criteria import Criterion, get_criterion, register_criterion
 from .plan import PlanError, SparsityPlan, nm_string, parse_nm
 from .pruner import prune

@@ -2,12 +2,12 @@
 
 Every allocation takes the model, the target level N of M and the criterion name, and returns a
 plan whose levels meet the budget exactly. The search-based and sensitivity-based allocations
-(msp, fisher, owl) register here too when they are available.
+(msp, fisher, owl) register here too (in `registry`, which settings validation reads).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -15,21 +15,16 @@ from torch import Tensor, nn
 
 from .block_walk import BlockInputs, CalibrationError, collect_input_stats, walk_blocks
 from .budget import round_to_budget, trace_levels
+from .config import SearchSettings
 from .criteria import get_criterion
+from .distributed import reduce_traces, shard, world
 from .models import block_linears, find_blocks, fingerprint
 from .nm import to_out_in
+from .offload import offload_of
 from .plan import SparsityPlan
-
-Allocation = Callable[..., SparsityPlan]
-ALLOCATIONS: dict[str, Allocation] = {}
-
-
-def register_allocation(name: str) -> Callable[[Allocation], Allocation]:
-    def wrap(fn: Allocation) -> Allocation:
-        ALLOCATIONS[name] = fn
-        return fn
-
-    return wrap
+from .registry import ALLOCATIONS, register_allocation
+from .search.runner import search_plan
+from .sensitivity import fisher_traces
 
 
 @register_allocation("uniform")
@@ -84,10 +79,6 @@ def owl(model: nn.Module, n: int, m: int, criterion: str, calibration: Sequence[
 def block_traces(model: nn.Module, calibration: Sequence[Tensor], progress: bool = True) -> list[float]:
     """Per-block Fisher traces; in a distributed run each rank takes its share of the rows and
     the traces are averaged across ranks."""
-    from .distributed import reduce_traces, shard, world
-    from .offload import offload_of
-    from .sensitivity import fisher_traces
-
     same_length = len({b.shape[-1] for b in calibration}) == 1
     mine = [shard(torch.cat(list(calibration)))] if same_length else list(calibration)[world()[0]::world()[1]] or list(calibration)[:1]
     # an offloaded model keeps activations bounded too: each block's are recomputed in backward
@@ -98,9 +89,12 @@ def block_traces(model: nn.Module, calibration: Sequence[Tensor], progress: bool
 
 @register_allocation("fisher")
 def fisher(model: nn.Module, n: int, m: int, criterion: str, calibration: Sequence[Tensor] | None = None,
-           traces: Sequence[float] | None = None, trace_strength: float = 1.0, progress: bool = True,
-           **_: Any) -> SparsityPlan:
-    """Levels from Fisher traces alone, no search: higher trace, lower level (`trace_levels`)."""
+           traces: Sequence[float] | None = None, trace_strength: float | None = None, progress: bool = True,
+           search: SearchSettings | None = None, **_: Any) -> SparsityPlan:
+    """Levels from Fisher traces alone, no search: higher trace, lower level (`trace_levels`).
+    ``trace_strength`` defaults to the search settings' (``--trace-strength``)."""
+    if trace_strength is None:
+        trace_strength = (search or SearchSettings()).trace_strength
     traces = list(traces) if traces is not None else block_traces(model, _require(calibration, "fisher"), progress)
     plan = SparsityPlan(m=m, target=n, levels=trace_levels(traces, n, m, trace_strength), criterion=criterion,
                         allocation="fisher", fingerprint=fingerprint(model))
@@ -111,11 +105,10 @@ def fisher(model: nn.Module, n: int, m: int, criterion: str, calibration: Sequen
 @register_allocation("msp")
 def msp(model: nn.Module, n: int, m: int, criterion: str, calibration: Sequence[Tensor] | None = None,
         fitness_windows: Tensor | None = None, search: Any = None, seed: int = 0, progress: bool = True,
-        traces: Sequence[float] | None = None, level_cache: Any = None, **_: Any) -> SparsityPlan:
+        traces: Sequence[float] | None = None, level_cache: Any = None, data_settings: dict[str, Any] | None = None,
+        **_: Any) -> SparsityPlan:
     """The MSP evolutionary search (see `search.runner.search_plan`; ``level_cache`` lets several
     searches share one)."""
-    from .search.runner import SearchSettings, search_plan
-
     calibration = _require(calibration, "msp")
     settings = search or SearchSettings()
     if fitness_windows is None:
@@ -123,7 +116,7 @@ def msp(model: nn.Module, n: int, m: int, criterion: str, calibration: Sequence[
     if settings.init == "trace" and traces is None:
         traces = block_traces(model, calibration, progress)
     plan = search_plan(model, n, m, criterion, calibration, fitness_windows, settings, traces, seed, progress,
-                       level_cache=level_cache)
+                       level_cache=level_cache, data_settings=data_settings)
     if traces is not None:
         plan.metadata["traces"] = list(traces)
     return plan

@@ -9,10 +9,10 @@ import logging
 import sys
 import typing
 
-from .config import add_arguments, suggest
+from .config import DeviceSettings, add_arguments, check, suggest
 from .job import PruneSettings, run_prune, write_outputs
 from .packaged import PACKAGED_MODELS, PACKAGED_TEXT
-from .preflight import USER_ERRORS, check_job
+from .preflight import USER_ERRORS, check_job, check_output_file
 
 log = logging.getLogger("msp")
 
@@ -30,6 +30,11 @@ Examples:
   msp prune --recover-steps 50                  # ... then distil toward the dense model, masks held
   msp prune --sparsity 2:4 --criterion sparsegpt --json result.json
   msp prune --plan runs/x/plan.json --criterion magnitude   # apply a saved plan
+  msp prune --save-model compact                # save the model in the compact N:M form (default: plain)
+
+The model the job made is saved to <output>/model (unless --save-model none):
+  python -c "from transformers import AutoModelForCausalLM as A; A.from_pretrained('runs/<name>/model')"
+  msp eval runs/<name>/model --limit 200
 """
 
 
@@ -38,7 +43,8 @@ def _add_prune(sub: argparse._SubParsersAction) -> None:
         "prune",
         help="prune a model and report dense/pruned perplexity",
         description="Prune every decoder block's linears to N:M with a criterion, at levels from an allocation; "
-        "report perplexity before and after, the measured sparsity, and write the plan.",
+        "report perplexity before and after, the measured sparsity and a sample continuation, and write the plan "
+        "and the pruned model.",
         epilog=EPILOG % {"models": ", ".join(PACKAGED_MODELS), "texts": ", ".join(PACKAGED_TEXT)},
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -69,8 +75,8 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
 
 
 EVAL_EPILOG = """\
-MODEL is a packaged name, a transformers folder or hub id, or a folder written by save_pruned /
-msp run (plain or compact: read with load_pruned). Needs lm-eval: pip install 'msp-callback[eval]'.
+MODEL is a packaged name, a transformers folder or hub id, or a folder written by msp prune, msp run
+or save_pruned (plain or compact: read with load_pruned). Needs lm-eval: pip install 'msp-callback[eval]'.
 Local tasks (offline, from held-out Wikipedia): msp_wiki_lastword (LAMBADA-style last word),
 msp_wiki_realnext (which of two next sentences is the real one). With a dataset hub, lm-eval's
 own task names work unchanged (e.g. --tasks hellaswag arc_easy).
@@ -78,6 +84,7 @@ own task names work unchanged (e.g. --tasks hellaswag arc_easy).
 Examples:
   msp eval smollm2-135m
   msp eval runs/compress_then_lora/model --limit 200 --json acc.json
+  msp eval runs/smollm2-135m-3of4-wanda-msp/model --device cuda
 """
 
 
@@ -89,30 +96,47 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
                        "model in memory.", epilog=EVAL_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="packaged name, folder, hub id, or an export folder")
     p.add_argument("--tasks", nargs="+", default=list(LOCAL_TASKS), help="lm-eval task names (default: the local ones)")
-    p.add_argument("--limit", type=int, default=None, help="examples per task (default: all: 500 per local task)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--limit", type=_at_least_one, default=None, help="examples per task (default: all: 500 per local task)")
+    p.add_argument("--batch-size", type=_at_least_one, default=8, help="examples per forward (default: 8)")
+    add_arguments(p, DeviceSettings, skip=("offload", "offload_folder"))  # --device and --dtype as in msp prune
     p.add_argument("--json", help="write the accuracies here")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
+
+
+def _at_least_one(text: str) -> int:
+    """argparse type: a whole number of at least 1 (an empty run is refused up front)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value} (leave it out for the default)")
+    return value
 
 
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
+    from .devices import resolve_device, resolve_dtype
     from .export import RECORD_FILE, load_pruned
-    from .models import load_causal_lm
+    from .loading import load_causal_lm
+    from .model_source import check_model_source
     from .zero_shot import zero_shot
 
-    dtype = getattr(torch, args.dtype)
+    device_settings = DeviceSettings(**{k: getattr(args, k) for k in ("device", "dtype") if hasattr(args, k)})
+    check(device_settings)
+    check_model_source(args.model, "msp eval")
+    if args.json:
+        check_output_file("--json", args.json)
+    device = resolve_device(device_settings.device)
+    dtype = resolve_dtype(device_settings.dtype, device)
     if (Path(args.model) / RECORD_FILE).exists():
         from transformers import AutoTokenizer
 
-        model, _ = load_pruned(args.model, dtype=dtype, masks=False)
+        model = load_pruned(args.model, dtype=dtype, masks=False)[0].to(device)
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     else:
-        model, tokenizer = load_causal_lm(args.model, dtype=dtype)
+        model, tokenizer = load_causal_lm(args.model, dtype=dtype, device=device)
     result = {"model": args.model, "tasks": zero_shot(model, tokenizer, args.tasks, args.limit, args.batch_size)}
     print(json.dumps(result, indent=2))
     if args.json:
@@ -159,6 +183,11 @@ def _summary(result: dict) -> dict:
     for stage, keys in (("recovery", ("recovered_ppl",)), ("lora", ("ppl_after_lora", "ppl_after_merge")),
                         ("export", ("ppl_after_reload", "removed_blocks"))):
         summary.update({k: result[stage][k] for k in keys if stage in result})
+    if "saved_model" in result:
+        summary["saved_model"] = result["saved_model"]["folder"]
+        summary["saved_model_bytes"] = result["saved_model"]["bytes"]
+    if "samples" in result:
+        summary["sample_prompt"], summary["samples"] = result["sample_prompt"], result["samples"]
     summary["seconds"] = round(result["seconds"], 1)
     return summary
 
@@ -176,8 +205,9 @@ def _run(args: argparse.Namespace) -> int:
 def _prune(args: argparse.Namespace) -> int:
     given = {k: v for k, v in vars(args).items() if k != "command"}
     settings = PruneSettings(**given)
-    output = settings.output or (f"runs/{settings.model.replace('/', '_')}-{settings.sparsity.replace(':', 'of')}-"
-                                 f"{settings.criterion}-{settings.allocation}")
+    output = settings.output = settings.output or (f"runs/{settings.model.replace('/', '_')}-"
+                                                   f"{settings.sparsity.replace(':', 'of')}-{settings.criterion}-"
+                                                   f"{settings.allocation}")
     settings.search_checkpoint = f"{output}/search_checkpoint.json"
     settings.recover_checkpoint = settings.recover_checkpoint or f"{output}/recovery_checkpoint.pt"
     settings.reconstruct_checkpoint = settings.reconstruct_checkpoint or f"{output}/reconstruct_checkpoint"

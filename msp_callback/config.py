@@ -4,26 +4,33 @@ Settings are grouped by stage in small dataclasses (target, calibration, data, s
 what an entry point takes is a combination of them, flat in use:
 
 - `MSPConfig` (both callbacks): target + calibration + search + recovery.
-- `PruneSettings` in `workflow` (``msp prune``, recipes): model, plan file, all sections.
+- `PruneSettings` in `job` (``msp prune``, recipes): model, plan file, all sections.
 
 The command line (`add_arguments`), recipes (`build`) and the callbacks' keyword arguments
 (`keyword_signature`) are generated from these fields, so adding an option is one field here.
-`check` validates a whole configuration before any model work and names the option at fault.
+`check` validates a whole configuration before any model work and names the option at fault;
+`ignored_settings` finds the settings that the others leave unused (refused or warned about).
 """
 
 from __future__ import annotations
 
 import difflib
 import inspect
+import logging
 import types
 import typing
 from dataclasses import MISSING, Field, dataclass, field, fields, replace
 from typing import Any
 
+from .criteria import CRITERIA
+from .devices import DeviceError, resolve_device
 from .offload import OFFLOADS
 from .plan import PlanError, parse_nm
+from .registry import ALLOCATIONS
 from .storage import STORAGES
 from .units import GRANULARITIES
+
+log = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -57,7 +64,8 @@ class CalibrationSettings:
     """How much text calibrates and scores the search, and the seed."""
 
     calib_samples: int = option(16, "calibration windows (token rows)", minimum=1)
-    fitness_samples: int = option(4, "fitness windows for the search, drawn apart from the calibration rows", minimum=0)
+    fitness_samples: int = option(4, "fitness windows for the search, drawn apart from the calibration rows (0 = the "
+                                  "search scores plans on the calibration rows)", minimum=0)
     seed: int = option(0, "seed for calibration sampling and the search", minimum=0)
 
 
@@ -206,7 +214,14 @@ class ReconstructSettings:
 class OutputSettings:
     """What the command-line job reports and where."""
 
-    output: str | None = option(None, "folder for plan.json and plots (default: runs/<model>-<N>of<M>-<criterion>-<allocation>)")
+    output: str | None = option(None, "folder for plan.json, plots and the model (default: "
+                                "runs/<model>-<N>of<M>-<criterion>-<allocation>)")
+    save_model: str = option("plain", "save the final model (after every stage that ran: pruning, reconstruction, "
+                             "recovery) to <output>/model: "
+                             "plain = a transformers folder AutoModelForCausalLM.from_pretrained loads as it is (the "
+                             "plan in its config.json, the tokenizer beside it); compact = each block linear as its kept "
+                             "weights plus packed positions (read with msp_callback.export.load_pruned); none = do not "
+                             "save it", choices=("plain", "compact", "none"))
     json: str | None = option(None, "write the machine-readable result here")
     dense_eval: bool = option(True, "skip the dense perplexity", flag="--no-dense-eval")
     progress: bool = option(True, "no progress bars, warnings only", flag="--quiet")
@@ -218,6 +233,8 @@ class MSPConfig(RecoverSettings, ReconstructSettings, SearchSettings, Calibratio
 
     def __post_init__(self) -> None:
         check(self)
+        for name, why in ignored_settings(self, changed_settings(self)):  # no command line: changed = given
+            log.warning("%s %s; it is ignored", label(self, name), why)
 
 
 # ---------------------------------------------------------------------------- reading
@@ -253,6 +270,21 @@ def flag_of(f: Field) -> str:
     return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
 
 
+def flag(config: Any, name: str) -> str:
+    """The command-line option of a setting of ``config`` (a dataclass or its class)."""
+    return flag_of(next(f for f in fields(config) if f.name == name))
+
+
+def label(config: Any, name: str) -> str:
+    """How messages name a setting of ``config`` (a dataclass or its class): ``calib_seqlen (--calib-seqlen)``,
+    the key a recipe or a callback takes and the option the command line takes."""
+    return _label_of(next(f for f in fields(config) if f.name == name))
+
+
+def _label_of(f: Field) -> str:
+    return f"{f.name} ({flag_of(f)})" if f.metadata.get("cli", True) else f.name
+
+
 def field_types(cls: type) -> dict[str, Any]:
     """Each field's type, with string annotations resolved."""
     return typing.get_type_hints(cls)
@@ -267,8 +299,7 @@ def alternatives(kind: Any) -> tuple[Any, ...]:
 
 # ---------------------------------------------------------------------------- checks
 def _check_field(f: Field, value: Any, kind: Any) -> None:
-    name, meta = f.name, f.metadata
-    label = f"{name} ({flag_of(f)})" if meta.get("cli", True) else name
+    meta, label = f.metadata, _label_of(f)
     if value is None:
         if type(None) not in alternatives(kind):
             raise ConfigError(f"{label} needs a value")
@@ -295,17 +326,17 @@ def _check_field(f: Field, value: Any, kind: Any) -> None:
 def check(config: Any) -> None:
     """Check every field of ``config`` and the settings that depend on each other; raise a
     `ConfigError` naming the first setting at fault. Runs before any model work."""
-    from .allocation import ALLOCATIONS
-    from .criteria import CRITERIA
-
     kinds = field_types(type(config))
     for f in fields(config):
         _check_field(f, getattr(config, f.name), kinds[f.name])
     if hasattr(config, "sparsity"):
         try:
-            parse_nm(config.sparsity)
+            n, m = parse_nm(config.sparsity)
         except PlanError as error:
             raise PlanError(f"sparsity (--sparsity): {error}") from None
+        if n == 0:
+            raise ConfigError(f"sparsity (--sparsity) {config.sparsity} prunes nothing (N is the number pruned of every M): "
+                              f"give N of at least 1, e.g. {max(1, m // 2)}:{m} ({max(1, m // 2) / m:.0%})")
     for name, registry in (("criterion", CRITERIA), ("allocation", ALLOCATIONS)):
         value = getattr(config, name, None)
         if value is not None and value not in registry:
@@ -317,12 +348,79 @@ def check(config: Any) -> None:
         raise ConfigError(f"granularity (--granularity) {config.granularity!r} needs search='level-switch' "
                           "(--search level-switch): the paper's search gives one level per block")
     if isinstance(config, DeviceSettings):
-        from .devices import DeviceError, resolve_device
-
         try:
             resolve_device(config.device)
         except DeviceError as error:
             raise ConfigError(str(error)) from None
+
+
+# ---------------------------------------------------------------------------- settings that others make unused
+def _searches(c: Any) -> bool:
+    return getattr(c, "allocation", "msp") == "msp" and not getattr(c, "plan", None)
+
+
+def _no_search_why(c: Any) -> str:
+    doing = (f"--plan applies the saved plan {c.plan}" if getattr(c, "plan", None)
+             else f"--allocation {c.allocation} plans without one")
+    return f"is a setting of the MSP search, which this job does not run ({doing}); drop it, or use --allocation msp"
+
+
+def _screens(c: Any) -> bool:
+    return bool(c.screen_windows if c.screen_windows is not None else c.search == "level-switch")
+
+
+SEARCH_ONLY = ("search", "granularity", "population", "generations", "survivors", "max_switches", "mutation_rate", "init",
+               "fitness", "fitness_batch_size", "screen_windows", "screen_keep", "cache_storage", "fitness_seqlen")
+RECONSTRUCTION_ONLY = ("reconstruct_target", "reconstruct_loss", "reconstruct_lr", "reconstruct_batch_size",
+                       "reconstruct_holdout", "reconstruct_patience", "reconstruct_checkpoint")
+RECOVERY_ONLY = ("recover_method", "recover_loss", "recover_lr", "recover_batch_size", "recover_seqlen", "recover_windows",
+                 "recover_top_k", "recover_lora_rank", "recover_checkpoint", "recover_save_every", "recover_max_minutes")
+
+# (settings, when the others leave them unused, why): the first rule that applies to a setting is the one reported.
+UNUSED: tuple[tuple[tuple[str, ...], typing.Callable[[Any], bool], typing.Callable[[Any], str]], ...] = (
+    (SEARCH_ONLY, lambda c: not _searches(c), _no_search_why),
+    (("fitness_samples",), lambda c: hasattr(c, "plan") and not _searches(c), _no_search_why),
+    (("mutation_rate",), lambda c: c.search != "paper",
+     lambda c: "is used only by the paper's search (--search paper); the level-switch search changes a plan by level "
+               "switches (--max-switches): drop it, or add --search paper"),
+    (("survivors", "max_switches"), lambda c: c.search != "level-switch",
+     lambda c: "is used only by the level-switch search; --search paper has a mutation rate (--mutation-rate) instead: "
+               "drop it, or use --search level-switch"),
+    (("screen_keep",), lambda c: c.search != "paper" or not _screens(c),
+     lambda c: "is used only by the paper's search when it screens (--search paper --screen-windows K; the level-switch "
+               "search scores its best --survivors in full instead): drop it"),
+    (("trace_strength",), lambda c: getattr(c, "allocation", "msp") != "fisher" and not (_searches(c) and c.init == "trace"),
+     lambda c: "is used only with Fisher-trace levels (--allocation fisher, or --init trace for the search): drop it"),
+    (RECONSTRUCTION_ONLY, lambda c: not c.reconstruct_epochs,
+     lambda c: "is only used with --reconstruct-epochs N (N > 0), and this job reconstructs no block: add it, or drop "
+               "this option"),
+    (RECOVERY_ONLY, lambda c: not c.recover_steps,
+     lambda c: "is a recovery setting, and this job runs no recovery (--recover-steps is 0): drop it, or add "
+               "--recover-steps N"),
+    (("recover_top_k",), lambda c: c.recover_loss != "kd",
+     lambda c: "is used only by distillation (--recover-loss kd): drop it"),
+    (("recover_lora_rank",), lambda c: c.recover_method != "lora",
+     lambda c: "is used only by --recover-method lora: drop it, or add --recover-method lora"),
+)
+
+
+def ignored_settings(config: Any, given: typing.Iterable[str]) -> list[tuple[str, str]]:
+    """``(setting, why it is unused)`` for each setting in ``given`` that ``config``'s other settings
+    leave unused (say ``mutation_rate`` with the level-switch search), so that a caller can refuse
+    or warn instead of dropping it silently."""
+    found = []
+    for name in given:
+        for names, unused, why in UNUSED:
+            if name in names and hasattr(config, name) and unused(config):
+                found.append((name, why(config)))
+                break
+    return found
+
+
+def changed_settings(config: Any) -> list[str]:
+    """The settings whose value differs from their default: what a caller set, where no command
+    line tells (the callbacks' keyword arguments)."""
+    return [f.name for f in fields(config) if f.default is not MISSING and getattr(config, f.name) != f.default]
 
 
 # ---------------------------------------------------------------------------- generated interfaces

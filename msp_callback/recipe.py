@@ -1,6 +1,6 @@
 """Recipes: one YAML file describes a whole job, run with ``msp run RECIPE [--set key=value ...]``.
 
-Top-level keys are the settings of ``msp prune`` (`workflow.PruneSettings`: model, sparsity,
+Top-level keys are the settings of ``msp prune`` (`job.PruneSettings`: model, sparsity,
 criterion, allocation, data and search sizes); optional sections add stages after pruning:
 
     lora:     # sparsity-preserving LoRA finetune on calibration-corpus text, then merge
@@ -11,6 +11,10 @@ criterion, allocation, data and search sizes); optional sections add stages afte
 
 Every perplexity is measured on the same held-out windows: dense, pruned, after LoRA, after
 merge, after plain reload. Overrides use dotted keys: ``--set lora.steps=10 sparsity=2:4``.
+
+A recipe saves its final model once, at the end: through its ``export:`` section when it has one
+(folder, format, block removal, and a reload that is measured), else as ``msp prune`` does
+(``save_model``: plain by default, to ``<output>/model``, every block kept); setting both is refused.
 """
 
 from __future__ import annotations
@@ -26,9 +30,10 @@ import yaml
 
 from .config import ConfigError, refuse_unknown
 from .devices import resolve_device
-from .job import PruneSettings, prune_and_measure, write_outputs
+from .job import PruneSettings, prune_and_measure, save_final_model, write_outputs
 from .offload import release
-from .preflight import check_job
+from .preflight import MODEL_FOLDER, check_job
+from .samples import Samples
 
 log = logging.getLogger(__name__)
 
@@ -203,7 +208,11 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     start = time.perf_counter()
     settings = recipe.prune
     if recipe.export is not None:  # fail now, not after an hour of pruning and finetuning
-        folder = Path(recipe.export.folder or f"{recipe.output}/model")
+        if "save_model" in recipe.given:
+            raise RecipeError("save_model and the export section both save the model: keep one (the export section "
+                              "takes format: plain | compact)")
+        settings.save_model = "none"  # the export stage is the save
+        folder = Path(recipe.export.folder or Path(recipe.output) / MODEL_FOLDER)
         if folder.exists() and not recipe.export.overwrite:
             raise RecipeError(f"export folder {folder} exists: set export.overwrite=true or another export.folder")
         from .export import FORMATS
@@ -216,7 +225,7 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
     settings.search_checkpoint = settings.search_checkpoint or f"{recipe.output}/search_checkpoint.json"
     settings.recover_checkpoint = settings.recover_checkpoint or f"{recipe.output}/recovery_checkpoint.pt"
     settings.reconstruct_checkpoint = settings.reconstruct_checkpoint or f"{recipe.output}/reconstruct_checkpoint"
-    check_job(settings, recipe.given, recipe.output)
+    check_job(settings, recipe.given, recipe.output, unused="warn")  # a recipe may describe more than this job
     result, plan, inputs = prune_and_measure(settings)
     result["recipe"] = {**recipe.source, **{k: asdict(v) for k, v in (("lora", recipe.lora), ("export", recipe.export)) if v}}
     model = inputs.model
@@ -225,6 +234,9 @@ def run_recipe(recipe: Recipe) -> dict[str, Any]:
             model = _lora_stage(recipe.lora, settings, inputs, result)
         if recipe.export is not None:
             _export_stage(recipe.export, settings, model, plan, inputs, result, recipe.output)
+        elif settings.save_model != "none":  # the final model: merged after LoRA
+            result["saved_model"] = save_final_model(model, inputs.tokenizer, plan, Path(recipe.output) / MODEL_FOLDER,
+                                                     settings.save_model)
     finally:
         release(inputs.model)
     result["seconds"] = time.perf_counter() - start
@@ -265,6 +277,10 @@ def _lora_stage(lora: LoraSettings, settings: PruneSettings, inputs, result: dic
     peft_model.eval()
     after_lora = _perplexity(peft_model, inputs.windows, settings, "perplexity after LoRA")
     merged = peft_model.merge_and_unload()
+    if "samples" in result:
+        sampler = Samples(inputs.tokenizer, inputs.bos_id)
+        sampler.take("lora", merged)
+        result["samples"].update(sampler.texts)
     result["lora"] = {
         "targets": targets, "train_tokens": lora.steps * lora.batch_size * lora.seqlen, "train_seconds": train_seconds,
         "first_loss": losses[0], "last_loss": losses[-1], "ppl_after_lora": after_lora,
@@ -282,7 +298,7 @@ def _export_stage(export: ExportSettings, settings: PruneSettings, model, plan, 
     from .export import load_pruned, save_pruned, weight_bytes
     from .models import measure_sparsity
 
-    folder = Path(export.folder or f"{output}/model")
+    folder = Path(export.folder or Path(output) / MODEL_FOLDER)
     probe = [inputs.calibration[0][:2]]
     record = save_pruned(model, folder, plan, inputs.tokenizer, drop_pruned_blocks=export.drop_pruned_blocks,
                          probe=probe, overwrite=export.overwrite, format=export.format)

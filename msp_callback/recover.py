@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 
 from .atomic_files import atomic_file
-from .config import RecoverSettings
+from .config import RecoverSettings, label
 from .models import find_blocks, input_device
 from .nm import masked_modules
 
@@ -72,7 +72,8 @@ def teacher_targets(model: nn.Module, batches: Sequence[Tensor], top_k: int = 64
     for batch in tqdm(batches, desc="teacher targets", disable=not progress):
         logits = model(input_ids=batch.to(device), use_cache=False).logits
         if top_k > logits.shape[-1]:
-            raise RecoveryError(f"recover_top_k={top_k} is more than the vocabulary's {logits.shape[-1]} tokens")
+            raise RecoveryError(f"{label(RecoverSettings, 'recover_top_k')} {top_k} is more than the vocabulary's "
+                                f"{logits.shape[-1]} tokens: lower it")
         values, index = logits.float().log_softmax(-1).topk(top_k, -1)
         logprobs.append(values.cpu())
         tokens.append(index.to(torch.int32).cpu())
@@ -248,15 +249,18 @@ def _resume(path: str | None, settings: RecoverSettings, params: dict[str, Tenso
         return 0
     state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or state.get("kind") != "msp-recovery":
-        raise RecoveryError(f"{path} is not a recovery checkpoint: remove it or point recover_checkpoint elsewhere")
+        raise RecoveryError(f"{path} is not a recovery checkpoint: remove it or point "
+                            f"{label(RecoverSettings, 'recover_checkpoint')} elsewhere")
     saved = state.get("settings", {})
     changed = [k for k in RESUME_SETTINGS if k in saved and saved[k] != getattr(settings, k)]
     if changed:
-        raise RecoveryError(f"{path} was written with other recovery settings ({', '.join(f'{k}={saved[k]!r}' for k in changed)}): "
-                            "resume with the same ones, or remove the checkpoint to start over")
+        was = ", ".join(f"{label(RecoverSettings, k)} {saved[k]!r}" for k in changed)
+        raise RecoveryError(f"{path} was written with other recovery settings ({was}): resume with the same ones, or "
+                            "remove the checkpoint to start over")
     if state["step"] > settings.recover_steps:
-        raise RecoveryError(f"{path} is at step {state['step']}, beyond recover_steps={settings.recover_steps}: raise "
-                            "recover_steps or remove the checkpoint")
+        steps = label(RecoverSettings, "recover_steps")
+        raise RecoveryError(f"{path} is at step {state['step']}, beyond {steps} {settings.recover_steps}: raise it or "
+                            "remove the checkpoint")
     shapes = {n: tuple(p.shape) for n, p in params.items()}
     if {n: tuple(t.shape) for n, t in state["params"].items()} != shapes:
         raise RecoveryError(f"{path} was saved for other trained tensors (another model, recover_method or LoRA rank): "

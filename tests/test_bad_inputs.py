@@ -3,6 +3,7 @@ the option or file (exit status 2 on the command line), and no file left behind 
 
 import json
 import logging
+import re
 import time
 from dataclasses import fields
 
@@ -40,11 +41,24 @@ def workdir(tmp_path, monkeypatch):
     (tmp_path / "json_dir").mkdir()
     (tmp_path / "damaged_run").mkdir()
     (tmp_path / "damaged_run" / "search_checkpoint.json").write_text("{ half written")
+    (tmp_path / "taken" / "model").mkdir(parents=True)  # an earlier run's folder whose model/ holds something else
+    (tmp_path / "taken" / "plan.json").write_text("{}")
+    (tmp_path / "taken" / "model" / "notes.txt").write_text("mine")
+    tiny_config = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                   "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 128}
+    for name, change in (("bad_values", {"hidden_size": "abc"}), ("bad_heads", {"num_attention_heads": 5}),
+                         ("bad_act", {"hidden_act": "nope"}), ("bad_type", {"model_type": "lama"})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({**tiny_config, **change}))
+    (tmp_path / "taken_by_file").mkdir()
+    (tmp_path / "taken_by_file" / "model").write_text("not a folder")
 
     def no_model(*args, **kwargs):
         raise AssertionError("the model was loaded before the bad input was found")
 
     monkeypatch.setattr("msp_callback.job.load_causal_lm", no_model)
+    monkeypatch.setattr("msp_callback.loading.load_causal_lm", no_model)
+    monkeypatch.setattr("msp_callback.export.load_pruned", no_model)
     return tmp_path
 
 
@@ -113,16 +127,57 @@ CLI_CASES = [
     (["--reconstruct-epochs", "2", "--reconstruct-patience", "0"], "--reconstruct-patience"),
     (["--reconstruct-epochs", "0", "--reconstruct-lr", "1e-3"], "--reconstruct-lr is only used with --reconstruct-epochs"),
     (["--reconstruct-lr", "1e-3"], "--reconstruct-lr is only used with --reconstruct-epochs"),
+    # options the other settings would leave unused (issue 30): refused, never dropped silently
+    (["--mutation-rate", "0.3"], "--mutation-rate is used only by the paper's search"),
+    (["--search", "paper", "--survivors", "3"], "--survivors is used only by the level-switch search"),
+    (["--search", "paper", "--max-switches", "2"], "--max-switches is used only by the level-switch search"),
+    (["--search", "paper", "--screen-keep", "0.75"], "--screen-keep is used only by the paper's search when it screens"),
+    (["--screen-keep", "0.75"], "--screen-keep is used only by the paper's search when it screens"),
+    (["--allocation", "uniform", "--population", "8"], "--population is a setting of the MSP search"),
+    (["--allocation", "owl", "--fitness-samples", "8"], "--fitness-samples is a setting of the MSP search"),
+    (["--plan", "plan_2of4.json", "--generations", "3"], "--plan applies the saved plan"),
+    (["--trace-strength", "2"], "--trace-strength is used only with Fisher-trace levels"),
+    (["--recover-lr", "1e-3"], "--recover-lr is a recovery setting, and this job runs no recovery"),
+    (["--recover-steps", "0", "--recover-method", "lora"], "--recover-method is a recovery setting"),
+    (["--recover-steps", "2", "--recover-loss", "lm", "--recover-top-k", "8"], "--recover-top-k is used only by distillation"),
+    (["--recover-steps", "2", "--recover-lora-rank", "8"], "--recover-lora-rank is used only by --recover-method lora"),
+    (["--sparsity", "0:4"], "--sparsity) 0:4 prunes nothing"),
+    (["--sparsity", "0:8"], "give N of at least 1, e.g. 4:8"),
+    (["--output", "taken"], "taken/model exists and is not an export"),
+    (["--model", "bad_values"], "bad_values/config.json: field 'hidden_size' = 'abc' is invalid"),
+    (["--model", "bad_heads"], "bad_heads/config.json: field 'num_attention_heads' = 5 is invalid"),
+    (["--model", "bad_act"], "bad_act/config.json: field 'hidden_act' = 'nope' cannot build the model"),
+    (["--model", "bad_type"], "field 'model_type' = 'lama' is not an architecture this transformers knows; did you mean"),
+    (["--model", "org/no-such-model"], "--model org/no-such-model: not found"),
+    (["--model", "./no-such-model"], "not found (no such folder)"),
+    (["--output", "taken_by_file"], "taken_by_file/model is a file"),
 ]
 
 
-@pytest.mark.parametrize("argv,names", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
-def test_cli_refuses_bad_input_up_front(workdir, capsys, caplog, argv, names):
+EVAL_CASES = [
+    (["./no-such-model"], "msp eval ./no-such-model: not found"),
+    (["org/no-such-model"], "msp eval org/no-such-model: not found"),
+    (["no-such-model"], "msp eval no-such-model: not found"),
+    (["broken"], "config.json is not valid JSON"),
+    (["bad_values"], "field 'hidden_size'"),
+    (["smollm2-135m", "--limit", "0"], "--limit: must be at least 1"),
+    (["smollm2-135m", "--batch-size", "0"], "--batch-size: must be at least 1"),
+    (["smollm2-135m", "--device", "cuda:99"], "--device"),
+    (["smollm2-135m", "--dtype", "fp8"], "--dtype"),
+    (["smollm2-135m", "--json", "json_dir"], "--json json_dir"),
+]
+
+
+COMMAND_CASES = [("prune", *case) for case in CLI_CASES] + [("eval", *case) for case in EVAL_CASES]
+
+
+@pytest.mark.parametrize("command,argv,names", COMMAND_CASES, ids=[" ".join([c, *a]) for c, a, _ in COMMAND_CASES])
+def test_cli_refuses_bad_input_up_front(workdir, capsys, caplog, command, argv, names):
     before = _files(workdir)
     started = time.perf_counter()
     with caplog.at_level(logging.ERROR):
         try:
-            code = main(["prune", *argv])
+            code = main([command, *argv])
         except SystemExit as exit_:  # argparse's own errors
             code = exit_.code
     seconds = time.perf_counter() - started
@@ -258,3 +313,121 @@ def test_an_output_folder_holding_only_a_recovery_checkpoint_is_an_earlier_run(t
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "recovery_checkpoint.pt").write_bytes(b"x")
     check_output_folder("--output", tmp_path / "run")  # an interrupted recovery's folder: resumable, not foreign
+
+
+def test_a_recipe_warns_about_settings_its_job_leaves_unused(workdir, caplog):
+    (workdir / "job.yaml").write_text("allocation: uniform\npopulation: 8\nrecover_lr: 0.001\noutput: a_file.txt\n")
+    with caplog.at_level(logging.WARNING):
+        assert main(["run", "job.yaml"]) == 2  # the output, found after the warnings
+    assert "population (--population) is a setting of the MSP search" in caplog.text
+    assert "recover_lr (--recover-lr) is a recovery setting" in caplog.text
+    assert "it is ignored" in caplog.text
+
+
+def test_a_recipe_with_an_export_section_takes_no_save_model(workdir, caplog):
+    (workdir / "job.yaml").write_text("save_model: compact\nexport:\n  format: plain\n")
+    with caplog.at_level(logging.ERROR):
+        assert main(["run", "job.yaml"]) == 2
+    assert "save_model and the export section both save the model" in caplog.text
+
+
+def test_shipped_recipes_leave_no_setting_unused():
+    from msp_callback.config import ignored_settings
+
+    from .test_recipe import RECIPES
+
+    for path in RECIPES:
+        recipe = load_recipe(path)
+        assert ignored_settings(recipe.prune, recipe.given) == [], path
+
+
+def test_the_callbacks_warn_about_settings_their_others_leave_unused(caplog):
+    with caplog.at_level(logging.WARNING, logger="msp_callback.config"):
+        MSPCallback(mutation_rate=0.3)
+        MSPTrainerCallback(allocation="uniform", generations=3)
+        MSPConfig(recover_lr=1e-3)
+    assert "mutation_rate (--mutation-rate) is used only by the paper's search" in caplog.text
+    assert "generations (--generations) is a setting of the MSP search" in caplog.text
+    assert "recover_lr (--recover-lr) is a recovery setting" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="msp_callback.config"):
+        MSPConfig(search="paper", mutation_rate=0.3, recover_steps=2, recover_lr=1e-3)  # all used
+    assert caplog.text == ""
+
+
+@pytest.mark.parametrize("change,names", [
+    ({"population": 5}, "population (--population) 4, and this one has 5"),
+    ({"max_switches": 1}, "max_switches (--max-switches) 3"),
+    ({"init": "random"}, "init (--init) sensitivity"),
+    ({"n": 1}, "sparsity (--sparsity) 2:4, and this one has 1:4"),
+])
+def test_a_resumed_search_refuses_a_setting_that_would_have_changed_it(tmp_path, change, names):
+    from dataclasses import replace
+
+    from msp_callback.search.runner import search_plan
+
+    model, n = tiny_model("llama"), change.pop("n", 2)
+    settings = SearchSettings(population=4, generations=1, search_checkpoint=str(tmp_path / "search.json"))
+    calibration, fitness = token_batches(2), torch.cat(token_batches(2, seed=9))
+    search_plan(model, 2, 4, "wanda", calibration, fitness, settings, progress=False)
+    more = replace(settings, generations=2, resume=True)
+    search_plan(model, 2, 4, "wanda", calibration, fitness, more, progress=False)  # more generations: fine
+    with pytest.raises(PlanError, match=re.escape(names)):
+        search_plan(model, n, 4, "wanda", calibration, fitness, replace(more, **change), progress=False)
+
+
+@pytest.fixture
+def real_tokenizer():
+    from transformers import AutoTokenizer
+
+    from msp_callback.packaged import ensure_packaged_model
+
+    return AutoTokenizer.from_pretrained(ensure_packaged_model("smollm2-135m"))
+
+
+@pytest.mark.parametrize("argv,names", [
+    (["--fitness-seqlen", "100000"], "fitness_seqlen (--fitness-seqlen)"),
+    (["--calib-seqlen", "100000"], "calib_seqlen (--calib-seqlen)"),
+    (["--eval-seqlen", "100000"], "eval_seqlen (--eval-seqlen)"),
+])
+def test_errors_deep_in_data_sampling_name_the_option(workdir, caplog, monkeypatch, real_tokenizer, argv, names):
+    (workdir / "short.txt").write_text(" ".join(["words"] * 300))
+    monkeypatch.setattr("msp_callback.job.load_causal_lm", lambda *a, **k: (tiny_model("llama"), real_tokenizer))
+    small = ["--calib-seqlen", "16", "--fitness-seqlen", "16", "--eval-seqlen", "16"]  # the last one given wins
+    with caplog.at_level(logging.ERROR):
+        code = main(["prune", "--calib-corpus", "short.txt", "--eval-corpus", "short.txt", "--quiet", *small, *argv])
+    message = "".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)
+    assert code == 2 and names in message and "too few" in message and "\n" not in message, message
+
+
+def test_recovery_windows_name_their_options(tmp_path, real_tokenizer):
+    from msp_callback.job import prepare, recovery_inputs
+
+    (tmp_path / "short.txt").write_text(" ".join(["words"] * 300))
+    settings = PruneSettings(calib_corpus=str(tmp_path / "short.txt"), eval_corpus=str(tmp_path / "short.txt"),
+                             calib_seqlen=16, fitness_seqlen=16, eval_seqlen=16, recover_steps=1, recover_seqlen=100_000)
+    inputs = prepare(settings, loaded=(tiny_model("llama"), real_tokenizer))
+    with pytest.raises(ValueError, match=re.escape("recover_seqlen (--recover-seqlen)")):
+        recovery_inputs(settings, inputs)
+
+
+def test_no_fitness_windows_means_the_search_scores_on_the_calibration_rows(tmp_path, real_tokenizer):
+    from msp_callback.job import prepare
+
+    (tmp_path / "text.txt").write_text(" ".join(["words"] * 300))
+    settings = PruneSettings(calib_corpus=str(tmp_path / "text.txt"), eval_corpus=str(tmp_path / "text.txt"),
+                             calib_seqlen=16, eval_seqlen=16, fitness_samples=0)
+    assert prepare(settings, loaded=(tiny_model("llama"), real_tokenizer)).fitness_windows is None  # not "num_samples"
+
+
+def test_a_resumed_search_names_the_data_setting_that_changed(tmp_path):
+    from msp_callback.search.runner import search_plan
+
+    model = tiny_model("llama")
+    settings = SearchSettings(population=4, generations=1, search_checkpoint=str(tmp_path / "search.json"))
+    calibration, fitness = token_batches(2), torch.cat(token_batches(2, seed=9))
+    search_plan(model, 2, 4, "wanda", calibration, fitness, settings, progress=False, data_settings={"calib_seqlen": 16})
+    settings.resume = True
+    with pytest.raises(PlanError, match=re.escape("calib_seqlen (--calib-seqlen) 16, and this one has 32")):
+        search_plan(model, 2, 4, "wanda", calibration, fitness, settings, progress=False,
+                    data_settings={"calib_seqlen": 32})

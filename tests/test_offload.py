@@ -201,17 +201,17 @@ def test_bf16_offload_matches_loading_in_bf16(every_tensor, tmp_path):
 
 
 def test_block_traces_of_an_offloaded_model_recompute_activations(every_tensor, tmp_path, monkeypatch):
-    from msp_callback import sensitivity
+    from msp_callback import allocation
     from msp_callback.allocation import block_traces
 
     seen = {}
-    real = sensitivity.fisher_traces
+    real = allocation.fisher_traces
 
     def spy(*args, **kwargs):
         seen.update(kwargs)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(sensitivity, "fisher_traces", spy)
+    monkeypatch.setattr(allocation, "fisher_traces", spy)
     model = tiny_model("llama")
     offload_to_disk(model, tmp_path)
     assert block_traces(model, token_batches(2, 16), progress=False)

@@ -10,7 +10,8 @@ import torch
 from msp_callback import data
 from msp_callback.cli import main
 from msp_callback.evaluate import perplexity
-from msp_callback.models import fingerprint, load_causal_lm, measure_sparsity
+from msp_callback.loading import load_causal_lm
+from msp_callback.models import fingerprint, measure_sparsity
 from msp_callback.plan import SparsityPlan
 from msp_callback.pruner import prune
 
@@ -76,8 +77,21 @@ def test_cli_end_to_end(tmp_path, capsys):
     assert result["sparsity"] == "2:4 (50.0%)" and result["eval_tokens"] == 256
     assert result["pruned_ppl"] > result["dense_ppl"]
     assert SparsityPlan.load(out / "plan.json").levels == [2] * 30
-    assert json.loads(capsys.readouterr().out)["pruned_ppl"] == result["pruned_ppl"]
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["pruned_ppl"] == result["pruned_ppl"]
     assert (result["device"], result["dtype"]) == ("cpu", "float32")  # auto on a CPU
+    assert set(summary["samples"]) == {"dense", "pruned"} and summary["samples"]["dense"].strip()
+    # the model it made, in the run folder: plain transformers gives its sparsity and perplexity
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from msp_callback.job import PruneSettings, prepare
+
+    assert summary["saved_model"] == str(out / "model") and result["saved_model"]["bytes"] > 500e6
+    plain = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    assert measure_sparsity(plain).per_block == result["measured_sparsity"]["per_block_pct"]
+    settings = PruneSettings(calib_samples=1, calib_seqlen=64, eval_seqlen=128, eval_windows=2)
+    windows = prepare(settings, loaded=(plain, AutoTokenizer.from_pretrained(out / "model"))).windows
+    assert perplexity(plain, windows, progress=False) == result["pruned_ppl"]
 
 
 def test_cli_reconstruction_lowers_perplexity_and_resumes(tmp_path):
@@ -101,7 +115,7 @@ def test_cli_reconstruction_lowers_perplexity_and_resumes(tmp_path):
 
 def test_cli_in_bf16(tmp_path):
     code = main(["prune", "--allocation", "uniform", "--dtype", "bf16", "--sparsity", "2:4", "--criterion", "wanda", "--calib-samples", "1",
-                 "--calib-seqlen", "64", "--eval-seqlen", "128", "--eval-windows", "2", "--quiet",
+                 "--calib-seqlen", "64", "--eval-seqlen", "128", "--eval-windows", "2", "--quiet", "--save-model", "none",
                  "--output", str(tmp_path / "run"), "--json", str(tmp_path / "r.json")])
     assert code == 0
     result = json.loads((tmp_path / "r.json").read_text())
@@ -114,6 +128,7 @@ def test_cli_recovery_stage_holds_the_masks_and_lowers_perplexity(tmp_path):
     code = main(["prune", "--allocation", "uniform", "--sparsity", "2:4", "--criterion", "magnitude", "--calib-samples", "1",
                  "--calib-seqlen", "64", "--eval-seqlen", "128", "--eval-windows", "2", "--no-dense-eval", "--quiet",
                  "--recover-steps", "4", "--recover-batch-size", "2", "--recover-seqlen", "128", "--recover-lr", "1e-4",
+                 "--save-model", "none",
                  "--output", str(out), "--json", str(tmp_path / "r.json")])
     assert code == 0
     result = json.loads((tmp_path / "r.json").read_text())
@@ -134,7 +149,7 @@ def test_cli_msp_search_writes_history_and_resumes(tmp_path):
     out = tmp_path / "msp"
     common = ["prune", "--allocation", "msp", "--population", "4", "--calib-samples", "1", "--calib-seqlen", "64",
               "--fitness-samples", "1", "--fitness-seqlen", "64", "--eval-seqlen", "64", "--eval-windows", "1",
-              "--no-dense-eval", "--quiet", "--output", str(out), "--json", str(tmp_path / "r.json")]
+              "--no-dense-eval", "--quiet", "--save-model", "none", "--output", str(out), "--json", str(tmp_path / "r.json")]
     assert main(common + ["--generations", "1", "--compare-uniform"]) == 0
     first = json.loads((tmp_path / "r.json").read_text())
     assert math.isfinite(first["uniform_ppl"]) and first["uniform_ppl"] != first["pruned_ppl"]
@@ -268,10 +283,13 @@ def test_cli_offloaded_to_disk_gives_the_same_result(tmp_path):
               "--calib-seqlen", "64",
               "--eval-seqlen", "64", "--eval-windows", "2", "--no-dense-eval", "--quiet"]
     results = []
-    for extra in ([], ["--offload", "disk", "--offload-folder", str(tmp_path / "offload")]):
-        name = "disk" if extra else "memory"
+    for extra in (["--save-model", "none"], ["--offload", "disk", "--offload-folder", str(tmp_path / "offload")]):
+        name = "disk" if "--offload" in extra else "memory"
         assert main(common + extra + ["--output", str(tmp_path / name), "--json", str(tmp_path / f"{name}.json")]) == 0
         results.append(json.loads((tmp_path / f"{name}.json").read_text()))
     memory, disk = results
     assert disk["levels"] == memory["levels"] and disk["pruned_ppl"] == memory["pruned_ppl"]
     assert list((tmp_path / "offload").iterdir()) == []  # the job deletes its files
+    assert "samples" in memory and "samples" not in disk  # an offloaded model is not sampled
+    saved = SparsityPlan.load(tmp_path / "disk" / "plan.json")  # the offloaded model is saved like any other
+    assert json.loads((tmp_path / "disk" / "model" / "config.json").read_text())["msp_sparsity"]["plan"]["levels"] == saved.levels

@@ -143,7 +143,7 @@ def test_a_checkpoint_of_other_settings_is_refused_and_the_model_left_as_it_was(
                                                 recover_checkpoint=checkpoint), progress=False)
     assert not any("lora" in name for name, _ in model.named_modules())  # the adapters went with the error
     assert all(p.requires_grad for p in model.parameters())
-    with pytest.raises(RecoveryError, match="beyond recover_steps=1"):
+    with pytest.raises(RecoveryError, match=r"beyond recover_steps \(--recover-steps\) 1"):
         recover(model, batches, RecoverSettings(recover_steps=1, recover_loss="lm", recover_checkpoint=checkpoint),
                 progress=False)
     with pytest.raises(RecoveryError, match="more than the vocabulary"):

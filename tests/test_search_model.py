@@ -248,3 +248,13 @@ def test_wanda_level_cache_uses_dense_model_inputs_and_runs_each_block_once():
         expected = w.reshape(w.shape[0], -1, 4).scatter(-1, drop, 0.0).reshape(w.shape)
         torch.testing.assert_close(cache.weight(int(block), name, 2).double(), expected, rtol=0, atol=0)
     cache.close()
+
+
+def test_fisher_allocation_takes_the_trace_strength_of_the_search_settings():
+    from msp_callback.config import SearchSettings
+
+    model = tiny_model("llama")
+    traces = [1.0, 10.0, 100.0]
+    plan = make_plan("fisher", model, 2, 4, "wanda", traces=traces, search=SearchSettings(trace_strength=0.0))
+    assert plan.metadata["trace_strength"] == 0.0 and plan.levels == [2, 2, 2]  # strength 0: uniform
+    assert make_plan("fisher", model, 2, 4, "wanda", traces=traces).metadata["trace_strength"] == 1.0

@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from .. import data
 from ..evaluate import perplexity
-from ..models import load_causal_lm
+from ..loading import load_causal_lm, resolve_model_path
 
 
 class CausalLM(pl.LightningModule):
@@ -44,8 +44,6 @@ class TextDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str) -> None:
         from transformers import AutoTokenizer
-
-        from ..models import resolve_model_path
 
         tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(self.hparams.model_name))
         tokens = data.tokenize(tokenizer, data.load_corpus(self.hparams.corpus))

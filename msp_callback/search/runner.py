@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..atomic_files import atomic_write_text
-from ..config import SearchSettings, check
+from ..config import SearchSettings, check, label
 from ..criteria import get_criterion
 from ..distributed import ShardedEvaluate, world
 from ..models import find_blocks, fingerprint
@@ -43,21 +43,46 @@ def data_digest(calibration: Sequence[Tensor], fitness_windows: Tensor) -> str:
     return digest.hexdigest()
 
 
+def fixed_settings(settings: SearchSettings, n: int, m: int, seed: int, data: str,
+                   data_settings: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What a search cannot change when it resumes: its scoring (cached fitnesses are only comparable
+    under one), every setting that shapes its individuals, and its data (``data_settings``, named
+    by the caller, then their digest). ``generations`` may grow."""
+    fixed = {"search": settings.search, "granularity": settings.granularity, "fitness": settings.fitness,
+             "screen_windows": settings.screen_windows,
+             "screen_keep": settings.screen_keep if settings.screen_windows else None,
+             "sparsity": f"{n}:{m}", "population": settings.population, "init": settings.init, "seed": seed,
+             **(data_settings or {}), "data": data}
+    if settings.search == "paper":
+        fixed["mutation_rate"] = settings.mutation_rate
+    else:
+        fixed.update(survivors=settings.survivors, max_switches=settings.max_switches)
+    if settings.init == "trace":
+        fixed["trace_strength"] = settings.trace_strength
+    return fixed
+
+
 def _load_checkpoint(path: Path, search: EvolutionarySearch, model_print: dict, criterion: str,
-                     scoring: dict[str, Any]) -> None:
+                     fixed: dict[str, Any]) -> None:
     try:
         state = json.loads(path.read_text())
         stored = state["scoring"] if "scoring" in state else {}
         saved_search = state["search"]
     except (ValueError, KeyError, TypeError) as error:
         raise PlanError(f"search checkpoint {path} is damaged ({error}); delete it to start a new search") from None
-    for key, value in scoring.items():  # cached fitnesses are only comparable under one scoring
+    for key, value in fixed.items():
         if key not in stored:
             log.warning("search checkpoint %s does not record its %s: resuming without checking it", path, key)
+        elif stored[key] != value and key == "data":
+            raise PlanError(f"checkpoint {path} was scored with other calibration or fitness data (corpus, rows, lengths "
+                            "or seed) than this search; resume with the same settings, or delete the checkpoint to start "
+                            "a new search")
         elif stored[key] != value:
-            what = "calibration or fitness data (corpus, rows, lengths or seed)" if key == "data" else key
-            raise PlanError(f"checkpoint {path} was scored with other {what} than this search; resume with the same "
-                            "settings, or delete the checkpoint to start a new search")
+            name = (label(SearchSettings, key) if key in SearchSettings.__dataclass_fields__
+                    else f"{key} (--{key.replace('_', '-')})")
+            raise PlanError(f"checkpoint {path} was written by a search with {name} {stored[key]}, and this one has "
+                            f"{value}: resume with {stored[key]}, or drop --resume (delete the checkpoint) to start a "
+                            "new search")
     if state.get("fingerprint") != model_print or state.get("criterion") != criterion:
         raise PlanError(
             f"checkpoint {path} was written for another model or criterion "
@@ -115,13 +140,16 @@ def search_plan(
     progress: bool = True,
     on_generation: Callable[[EvolutionarySearch], None] | None = None,
     level_cache: LevelCache | None = None,
+    data_settings: dict[str, Any] | None = None,
 ) -> SparsityPlan:
     """Search levels at target N:M (one per block, or per unit at a finer ``settings.granularity``);
     the model is left dense, the plan returned.
 
     ``level_cache``: one already built on this model from ``calibration`` with this criterion and M,
     to run several searches on one cache (it is left open and dense); by default the search builds
-    its own and frees it."""
+    its own and frees it. ``data_settings``: the caller's settings that drew ``calibration`` and
+    ``fitness_windows`` (corpus, rows, lengths), kept in the checkpoint so that a resume under
+    other ones is refused naming the setting."""
     settings = settings or SearchSettings()
     check(settings)  # e.g. a finer granularity than block needs the level-switch search
     settings = settings.resolved(len(fitness_windows))
@@ -165,12 +193,9 @@ def search_plan(
             screen_tokens=screen_tokens, full_tokens=fitness.tokens,
         )
     checkpoint = Path(settings.search_checkpoint) if settings.search_checkpoint else None
-    scoring = {"search": settings.search, "granularity": settings.granularity, "fitness": settings.fitness,
-               "screen_windows": settings.screen_windows,
-               "screen_keep": settings.screen_keep if settings.screen_windows else None,
-               "data": data_digest(calibration, fitness_windows)}
+    fixed = fixed_settings(settings, n, m, seed, data_digest(calibration, fitness_windows), data_settings)
     if checkpoint and settings.resume and checkpoint.exists():
-        _load_checkpoint(checkpoint, search, model_print, criterion, scoring)
+        _load_checkpoint(checkpoint, search, model_print, criterion, fixed)
     meter = CostMeter(search, evaluate)
 
     bar = tqdm(total=settings.generations + 1, initial=search.generation + 1, desc="msp search", disable=not progress)
@@ -181,7 +206,7 @@ def search_plan(
         bar.set_postfix(best=f"{s.best[1]:.4g}", evals=s.evaluations)
         if checkpoint and rank == 0:
             atomic_write_text(checkpoint, json.dumps(
-                {"fingerprint": model_print, "criterion": criterion, "scoring": scoring, "search": s.state_dict()}))
+                {"fingerprint": model_print, "criterion": criterion, "scoring": fixed, "search": s.state_dict()}))
         if on_generation:
             on_generation(s)
 

@@ -1,0 +1,96 @@
+"""Report sections on the pruned model after the search: export speed and size, recovery, zero-shot
+accuracy.
+"""
+
+from __future__ import annotations
+
+from report_common import fmt
+
+
+def export_speed_section(r: dict) -> list[str]:
+    rows = r["rows"]
+    lines = ["## Export without fully pruned blocks: size and speed on this CPU", "",
+             f"smollm2-135m pruned with Wanda at the MSP 3:4 levels of `msp_search.json`; blocks at level 4 "
+             f"({', '.join(map(str, r['removed_blocks']))}) removed by `save_pruned`. {r['arguments']['forward_tokens']}-token "
+             f"forward at batch 1; greedy generation of {r['arguments']['new_tokens']} tokens after a "
+             f"{r['arguments']['prompt']}-token prompt with a KV cache. Medians of {r['arguments']['repeats']} interleaved "
+             f"repeats; {r['machine']}.", f"Command: `{r['command']}`", "",
+             "| model | blocks | parameters | safetensors MB | forward tokens/s | generation tokens/s |",
+             "|---|---:|---:|---:|---:|---:|"]
+    for name, row in rows.items():
+        size = f"{row['safetensors_bytes'] / 1e6:,.0f}" if row["safetensors_bytes"] else "(in memory)"
+        lines.append(f"| {name} | {row['blocks']} | {row['parameters']:,} | {size} | "
+                     f"{row['forward_tokens_per_s']:,.0f} | {row['generate_tokens_per_s']:,.1f} |")
+    vm, vb = r["speedup_vs_masked"], r["speedup_vs_baked"]
+    lines += ["", f"Exported against masked: forward {vm['forward_tokens_per_s']:.2f}x, generation "
+              f"{vm['generate_tokens_per_s']:.2f}x; against baked (same weights, all blocks): forward "
+              f"{vb['forward_tokens_per_s']:.2f}x, generation {vb['generate_tokens_per_s']:.2f}x. The masked model "
+              "recomputes weight x mask on every call, which costs most in generation (one call per token). "
+              f"Exported logits differ from the masked model's by at most {r['exported_vs_masked_max_logit_diff']:.1e}; "
+              f"same generated tokens: {r['same_generated_tokens']}. Timings on this shared 2-core machine move by "
+              "tens of percent between repeats (see `all` in the JSON); the parameter and size columns are exact.", ""]
+    return lines
+
+
+def compact_export_section(r: dict) -> list[str]:
+    """Compact against plain export: sizes, load times, exactness."""
+    mb = 1e6
+    rt = r["round_trip"]
+    exact = "identical" if all(rt.values()) else "NOT identical: " + ", ".join(k for k, v in rt.items() if not v)
+    return ["## Compact N:M export", "",
+            f"`{r['command']}`: {r['model']}, {r['plan']}; {r['machine']}. The decoder blocks (linears and norms) take "
+            f"{r['compact_block_bytes'] / mb:,.1f} MB in the compact file against {r['dense_block_bytes'] / mb:,.1f} MB "
+            f"dense: {100 * r['compact_block_fraction']:.1f}%. Weights, masks and logits after `load_pruned`: {exact}. "
+            f"A truncated compact file: `{r['truncated_file']}`.", "",
+            "| export | blocks kept | weight bytes (MB) | folder (MB) | save s | load s (median) |",
+            "|---|---|---:|---:|---:|---:|",
+            *[f"| {fmt} | {'all' if which == 'all' else 'level-M dropped'} | {x['weight_bytes'] / mb:,.1f} | "
+              f"{x['folder_bytes'] / mb:,.1f} | {x['save_seconds']:.1f} | "
+              f"{x['load_seconds_median']:.2f} |" if "load_seconds_median" in x else
+              f"| {fmt} | {'all' if which == 'all' else 'level-M dropped'} | {x['weight_bytes'] / mb:,.1f} | "
+              f"{x['folder_bytes'] / mb:,.1f} | {x['save_seconds']:.1f} | - |"
+              for fmt in ("plain", "compact") for which in ("all", "drop") if (x := r[f"{fmt}_{which}"])], ""]
+
+
+def recovery_section(r: dict) -> list[str]:
+    """Perplexity after recovery for uniform and MSP plans at the same budget."""
+    dense = r.get("dense_ppl")
+    lines = ["## Recovery: perplexity against minutes of distillation", "",
+             f"`{r['command']}`: {r['model']}, each row in a fresh process: prune with the plan (uniform, or the MSP "
+             "levels a search benchmark stored, file named per row), measure, then recover (`msp_callback.recover`) for "
+             f"at most {r['minutes']:g} minutes of training on this machine ({r['machine']}; evaluation time not "
+             f"counted), measuring on the way. Recovery data: {r['recovery_windows']}; evaluation: "
+             f"{r['eval_tokens']:,} held-out {r['eval_corpus']} tokens (95% bootstrap intervals over windows). "
+             f"Dense: {fmt(dense)}." if dense else "", "",
+             "| criterion | target | plan | method | loss | lr | pruned | on the way (min: ppl) | recovered | x dense | "
+             "steps | minutes |", "|---|---|---|---|---|---:|---:|---|---:|---:|---:|---:|"]
+    for x in sorted(r["rows"], key=lambda x: (x["criterion"], x["sparsity"], x["method"], x["loss"], x["allocation"])):
+        low, high = x["recovered"]["interval"]
+        way = ", ".join(f"{c['minutes']:g}: {fmt(c['ppl'])}" for c in x["curve"][1:-1]) or "-"
+        lines.append(f"| {x['criterion']} | {x['sparsity']} | {x['allocation']} | {x['method']} | {x['loss']} | "
+                     f"{x['lr']:g} | {fmt(x['pruned']['ppl'])} | {way} | {fmt(x['recovered']['ppl'])} "
+                     f"({fmt(low)}-{fmt(high)}) | {x['recovered']['ppl'] / dense:.1f} | {x['steps']} | "
+                     f"{x['train_minutes']:g} |" if dense else "")
+    sources = sorted({x["plan_source"] for x in r["rows"] if x["plan_source"]})
+    lines += ["", f"MSP levels from: {', '.join('results/' + s for s in sources)}." if sources else "",
+              "", "![recovery](benchmarks/results/recovery.png)", ""]
+    return lines
+
+
+def zero_shot_section(record: dict) -> list[str]:
+    """Zero-shot accuracy of dense, uniform and MSP models on the local lm-eval tasks."""
+    lines = ["## Zero-shot accuracy (lm-eval, local tasks)", "",
+             "The two local tasks of `msp_callback.zero_shot`, built from the packaged held-out Wikipedia articles: "
+             "`msp_wiki_lastword` (LAMBADA-style: the greedy continuation must be the passage's last word) and "
+             "`msp_wiki_realnext` (two candidate next sentences, the real one and one from another article: chance "
+             "is 0.5). Accuracy with lm-eval's standard error.", ""]
+    for sparsity, r in sorted(record.items()):
+        tasks = list(r["rows"][0]["tasks"])
+        lines += [f"`{r['command']}`: {r['model']}, {r['criterion']} {sparsity}, calibration {r['calibration']}, MSP "
+                  f"levels from {r['msp_levels_from']}, {r['limit']} examples per task; {r['machine']}.", "",
+                  "| model | " + " | ".join(tasks) + " |", "|---|" + "---:|" * len(tasks)]
+        for row in r["rows"]:
+            lines.append(f"| {row['model']} | " + " | ".join(
+                f"{row['tasks'][t]['acc']:.3f} ± {row['tasks'][t]['stderr']:.3f}" for t in tasks) + " |")
+        lines.append("")
+    return lines
