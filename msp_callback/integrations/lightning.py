@@ -32,8 +32,16 @@ class MSPCallback(MSPSettingsMixin, pl.Callback):
         if self.plan is None and self.engine.adopt_or_refuse(causal_lm_of(pl_module)) is None and self.when == "fit_start":
             self.compress(trainer, pl_module)
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # "fit_end" work runs here: Lightning's strategy teardown (model to the CPU, DDP unwrapped)
+        # comes after on_train_end and before on_fit_end, so only here is the model still on its device
         if self.when == "fit_end" and self.plan is None:
+            self.compress(trainer, pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.when == "fit_end" and self.plan is None:  # the training loop was skipped (nothing left to train)
+            log.warning("training was skipped, so MSP prunes after Lightning's teardown, on the model as it is now "
+                        "(on the CPU after a GPU run): prune with when='manual' and compress(...) to choose the device")
             self.compress(trainer, pl_module)
 
     def compress(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> SparsityPlan:
