@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .block_walk import BlockInputs, CalibrationError, collect_input_stats, walk_blocks
 from .budget import round_to_budget, trace_levels
 from .criteria import get_criterion
-from .models import block_linears, find_blocks, fingerprint
+from .models import block_linears, find_blocks, fingerprint, input_device
 from .nm import to_out_in
 from .plan import SparsityPlan
 
@@ -93,7 +93,7 @@ def block_traces(model: nn.Module, calibration: Sequence[Tensor], progress: bool
     # an offloaded model keeps activations bounded too: each block's are recomputed in backward
     result = fisher_traces(model, mine, progress=progress and world()[0] == 0,
                            gradient_checkpointing=offload_of(model) is not None)
-    return reduce_traces(result.block_traces, result.num_micro_batches)
+    return reduce_traces(result.block_traces, result.num_micro_batches, input_device(model))
 
 
 @register_allocation("fisher")

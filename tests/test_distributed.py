@@ -1,9 +1,11 @@
-"""Two CPU processes (gloo) through Lightning's DDP: one search split across ranks."""
+"""Several processes: DDP through Lightning and the HF Trainer, FSDP2, and the device every collective
+takes (two CPU processes with gloo; an NCCL-like backend simulated with FakeTensorMode)."""
 
 import hashlib
 import json
 
 import lightning.pytorch as pl
+import pytest
 
 from msp_callback import MSPCallback
 from msp_callback.distributed import world
@@ -101,3 +103,75 @@ def test_fsdp2_sharded_model_gives_the_same_plan_and_masks_as_one_process(tmp_pa
             for name, weight in one["weights"].items():
                 assert torch.equal(rank["weights"][name], weight), (criterion, name)  # same weights, same zeros
         assert any(bool((w == 0).any()) for w in one["weights"].values())
+
+
+class _Sent(Exception):
+    """Raised by a recording collective once it has seen its input (nothing is read back)."""
+
+
+def _nccl_like_world(monkeypatch) -> list:
+    """Two ranks whose backend takes CUDA tensors only (NCCL's rule) with this rank on cuda:1, on
+    this CPU: each collective records the device and dtype it receives, then stops the caller.
+    Run the caller under FakeTensorMode, where CUDA tensors can exist without a GPU."""
+    import torch
+    import torch.distributed as dist
+
+    from msp_callback import distributed
+
+    calls = []
+    monkeypatch.setattr(distributed, "world", lambda: (0, 2))
+    monkeypatch.setattr(dist, "get_backend", lambda group=None: "nccl")
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+
+    def recorder(name):
+        def record(first, *args, **kwargs):
+            tensor = first[0] if name == "all_gather" else first
+            if name == "broadcast_object_list":
+                calls.append((name, str(kwargs.get("device"))))
+            elif name == "all_gather_object":
+                calls.append((name, None))
+            else:
+                calls.append((name, str(tensor.device), tensor.dtype))
+            raise _Sent
+        return record
+
+    for name in ("all_reduce", "broadcast", "all_gather", "broadcast_object_list", "all_gather_object"):
+        monkeypatch.setattr(dist, name, recorder(name))
+    return calls
+
+
+def test_collectives_send_tensors_on_the_device_the_backend_takes(monkeypatch):
+    """NCCL groups (Lightning's and Accelerate's on GPUs) take CUDA tensors only: Fisher traces,
+    fitness scores, masks and pickled objects must travel on the rank's GPU, not the CPU."""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from msp_callback.distributed import ShardedEvaluate, broadcast, broadcast_masks, collective_device, reduce_traces
+    from msp_callback.plan import SparsityPlan
+    from msp_callback.pruner import prune
+
+    from .conftest import tiny_model
+
+    model = tiny_model("llama")
+    prune(model, SparsityPlan.uniform(2, 4, 3, criterion="magnitude"), progress=False)
+    calls = _nccl_like_world(monkeypatch)
+    assert collective_device() == torch.device("cuda", 1)
+    assert collective_device(torch.device("cuda", 3)) == torch.device("cuda", 3)  # the model's GPU wins
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        for run in (lambda: reduce_traces([1.0, 2.0, 3.0], 4), lambda: ShardedEvaluate(lambda xs: [0.5] * len(xs))([[1], [2], [3]]),
+                    lambda: broadcast_masks(model), lambda: broadcast({"levels": [1, 2]})):
+            with pytest.raises(_Sent):
+                run()
+    assert calls == [("all_reduce", "cuda:1", torch.float64), ("all_gather", "cuda:1", torch.float64),
+                     ("broadcast", "cuda:1", torch.uint8), ("broadcast_object_list", "cuda:1")]
+
+
+def test_collectives_stay_on_the_cpu_where_the_backend_serves_it(monkeypatch):
+    import torch
+    import torch.distributed as dist
+
+    from msp_callback.distributed import collective_device
+
+    for backend in ("gloo", "cpu:gloo,cuda:nccl"):
+        monkeypatch.setattr(dist, "get_backend", lambda group=None, b=backend: b)
+        assert collective_device(torch.device("cuda", 0)) == torch.device("cpu")

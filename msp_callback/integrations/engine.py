@@ -18,7 +18,7 @@ from ..allocation import make_plan
 from ..block_walk import CalibrationError
 from ..config import MSPConfig, RecoverSettings, SearchSettings, extract
 from ..distributed import broadcast, broadcast_masks
-from ..models import block_linears, find_blocks, fingerprint
+from ..models import block_linears, find_blocks, fingerprint, input_device
 from ..nm import NMPatternError, has_pruning_masks, install_mask, mask_of, masked_modules, remove_masks, to_out_in, zeros_per_group
 from ..plan import PlanError, SparsityPlan, nm_string, parse_nm
 from ..pruner import check_model_fits, prune
@@ -210,7 +210,8 @@ class MSPEngine:
         self.check_model(model)
         self._refuse_installed_masks(model)
         recovery_rows = cfg.window_count() if cfg.recover_steps else 0
-        taken = broadcast(take_rows(batches, cfg.calib_samples + cfg.fitness_samples + recovery_rows))  # rank 0's, everywhere
+        device = input_device(model)
+        taken = broadcast(take_rows(batches, cfg.calib_samples + cfg.fitness_samples + recovery_rows), device)  # rank 0's
         rows, extra = split_rows(taken, cfg.calib_samples + cfg.fitness_samples)
         total = sum(r.shape[0] for r in rows)
         if total == 0:
@@ -246,6 +247,6 @@ class MSPEngine:
                                                  "last_loss": losses[-1]}
             finally:
                 model.train(was_training)
-        self.plan = broadcast(plan)
+        self.plan = broadcast(plan, device)
         log.info("pruned: %s", plan.describe())
         return plan

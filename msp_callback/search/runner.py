@@ -20,7 +20,7 @@ from ..atomic_files import atomic_write_text
 from ..config import SearchSettings, check
 from ..criteria import get_criterion
 from ..distributed import ShardedEvaluate, world
-from ..models import find_blocks, fingerprint
+from ..models import find_blocks, fingerprint, input_device
 from ..plan import PlanError, SparsityPlan
 from ..sharded import is_sharded
 from ..units import UnitLayout
@@ -136,14 +136,14 @@ def search_plan(
     cache_seconds = time.perf_counter() - started
     fitness = FITNESSES[settings.fitness](model, cache, fitness_windows, settings.fitness_batch_size, layout)
     split = not is_sharded(model)  # under DDP each rank scores its share; an FSDP model scores in step
-    sharded = ShardedEvaluate(fitness, split)
+    sharded = ShardedEvaluate(fitness, split, input_device(model))
     evaluate: Callable[[Sequence[Sequence[int]]], list[float]] = sharded
     screen_evaluate, screen_tokens = None, 0
     if settings.screen_windows:
         settings.check_screening(len(fitness_windows))
         screen = FITNESSES[settings.fitness](model, cache, fitness_windows[: settings.screen_windows],
                                              settings.fitness_batch_size, layout)
-        screen_evaluate, screen_tokens = ShardedEvaluate(screen, split), screen.tokens
+        screen_evaluate, screen_tokens = ShardedEvaluate(screen, split, input_device(model)), screen.tokens
         if settings.search == "paper":  # screen_keep >= 0.5: the better half are parents, so all are fully scored
             evaluate = MultiFidelityEvaluate(screen_evaluate, sharded, settings.screen_keep, screen.tokens,
                                              fitness.tokens)
