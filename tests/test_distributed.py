@@ -175,3 +175,17 @@ def test_collectives_stay_on_the_cpu_where_the_backend_serves_it(monkeypatch):
     for backend in ("gloo", "cpu:gloo,cuda:nccl"):
         monkeypatch.setattr(dist, "get_backend", lambda group=None, b=backend: b)
         assert collective_device(torch.device("cuda", 0)) == torch.device("cpu")
+
+
+def test_calibration_rows_are_on_the_cpu_before_they_are_pickled_to_the_other_ranks():
+    """Accelerate's dataloader yields rows already on the GPU; pickled there, they would unpickle
+    on rank 0's cuda:0 on every rank. (A CUDA batch is simulated with FakeTensorMode.)"""
+    import torch
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from msp_callback.integrations.engine import take_rows
+
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        ids = torch.zeros(3, 8, dtype=torch.long, device="cuda:0")
+        rows = take_rows([{"input_ids": ids}, (ids,)], 4)
+    assert [(r.device.type, r.shape[0]) for r in rows] == [("cpu", 3), ("cpu", 1)]

@@ -46,11 +46,12 @@ def input_ids_of(batch: Any) -> Tensor:
 
 
 def take_rows(batches: Iterable[Any], rows: int) -> list[Tensor]:
-    """Up to ``rows`` token rows from the batches, kept as (B, T) tensors."""
+    """Up to ``rows`` token rows from the batches, kept as (B, T) tensors on the CPU (they are
+    pickled to the other ranks: a pickled CUDA tensor unpickles on the sender's GPU)."""
     taken: list[Tensor] = []
     count = 0
     for batch in batches:
-        ids = input_ids_of(batch)[: rows - count].detach().clone()
+        ids = input_ids_of(batch).detach().cpu()[: rows - count].clone()
         taken.append(ids)
         count += ids.shape[0]
         if count >= rows:
