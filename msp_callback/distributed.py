@@ -129,6 +129,16 @@ def broadcast_masks(model: nn.Module) -> None:
         _broadcast_(stored_weight(module).data, device)
 
 
+@torch.no_grad()
+def broadcast_parameters(module: nn.Module) -> None:
+    """Copy rank 0's parameters of ``module`` to every rank (after training that each rank ran
+    on the same data: GPU backward kernels are not bit-deterministic, so the replicas drift)."""
+    if world()[1] == 1:
+        return
+    for parameter in module.parameters():
+        _broadcast_(parameter.data, collective_device(parameter.device))
+
+
 def shard(rows: Tensor) -> Tensor:
     """This rank's share of the rows (at least one row)."""
     rank, size = world()

@@ -51,6 +51,95 @@ def test_ddp_two_processes_share_one_search(tmp_path):
     assert abs(ranks[0]["evaluated_here"] - ranks[1]["evaluated_here"]) <= 2  # about half each
 
 
+def _tensors_in(obj) -> list:
+    """The tensors inside a (pickled) object: nested lists, tuples and dicts."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in _tensors_in(item)]
+    return [t for value in getattr(obj, "__dict__", {}).values() for t in _tensors_in(value)]
+
+
+class Probe(pl.Callback):
+    """On each rank: records the device and dtype of every tensor the pruning's torch.distributed
+    collectives receive (for object collectives, of the tensors inside the objects) and whether the
+    model is still DDP-wrapped when pruning starts; on rank 1 it perturbs the recovered weights as a
+    GPU's non-deterministic backward kernels would. Writes that and the final weights' digest."""
+
+    def __init__(self, folder, msp):
+        self.folder, self.msp = str(folder), msp
+
+    def setup(self, trainer, pl_module, stage):
+        import torch
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        from msp_callback.integrations import engine
+
+        self.calls, self.wrapped, active = [], None, [False]
+        for name in ("broadcast", "all_reduce", "all_gather", "broadcast_object_list", "all_gather_object"):
+            def record(*args, _name=name, _original=getattr(dist, name), **kwargs):
+                if active[0]:
+                    sent = args[1] if _name in ("all_gather", "all_gather_object") else args[0]
+                    self.calls.append([_name, sorted({f"{t.device.type}:{t.dtype}" for t in _tensors_in(sent)})])
+                return _original(*args, **kwargs)
+            setattr(dist, name, record)
+        compress = self.msp.engine.compress
+
+        def compressing(*args, **kwargs):
+            self.wrapped = isinstance(trainer.strategy.model, DistributedDataParallel)
+            active[0] = True
+            try:
+                return compress(*args, **kwargs)
+            finally:
+                active[0] = False
+        self.msp.engine.compress = compressing
+        if trainer.global_rank == 1:
+            recover = engine.recover
+
+            def drifting(model, *args, **kwargs):
+                losses = recover(model, *args, **kwargs)
+                with torch.no_grad():
+                    for parameter in find_blocks(model).parameters():
+                        parameter.add_(1e-3)
+                return losses
+            engine.recover = drifting
+
+    def on_fit_end(self, trainer, pl_module):
+        digest = hashlib.sha256()
+        for block in find_blocks(pl_module.model):
+            for module in block_linears(block).values():
+                digest.update(module.weight.detach().numpy().tobytes())
+        with open(f"{self.folder}/rank{world()[0]}.json", "w") as f:
+            json.dump({"levels": self.msp.plan.levels, "wrapped": self.wrapped, "calls": self.calls,
+                       "recovery_steps": self.msp.plan.metadata["recovery"]["steps"], "weights": digest.hexdigest()}, f)
+
+
+def test_ddp_fit_end_prunes_the_wrapped_model_and_keeps_rank_0s_recovered_weights(tmp_path):
+    """Pruning at the end of fit runs before Lightning unwraps DDP (and moves the model to the CPU);
+    every collective gets its tensors on the backend's device (the CPU under gloo; object
+    broadcasts carry CPU rows); recovery ends with rank 0's weights on both ranks even when the
+    ranks' training drifted apart."""
+    msp = MSPCallback(sparsity="2:4", allocation="msp", init="trace", calib_samples=4, fitness_samples=4,
+                      population=4, generations=1, recover_steps=2, recover_batch_size=2, progress=False)
+    trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[msp, Probe(tmp_path, msp)])
+    trainer.fit(LitLM(), loader(rows=32))
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    assert [r["wrapped"] for r in ranks] == [True, True]
+    assert ranks[0]["levels"] == ranks[1]["levels"] and ranks[0]["recovery_steps"] == 2
+    assert ranks[0]["weights"] == ranks[1]["weights"]
+    for rank in ranks:
+        names = {name for name, _ in rank["calls"]}
+        assert names == {"broadcast", "all_reduce", "all_gather", "broadcast_object_list"}, names
+        assert all(kind.startswith("cpu:") for _, kinds in rank["calls"] for kind in kinds), rank["calls"]
+
+
 def test_hf_trainer_accelerate_ddp_two_processes(tmp_path):
     """The HF Trainer under torch.distributed.run (Accelerate's DDP, gloo): one search shared by both
     ranks, identical plans, and identical masked weights after more DDP training steps."""

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from ..allocation import make_plan
 from ..block_walk import CalibrationError
 from ..config import MSPConfig, RecoverSettings, SearchSettings, extract
-from ..distributed import broadcast, broadcast_masks
+from ..distributed import broadcast, broadcast_masks, broadcast_parameters
 from ..models import block_linears, find_blocks, fingerprint, input_device
 from ..nm import NMPatternError, has_pruning_masks, install_mask, mask_of, masked_modules, remove_masks, to_out_in, zeros_per_group
 from ..plan import PlanError, SparsityPlan, nm_string, parse_nm
@@ -241,9 +241,10 @@ class MSPEngine:
                            if recovery and cfg.recover_loss == "kd" else None)  # the dense model, before pruning
                 prune(model, plan, calibration, progress=progress)
                 broadcast_masks(model)
-                if recovery:  # every rank runs the same recovery on the same rows: the same weights
+                if recovery:  # every rank trains on the same rows; rank 0's result is then everyone's
                     losses = recover(model, recovery, extract(cfg, RecoverSettings), teacher, progress=progress,
                                      seed=cfg.seed)
+                    broadcast_parameters(find_blocks(model))  # GPU backward kernels are not bit-deterministic
                     plan.metadata["recovery"] = {"steps": len(losses), "first_loss": losses[0],
                                                  "last_loss": losses[-1]}
             finally:
