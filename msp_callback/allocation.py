@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from .block_walk import BlockInputs, CalibrationError, collect_input_stats, walk_blocks
 from .budget import round_to_budget, trace_levels
 from .criteria import get_criterion
-from .models import block_linears, find_blocks, fingerprint, input_device
+from .models import block_linears, check_weights_in_memory, find_blocks, fingerprint, input_device
 from .nm import to_out_in
 from .plan import SparsityPlan
 
@@ -136,4 +136,5 @@ def make_plan(allocation: str, model: nn.Module, n: int, m: int, criterion: str,
         fn = ALLOCATIONS[allocation]
     except KeyError:
         raise ValueError(f"unknown allocation {allocation!r}; available: {sorted(ALLOCATIONS)}") from None
+    check_weights_in_memory(model)
     return fn(model, n, m, criterion, **context)
