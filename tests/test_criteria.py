@@ -127,3 +127,39 @@ def test_registry_accepts_user_criterion(llama):
 def test_unknown_criterion():
     with pytest.raises(ValueError, match="unknown criterion 'obs'; available: .*magnitude"):
         get_criterion("obs")
+
+
+def test_sparsegpt_keeps_ieee_float32_when_the_process_allows_tf32(monkeypatch):
+    """Lightning and HF users turn TF32 on (``set_float32_matmul_precision("high")`` or lower);
+    SparseGPT's Gram matrix and sweep must not follow it, or its masks change with the switch. The
+    precision is read inside the sweep; on CPUs with bf16 units ("medium" is bf16 in oneDNN, as on
+    this one) the Gram matrix and pruned weights are also compared bit for bit."""
+    from msp_callback.criteria.sparsegpt import SparseGPT
+
+    torch.manual_seed(0)
+    x, weight = torch.randn(256, 64), torch.randn(32, 64)
+
+    def run():
+        stats = InputStats()
+        stats.add(x, "gram")
+        return stats.gram, SparseGPT().prune_levels(weight, stats, [1, 2, 3], 4)
+
+    gram, pruned = run()
+    seen, sweep = [], SparseGPT._sweep
+
+    def observed(self, *args):
+        seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision))
+        return sweep(self, *args)
+
+    monkeypatch.setattr(SparseGPT, "_sweep", observed)
+    torch.set_float32_matmul_precision("medium")
+    try:
+        gram_reduced, pruned_reduced = run()
+        after = torch.get_float32_matmul_precision()
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert after == "medium"  # the caller's setting is restored
+    assert seen == [("ieee", "ieee")]
+    assert torch.equal(gram_reduced, gram)
+    for level, (w, keep) in pruned.items():
+        assert torch.equal(pruned_reduced[level][0], w) and torch.equal(pruned_reduced[level][1], keep)

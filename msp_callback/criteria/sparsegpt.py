@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..nm import check_divisible
-from .base import Criterion, InputStats
+from .base import Criterion, InputStats, ieee_float32
 from .registry import register_criterion
 
 
@@ -52,7 +52,8 @@ class SparseGPT(Criterion):
         swept = [level for level in dict.fromkeys(levels) if level]
         out = {0: (weight.clone().float(), torch.ones_like(weight, dtype=torch.bool))} if 0 in levels else {}
         if swept:
-            w, keep = self._sweep(weight, self._inverse_hessian_factor(stats), swept, m)
+            with ieee_float32():  # the sweep's products in float32, TF32 switched on or not
+                w, keep = self._sweep(weight, self._inverse_hessian_factor(stats), swept, m)
             rows = weight.shape[0]
             out.update({level: (w[i * rows:(i + 1) * rows], keep[i * rows:(i + 1) * rows])
                         for i, level in enumerate(swept)})
