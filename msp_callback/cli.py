@@ -91,7 +91,9 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tasks", nargs="+", default=list(LOCAL_TASKS), help="lm-eval task names (default: the local ones)")
     p.add_argument("--limit", type=int, default=None, help="examples per task (default: all: 500 per local task)")
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"))
+    p.add_argument("--device", default=None, help="cuda, cuda:N, cpu or mps (default: CUDA when available, else the CPU)")
+    p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="weights' precision (auto: bfloat16 on a GPU with bf16 units, else float32)")
     p.add_argument("--json", help="write the accuracies here")
     p.add_argument("--quiet", action="store_true", help="no progress bars, warnings only")
 
@@ -99,21 +101,22 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _eval(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import torch
-
+    from .devices import resolve_device, resolve_dtype
     from .export import RECORD_FILE, load_pruned
     from .models import load_causal_lm
     from .zero_shot import zero_shot
 
-    dtype = getattr(torch, args.dtype)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.dtype, device)
     if (Path(args.model) / RECORD_FILE).exists():
         from transformers import AutoTokenizer
 
-        model, _ = load_pruned(args.model, dtype=dtype, masks=False)
+        model = load_pruned(args.model, dtype=dtype, masks=False)[0].to(device)
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     else:
-        model, tokenizer = load_causal_lm(args.model, dtype=dtype)
-    result = {"model": args.model, "tasks": zero_shot(model, tokenizer, args.tasks, args.limit, args.batch_size)}
+        model, tokenizer = load_causal_lm(args.model, dtype=dtype, device=device)
+    result = {"model": args.model, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+              "tasks": zero_shot(model, tokenizer, args.tasks, args.limit, args.batch_size)}
     print(json.dumps(result, indent=2))
     if args.json:
         from .atomic_files import atomic_write_text
