@@ -165,6 +165,18 @@ class SparsityStats:
         return {"pruned_linears_pct": self.pruned_linears, "overall_pct": self.overall, "per_block_pct": self.per_block}
 
 
+def is_semi_structured(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a 2:4 semi-structured sparse tensor (`semistructured.to_semi_structured`)."""
+    return isinstance(tensor, torch.sparse.SparseSemiStructuredTensor)
+
+
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """The module's effective weight as an ordinary tensor (masked if parametrized; a 2:4
+    semi-structured weight unpacked, as most tensor operations do not take it)."""
+    weight = module.weight
+    return weight.to_dense() if is_semi_structured(weight) else weight
+
+
 @torch.no_grad()
 def measure_sparsity(model: nn.Module) -> SparsityStats:
     """Count exact zeros in the effective (masked) weights of the block linears, and over all
@@ -174,7 +186,7 @@ def measure_sparsity(model: nn.Module) -> SparsityStats:
     for block in find_blocks(model):
         block_zeros = block_total = 0
         for module in block_linears(block).values():
-            weight = module.weight  # effective weight, masked if parametrized
+            weight = dense_weight(module)  # effective weight: masked if parametrized, unpacked if 2:4
             block_zeros += int((weight == 0).sum())
             block_total += weight.numel()
             seen.update(id(p) for p in module.parameters() if p.shape == weight.shape)
