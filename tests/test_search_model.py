@@ -248,3 +248,26 @@ def test_wanda_level_cache_uses_dense_model_inputs_and_runs_each_block_once():
         expected = w.reshape(w.shape[0], -1, 4).scatter(-1, drop, 0.0).reshape(w.shape)
         torch.testing.assert_close(cache.weight(int(block), name, 2).double(), expected, rtol=0, atol=0)
     cache.close()
+
+
+def test_level_cache_reads_stored_weights_not_masked_ones(monkeypatch):
+    """Under DDP every linear carries an all-kept mask before pruning: reading ``mod.weight`` for a
+    shape or dtype computes weight * mask (and under enable_grad an autograd graph) for every
+    linear, and the cache kept those copies. It must read the stored weights."""
+    from msp_callback.criteria import get_criterion
+    from msp_callback.integrations.engine import install_identity_masks
+    from msp_callback.nm import NMMask, stored_weight
+
+    model = tiny_model("llama")
+    install_identity_masks(model)
+    masked = []
+    forward = NMMask.forward
+    monkeypatch.setattr(NMMask, "forward", lambda self, weight: (masked.append(1), forward(self, weight))[1])
+    linears = [block_linears(b) for b in find_blocks(model)]
+    LevelCache.estimated_bytes(linears, get_criterion("wanda"), 4)
+    assert masked == []
+    with torch.enable_grad():
+        cache = LevelCache(model, "wanda", 4, token_batches(2), progress=False)
+    for block, like in zip(linears, cache._like):
+        for name, module in block.items():
+            assert like[name] is stored_weight(module) and like[name].grad_fn is None

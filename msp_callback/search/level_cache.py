@@ -50,9 +50,11 @@ class LevelCache:
         self.blocks = find_blocks(model)
         self.linears = [block_linears(b) for b in self.blocks]
         self.store = TensorStore(storage, input_device(model), self.estimated_bytes(self.linears, self.criterion, m))
-        # under FSDP each rank caches its own rows only (`_local` of what `_fill` computes whole)
-        self._like = [{n: mod.weight for n, mod in lin.items()} for lin in self.linears]
-        self.dense = [{n: self.store.put(local(mod.weight)) for n, mod in lin.items()} for lin in self.linears]
+        # under FSDP each rank caches its own rows only (`_local` of what `_fill` computes whole). The
+        # stored weights, never ``mod.weight``: on a masked layer (all-kept masks under DDP) that
+        # computes weight * mask, and under enable_grad keeps an autograd graph, for every linear.
+        self._like = [{n: stored_weight(mod) for n, mod in lin.items()} for lin in self.linears]
+        self.dense = [{n: self.store.put(local(stored_weight(mod))) for n, mod in lin.items()} for lin in self.linears]
         self.ranks: list[dict[str, Tensor]] = [{} for _ in self.blocks]
         self.pruned: list[dict[str, dict[int, Tensor]]] = [{} for _ in self.blocks]
         self.current = [dict.fromkeys(lin, 0) for lin in self.linears]  # level each linear's weight holds now
@@ -67,7 +69,7 @@ class LevelCache:
     def estimated_bytes(linears: list[dict[str, nn.Module]], criterion: Criterion, m: int) -> int:
         """What the cache holds: the dense weights, plus one rank per weight (in the bytes
         `nm.group_ranks` uses) or the pruned weights of levels 1..M-1."""
-        weights = [mod.weight for lin in linears for mod in lin.values()]
+        weights = [stored_weight(mod) for lin in linears for mod in lin.values()]  # shapes and dtypes only
         dense = sum(w.numel() * w.element_size() for w in weights)
         rank_bytes = 1 if m <= 256 else 2
         extra = sum(w.numel() for w in weights) * rank_bytes if criterion.score_based else dense * (m - 1)
@@ -79,15 +81,15 @@ class LevelCache:
         linears, outputs = self.linears[index], []
         stats = collect_input_stats(self.blocks[index], linears, inputs, self.criterion.statistic, outputs)
         for name, module in linears.items():
-            weight = to_out_in(module, module.weight.detach()).float()
             like = self._like[index][name]
+            weight = to_out_in(module, stored_weight(module).detach()).float()  # whole, also while FSDP gathers it
             if self.criterion.score_based:
                 ranks = from_out_in(module, group_ranks(self.criterion.scores(weight, stats[name]), self.m))
                 self.ranks[index][name] = self.store.put(to_out_in(module, local_rows(ranks, like)))
             else:
                 pruned = self.criterion.prune_levels(weight, stats[name], range(1, self.m), self.m)
                 self.pruned[index][name] = {
-                    level: self.store.put(local_rows(from_out_in(module, w).to(module.weight.dtype), like))
+                    level: self.store.put(local_rows(from_out_in(module, w).to(like.dtype), like))
                     for level, (w, _) in pruned.items()}
         return outputs
 
