@@ -139,6 +139,19 @@ def broadcast_parameters(module: nn.Module) -> None:
         _broadcast_(parameter.data, collective_device(parameter.device))
 
 
+def keep_masks_out_of_buffer_sync(root: nn.Module) -> int:
+    """Tell DDP (``DistributedDataParallel(root, broadcast_buffers=True)``, its default) not to
+    broadcast the N:M mask buffers at every forward of training: one byte per block weight each
+    step, while masks only change when pruning, which broadcasts them itself (`broadcast_masks`).
+    Call before ``root`` is wrapped; returns how many buffers are left out."""
+    from .nm import NMMask
+
+    masks = [f"{name}.mask" for name, module in root.named_modules() if isinstance(module, NMMask)]
+    ignored = list(getattr(root, "_ddp_params_and_buffers_to_ignore", []))
+    root._ddp_params_and_buffers_to_ignore = ignored + [name for name in masks if name not in ignored]
+    return len(masks)
+
+
 def shard(rows: Tensor) -> Tensor:
     """This rank's share of the rows (at least one row)."""
     rank, size = world()

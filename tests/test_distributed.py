@@ -109,6 +109,9 @@ class Probe(pl.Callback):
                 return losses
             engine.recover = drifting
 
+    def on_train_start(self, trainer, pl_module):
+        self.synced_masks = [name for name in trainer.strategy.model.named_module_buffers if name.endswith(".mask")]
+
     def on_fit_end(self, trainer, pl_module):
         digest = hashlib.sha256()
         for block in find_blocks(pl_module.model):
@@ -116,6 +119,7 @@ class Probe(pl.Callback):
                 digest.update(module.weight.detach().numpy().tobytes())
         with open(f"{self.folder}/rank{world()[0]}.json", "w") as f:
             json.dump({"levels": self.msp.plan.levels, "wrapped": self.wrapped, "calls": self.calls,
+                       "synced_masks": self.synced_masks,
                        "recovery_steps": self.msp.plan.metadata["recovery"]["steps"], "weights": digest.hexdigest()}, f)
 
 
@@ -123,7 +127,7 @@ def test_ddp_fit_end_prunes_the_wrapped_model_and_keeps_rank_0s_recovered_weight
     """Pruning at the end of fit runs before Lightning unwraps DDP (and moves the model to the CPU);
     every collective gets its tensors on the backend's device (the CPU under gloo; object
     broadcasts carry CPU rows); recovery ends with rank 0's weights on both ranks even when the
-    ranks' training drifted apart."""
+    ranks' training drifted apart; DDP leaves the masks out of its per-step buffer broadcast."""
     msp = MSPCallback(sparsity="2:4", allocation="msp", init="trace", calib_samples=4, fitness_samples=4,
                       population=4, generations=1, recover_steps=2, recover_batch_size=2, progress=False)
     trainer = pl.Trainer(max_steps=2, accelerator="cpu", devices=2, strategy="ddp_spawn", logger=False,
@@ -132,6 +136,7 @@ def test_ddp_fit_end_prunes_the_wrapped_model_and_keeps_rank_0s_recovered_weight
     trainer.fit(LitLM(), loader(rows=32))
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
     assert [r["wrapped"] for r in ranks] == [True, True]
+    assert [r["synced_masks"] for r in ranks] == [[], []]  # DDP does not broadcast mask buffers every step
     assert ranks[0]["levels"] == ranks[1]["levels"] and ranks[0]["recovery_steps"] == 2
     assert ranks[0]["weights"] == ranks[1]["weights"]
     for rank in ranks:
@@ -159,6 +164,7 @@ def test_hf_trainer_accelerate_ddp_two_processes(tmp_path):
     assert ranks[0]["traces"] == ranks[1]["traces"]
     assert ranks[0]["levels"] == ranks[1]["levels"] and sum(ranks[0]["levels"]) == 6
     assert ranks[0]["weights"] == ranks[1]["weights"] and ranks[0]["masked_zero"] and ranks[1]["masked_zero"]
+    assert [(r["ddp"], r["synced_masks"]) for r in ranks] == [("DistributedDataParallel", [])] * 2
     assert ranks[0]["evaluated_here"] + ranks[1]["evaluated_here"] == ranks[0]["evaluations"]
     assert abs(ranks[0]["evaluated_here"] - ranks[1]["evaluated_here"]) <= 2
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from ..distributed import keep_masks_out_of_buffer_sync
 from ..plan import SparsityPlan
 from .callback_base import MSPSettingsMixin, check_strategy, register_mask_loader
 from .engine import align_optimizer_order, causal_lm_of, install_identity_masks
@@ -25,8 +26,10 @@ class MSPCallback(MSPSettingsMixin, pl.Callback):
         self.engine.check_model(causal_lm_of(pl_module))
         register_mask_loader(pl_module, self.engine.config.sparsity)  # resuming a pruned checkpoint
         self.engine.restore_recorded_masks(causal_lm_of(pl_module))  # a pruned model loaded plainly
-        if trainer.world_size > 1 and install_identity_masks(causal_lm_of(pl_module)):
-            log.info("installed all-kept masks before DDP wraps the model; pruning fills them in place")
+        if trainer.world_size > 1:
+            if install_identity_masks(causal_lm_of(pl_module)):
+                log.info("installed all-kept masks before DDP wraps the model; pruning fills them in place")
+            keep_masks_out_of_buffer_sync(pl_module)  # the module Lightning's DDP wraps
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.plan is None and self.engine.adopt_or_refuse(causal_lm_of(pl_module)) is None and self.when == "fit_start":
