@@ -99,6 +99,17 @@ class TensorStore:
         return mapped.view(tensor.shape).copy_(tensor)
 
     def close(self) -> None:
+        """Remove any files; with pinned storage, hand the freed pinned blocks back to the system
+        (PyTorch's pinned host allocator keeps them cached otherwise). Drop the tensors first."""
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
+        if self.kind == "cpu" and self.device.type == "cuda":
+            release_pinned_memory()
+
+
+def release_pinned_memory() -> None:
+    """Return the pinned host memory no tensor uses any more to the system."""
+    empty = getattr(getattr(torch, "accelerator", None), "memory", None)
+    if empty is not None and hasattr(empty, "empty_host_cache"):
+        empty.empty_host_cache()

@@ -271,3 +271,23 @@ def test_level_cache_reads_stored_weights_not_masked_ones(monkeypatch):
     for block, like in zip(linears, cache._like):
         for name, module in block.items():
             assert like[name] is stored_weight(module) and like[name].grad_fn is None
+
+
+def test_level_cache_masks_where_the_weight_goes_and_frees_its_memory_when_closed(monkeypatch):
+    """With the cache in (pinned) CPU memory and the model on a GPU, the dense weight and its rank
+    bytes travel and the mask is applied on the device (here the meta device stands in for it);
+    closing drops the cached tensors and hands pinned memory back."""
+    from msp_callback import storage
+
+    model = tiny_model("llama")
+    cache = LevelCache(model, "wanda", 4, token_batches(2), progress=False, storage="cpu")
+    expected = cache.weight(0, "mlp.down_proj", 2)
+    on_device = cache.weight(0, "mlp.down_proj", 2, torch.device("meta"))
+    assert on_device.device.type == "meta" and on_device.shape == expected.shape
+    cache.close()
+    assert cache.dense == [] and cache.ranks == []
+    released = []
+    monkeypatch.setattr(storage, "release_pinned_memory", lambda: released.append(1))
+    storage.TensorStore("cpu", torch.device("cuda")).close()
+    storage.TensorStore("cpu", torch.device("cpu")).close()
+    assert released == [1]

@@ -126,6 +126,10 @@ class CachedFitness:
         finally:
             self.evaluations += 1
 
+    def release(self) -> None:
+        """Drop the cached block inputs (they may hold the level cache's pinned or mapped memory)."""
+        self._inputs, self._levels, self._slots = [], [], {}
+
     def __call__(self, individuals: Sequence[Sequence[int]]) -> list[float]:
         order = sorted(range(len(individuals)), key=lambda i: list(individuals[i]))
         scores: list[float] = [0.0] * len(individuals)

@@ -93,17 +93,21 @@ class LevelCache:
                     for level, (w, _) in pruned.items()}
         return outputs
 
-    def weight(self, index: int, name: str, level: int) -> Tensor:
-        """Weight (module layout) of linear ``name`` in block ``index`` at ``level``."""
+    def weight(self, index: int, name: str, level: int, device: torch.device | None = None) -> Tensor:
+        """Weight (module layout) of linear ``name`` in block ``index`` at ``level``, on ``device``
+        (default: where the cache keeps it). A score-based level is masked there: the dense weight
+        and its ranks travel (one byte a weight), not a masked copy made on the CPU."""
         dense = self.dense[index][name]
+        device = device or dense.device
         if level == 0:
-            return dense
+            return dense.to(device, non_blocking=True)
         if level == self.m:
-            return torch.zeros_like(dense)
+            return torch.zeros(dense.shape, dtype=dense.dtype, device=device)
         if self.criterion.score_based:
             module = self.linears[index][name]
-            return dense * from_out_in(module, mask_from_ranks(self.ranks[index][name], level))
-        return self.pruned[index][name][level]
+            ranks = self.ranks[index][name].to(device, non_blocking=True)
+            return dense.to(device, non_blocking=True) * from_out_in(module, mask_from_ranks(ranks, level))
+        return self.pruned[index][name][level].to(device, non_blocking=True)
 
     @torch.no_grad()
     def apply(self, levels: Sequence[int | Mapping[str, int]]) -> list[int]:
@@ -119,7 +123,8 @@ class LevelCache:
                 settle(self.blocks[index])
                 for name, module in self.linears[index].items():
                     if wanted[name] != self.current[index][name]:
-                        local(stored_weight(module)).data.copy_(self.weight(index, name, wanted[name]))
+                        target = local(stored_weight(module)).data
+                        target.copy_(self.weight(index, name, wanted[name], target.device))
                 self.current[index] = wanted
                 changed.append(index)
         return changed
@@ -128,6 +133,8 @@ class LevelCache:
         self.apply([0] * len(self.blocks))
 
     def close(self) -> None:
-        """Put the dense weights back and free the cache's files (disk storage)."""
+        """Put the dense weights back and free what the cache holds: its files (disk storage), or
+        its pinned host memory, which the pinned allocator would otherwise keep (cpu storage)."""
         self.restore_dense()
+        self.dense, self.ranks, self.pruned = [], [], []
         self.store.close()

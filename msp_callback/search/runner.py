@@ -189,6 +189,9 @@ def search_plan(
         levels, best = search.run(callback=after_generation)
     finally:
         bar.close()
+        fitness.release()
+        if screen_evaluate is not None:
+            screen.release()
         if level_cache is None:
             cache.close()
         else:
