@@ -291,3 +291,24 @@ def test_level_cache_masks_where_the_weight_goes_and_frees_its_memory_when_close
     storage.TensorStore("cpu", torch.device("cuda")).close()
     storage.TensorStore("cpu", torch.device("cpu")).close()
     assert released == [1]
+
+
+def test_auto_storage_counts_idle_allocator_memory_and_the_search_s_working_set(monkeypatch):
+    """Memory PyTorch's caching allocator reserved but does not use is free to PyTorch (the driver
+    does not count it); the fitness's logits and SparseGPT's scratch must fit beside the cache."""
+    from msp_callback import storage
+    from msp_callback.criteria import get_criterion
+    from msp_callback.search.runner import fitness_scratch_bytes
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 10_000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 3000)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1000)
+    assert storage.available_bytes(cuda) == 3000
+    assert storage.choose_storage(2000, cuda) == "device"
+    assert storage.choose_storage(2000, cuda, working=1000) == "cpu"
+    model = tiny_model("llama")
+    assert fitness_scratch_bytes(model, torch.zeros(4, 16, dtype=torch.long), 2) == 3 * 2 * 16 * 128 * 4
+    linears = [block_linears(b) for b in find_blocks(model)]
+    assert LevelCache.scratch_bytes(linears, get_criterion("sparsegpt"), 4) > LevelCache.scratch_bytes(
+        linears, get_criterion("wanda"), 4) > 128 * 64 * 4

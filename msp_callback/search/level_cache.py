@@ -40,16 +40,19 @@ class LevelCache:
         calibration: Sequence[Tensor] | None,
         progress: bool = True,
         storage: str = "device",
+        working_bytes: int = 0,
     ):
         """``storage``: where the cached tensors live (see `storage.TensorStore`): device, cpu,
-        disk, or auto (the first that holds `estimated_bytes`)."""
+        disk, or auto (the first that holds `estimated_bytes` beside the criterion's scratch
+        (`scratch_bytes`) and ``working_bytes`` more, e.g. the fitness's logits)."""
         if has_pruning_masks(model):
             raise RuntimeError("build the level cache on the dense model (it carries pruning N:M masks)")
         self.criterion = get_criterion(criterion)
         self.m = m
         self.blocks = find_blocks(model)
         self.linears = [block_linears(b) for b in self.blocks]
-        self.store = TensorStore(storage, input_device(model), self.estimated_bytes(self.linears, self.criterion, m))
+        self.store = TensorStore(storage, input_device(model), self.estimated_bytes(self.linears, self.criterion, m),
+                                 working=self.scratch_bytes(self.linears, self.criterion, m) + working_bytes)
         # under FSDP each rank caches its own rows only (`_local` of what `_fill` computes whole). The
         # stored weights, never ``mod.weight``: on a masked layer (all-kept masks under DDP) that
         # computes weight * mask, and under enable_grad keeps an autograd graph, for every linear.
@@ -74,6 +77,19 @@ class LevelCache:
         rank_bytes = 1 if m <= 256 else 2
         extra = sum(w.numel() for w in weights) * rank_bytes if criterion.score_based else dense * (m - 1)
         return dense + extra
+
+    @staticmethod
+    def scratch_bytes(linears: list[dict[str, nn.Module]], criterion: Criterion, m: int) -> int:
+        """The criterion's peak scratch for one linear while the cache is built (the largest):
+        a float32 copy and its scores or ranks; for a Gram-matrix criterion (SparseGPT) also the
+        float32 Gram matrix, its float64 Hessian, inverse and factor, and M-1 stacked float32
+        copies swept at once with their keep masks."""
+        shapes = [stored_weight(mod).shape for lin in linears for mod in lin.values()]
+        largest = max((a * b for a, b in shapes), default=0)
+        widest = max((max(a, b) for a, b in shapes), default=0)  # the input width, whatever the layout
+        if criterion.statistic != "gram":
+            return largest * (4 + 4 + 1)
+        return widest * widest * (4 + 3 * 8) + largest * (m - 1) * (4 + 1) + largest * 4
 
     @torch.no_grad()
     def _fill(self, index: int, inputs: BlockInputs | None) -> list[Tensor]:

@@ -102,6 +102,14 @@ def check_level_cache(cache: LevelCache, model: nn.Module, criterion: str, m: in
         raise ValueError("the level cache was built on another model; build a LevelCache on the model searched")
 
 
+def fitness_scratch_bytes(model: nn.Module, windows: Tensor, batch_size: int) -> int:
+    """What scoring one batch holds on the device: about three float32 copies of the logits
+    (logits, their float32 log-softmax, and the metric's or the KL's work), B x T x vocabulary each."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    vocab = head.weight.shape[0] if head is not None else getattr(getattr(model, "config", None), "vocab_size", 0)
+    return 3 * min(batch_size, windows.shape[0]) * windows.shape[-1] * vocab * 4
+
+
 def search_plan(
     model: nn.Module,
     n: int,
@@ -129,7 +137,8 @@ def search_plan(
     layout = UnitLayout.of_model(model, settings.granularity)
     started = time.perf_counter()
     if level_cache is None:
-        cache = LevelCache(model, criterion, m, calibration, progress=progress, storage=settings.cache_storage)
+        cache = LevelCache(model, criterion, m, calibration, progress=progress, storage=settings.cache_storage,
+                           working_bytes=fitness_scratch_bytes(model, fitness_windows, settings.fitness_batch_size))
     else:
         check_level_cache(level_cache, model, criterion, m)
         cache = level_cache
