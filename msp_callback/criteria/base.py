@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import ClassVar, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -46,16 +46,22 @@ def ieee_float32() -> Iterator[None]:
 
 @dataclass
 class InputStats:
-    """Running statistics of one linear's inputs X (tokens x in), accumulated in float32.
+    """Running statistics of the inputs X (tokens x in) of one linear, accumulated in float32; one
+    object serves every linear fed the same input tensor (q/k/v, gate/up: see
+    `block_walk.collect_input_stats`), so the statistic is accumulated once for them.
 
     ``sq_norm`` is sum_t x_t^2 per input feature (diag of X^T X); ``gram`` is X^T X itself.
+    ``derived`` holds what a criterion computed from the finished statistics, for the other
+    linears sharing them (SparseGPT's inverse-Hessian factor); adding inputs clears it.
     """
 
     count: int = 0
     sq_norm: Tensor | None = None
     gram: Tensor | None = None
+    derived: dict[Any, Any] = field(default_factory=dict, repr=False, compare=False)
 
     def add(self, x: Tensor, statistic: Statistic) -> None:
+        self.derived.clear()
         x = x.reshape(-1, x.shape[-1]).float()
         self.count += x.shape[0]
         if statistic == "gram":

@@ -28,9 +28,16 @@ class SparseGPT(Criterion):
         self.damping = damping
 
     def _inverse_hessian_factor(self, stats: InputStats | None) -> tuple[Tensor, Tensor]:
-        """(upper Cholesky factor of H^-1, dead inputs), H = 2 X^T X / n, damped."""
+        """(upper Cholesky factor of H^-1, dead inputs), H = 2 X^T X / n, damped; computed once
+        per statistics object, so linears sharing their input (q/k/v, gate/up) share it."""
         if stats is None or stats.gram is None or stats.count == 0:
             raise ValueError("sparsegpt needs calibration inputs (no input statistics were collected)")
+        key = ("sparsegpt factor", self.damping)
+        if key not in stats.derived:
+            stats.derived[key] = self._factor(stats)
+        return stats.derived[key]
+
+    def _factor(self, stats: InputStats) -> tuple[Tensor, Tensor]:
         hessian = stats.gram.double() * (2.0 / stats.count)
         dead = hessian.diagonal() == 0
         hessian[dead, dead] = 1.0
