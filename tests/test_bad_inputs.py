@@ -102,8 +102,7 @@ CLI_CASES = [
     (["--recover-loss", "mse"], "--recover-loss"),
     (["--recover-steps", "2", "--recover-lr", "-1"], "--recover-lr"),
     (["--recover-steps", "2", "--offload", "disk"], "cannot train a model offloaded to disk"),
-    (["--compare-uniform", "--offload", "disk"], "--compare-uniform keeps a copy"),
-    (["--recover-steps", "2", "--dtype", "bf16"], "add --dtype float32"),
+    (["--recover-steps", "2", "--dtype", "fp16"], "does not train float16 weights"),
     (["--compare-uniform", "--allocation", "uniform"], "compares uniform with itself"),
 ]
 
