@@ -11,13 +11,12 @@ import torch
 import torch.distributed as dist
 
 from msp_callback.allocation import make_plan
+from msp_callback.evaluate import perplexity
 from msp_callback.models import find_blocks, named_block_linears
 from msp_callback.pruner import prune
+from msp_callback.search.fitness import CachedFitness
 from msp_callback.search.runner import SearchSettings
 from tests.conftest import tiny_model, token_batches
-
-from msp_callback.evaluate import perplexity
-from msp_callback.search.fitness import CachedFitness
 
 out, criterion = sys.argv[1], sys.argv[2]
 order = sys.argv[3] if len(sys.argv) > 3 else "search-first"
