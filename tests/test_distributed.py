@@ -51,6 +51,15 @@ def test_ddp_two_processes_share_one_search(tmp_path):
     assert abs(ranks[0]["evaluated_here"] - ranks[1]["evaluated_here"]) <= 2  # about half each
 
 
+def free_port() -> str:
+    """A port no other process listens on now (a fixed one collides with a concurrent test run)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return str(probe.getsockname()[1])
+
+
 def _tensors_in(obj) -> list:
     """The tensors inside a (pickled) object: nested lists, tuples and dicts."""
     import torch
@@ -155,7 +164,7 @@ def test_hf_trainer_accelerate_ddp_two_processes(tmp_path):
 
     root = Path(__file__).resolve().parent.parent
     env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", free_port(),
                            str(root / "tests" / "hf_ddp_worker.py"), str(tmp_path)], cwd=root, env=env,
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -193,7 +202,7 @@ def test_fsdp2_sharded_model_gives_the_same_plan_and_masks_as_one_process(tmp_pa
                                     capture_output=True, text=True, timeout=300)
             assert single.returncode == 0, single.stderr[-3000:]
         sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-                                  "29541", worker, str(folder), criterion, order], cwd=root, env=env, capture_output=True,
+                                  free_port(), worker, str(folder), criterion, order], cwd=root, env=env, capture_output=True,
                                  text=True, timeout=600)
         assert sharded.returncode == 0, sharded.stderr[-3000:]
         one, *ranks = (torch.load(folder / f"{name}-{order}.pt") for name in ("single", "0", "1"))
