@@ -8,7 +8,10 @@ factorisations a Llama block instead of 7). This times both ways side by side, i
 the same data, alternating the order: the sequential prune (uniform SparseGPT 2:4) and the
 search's level cache (levels 1..3 of every linear), and checks that the pruned weights (and the
 cached weights) are bit for bit the same. "separate" is the code before the change (every linear
-its own statistics), run by turning the sharing off. Writes benchmarks/results/sparsegpt_sharing.json.
+its own statistics), run by turning the sharing off. Besides wall seconds it records this
+process's CPU seconds (less moved by other jobs on a shared machine) and the CPU seconds spent in
+the part that changed: accumulating the statistics (``InputStats.add``) and factorising
+(``SparseGPT._factor``). Writes benchmarks/results/sparsegpt_sharing.json.
 """
 
 from __future__ import annotations
@@ -38,6 +41,20 @@ from msp_callback.search.level_cache import LevelCache  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 log = logging.getLogger("sparsegpt_sharing")
 SHARING = block_walk._run_collecting
+SPENT = {"statistics_cpu_seconds": 0.0, "factor_cpu_seconds": 0.0}
+
+
+def timed(cls: type, method: str, key: str) -> None:
+    """Count the CPU seconds spent in ``cls.method`` into ``SPENT[key]``."""
+    original = getattr(cls, method)
+
+    def wrapper(*args, **kwargs):
+        start = time.process_time()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            SPENT[key] += time.process_time() - start
+    setattr(cls, method, wrapper)
 
 
 def sharing(on: bool) -> None:
@@ -52,6 +69,25 @@ def digest(tensors) -> str:
     return h.hexdigest()
 
 
+def write(args: argparse.Namespace, settings: PruneSettings, runs: list[dict]) -> dict:
+    summary = {}
+    for mode in ("separate", "shared"):
+        mine = [r for r in runs if r["mode"] == mode]
+        if mine:
+            summary[mode] = {key: round(statistics.median(r[key] for r in mine), 2)
+                             for key in mine[0] if key not in ("mode", "repeat") and "sha" not in key}
+    identical = {key: len({r[key] for r in runs}) == 1 for key in ("level_cache_sha256", "pruned_sha256")}
+    result = {"command": " ".join(["python", "benchmarks/sparsegpt_sharing.py", *sys.argv[1:]]),
+              "arguments": vars(args), "model": args.model,
+              "plan": "uniform SparseGPT 2:4 (prune); levels 1..3 (level cache)",
+              "calib": f"{args.calib_samples} x {args.calib_seqlen} tokens of {settings.calib_corpus}",
+              "machine": f"{platform.machine()}, {args.threads} thread(s), torch {torch.__version__}",
+              "median_seconds": summary, "identical_weights": identical, "runs": runs}
+    RESULTS.mkdir(exist_ok=True)
+    atomic_write_text(RESULTS / "sparsegpt_sharing.json", json.dumps(result, indent=2))
+    return result
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
@@ -62,6 +98,11 @@ def main() -> None:
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     torch.set_num_threads(args.threads)
+    from msp_callback.criteria.base import InputStats
+    from msp_callback.criteria.sparsegpt import SparseGPT
+
+    timed(InputStats, "add", "statistics_cpu_seconds")
+    timed(SparseGPT, "_factor", "factor_cpu_seconds")
     settings = PruneSettings(model=args.model, calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen,
                              eval_windows=1, progress=False)
     inputs = prepare(settings)
@@ -72,33 +113,28 @@ def main() -> None:
     for repeat in range(args.repeats):
         for mode in (("shared", "separate") if repeat % 2 == 0 else ("separate", "shared")):
             sharing(mode == "shared")
-            start = time.perf_counter()
-            cache = LevelCache(model, "sparsegpt", 4, calibration, progress=False)
-            cache_seconds = time.perf_counter() - start
-            cached = digest(w for block in cache.pruned for levels in block.values() for w in levels.values())
-            cache.close()
-            start = time.perf_counter()
-            prune(model, plan, calibration, progress=False)
-            prune_seconds = time.perf_counter() - start
-            pruned = digest(m.weight for m in named_block_linears(model).values())
-            restore()
-            runs.append({"mode": mode, "repeat": repeat, "level_cache_seconds": round(cache_seconds, 2),
-                         "prune_seconds": round(prune_seconds, 2), "level_cache_sha256": cached, "pruned_sha256": pruned})
-            log.info("%s: level cache %.1f s, prune %.1f s", mode, cache_seconds, prune_seconds)
+            row: dict = {"mode": mode, "repeat": repeat}
+            for stage in ("level_cache", "prune"):
+                for key in SPENT:
+                    SPENT[key] = 0.0
+                start, cpu = time.perf_counter(), time.process_time()
+                if stage == "level_cache":
+                    cache = LevelCache(model, "sparsegpt", 4, calibration, progress=False)
+                    row["level_cache_sha256"] = digest(w for block in cache.pruned for levels in block.values()
+                                                       for w in levels.values())
+                    cache.close()
+                else:
+                    prune(model, plan, calibration, progress=False)
+                    row["pruned_sha256"] = digest(m.weight for m in named_block_linears(model).values())
+                    restore()
+                row[f"{stage}_seconds"] = round(time.perf_counter() - start, 2)
+                row[f"{stage}_cpu_seconds"] = round(time.process_time() - cpu, 2)
+                row.update({f"{stage}_{key}": round(value, 2) for key, value in SPENT.items()})
+            runs.append(row)
+            log.info("%s: %s", mode, {k: v for k, v in row.items() if "sha" not in k})
+            write(args, settings, runs)  # after every run: a long run interrupted keeps what it measured
     sharing(True)
-    summary = {}
-    for mode in ("separate", "shared"):
-        mine = [r for r in runs if r["mode"] == mode]
-        summary[mode] = {key: round(statistics.median(r[key] for r in mine), 2)
-                         for key in ("level_cache_seconds", "prune_seconds")}
-    identical = {key: len({r[key] for r in runs}) == 1 for key in ("level_cache_sha256", "pruned_sha256")}
-    result = {"command": " ".join(["python", "benchmarks/sparsegpt_sharing.py", *sys.argv[1:]]),
-              "arguments": vars(args), "model": args.model, "plan": "uniform SparseGPT 2:4 (prune); levels 1..3 (level cache)",
-              "calib": f"{args.calib_samples} x {args.calib_seqlen} tokens of {settings.calib_corpus}",
-              "machine": f"{platform.machine()}, {args.threads} thread(s), torch {torch.__version__}",
-              "median_seconds": summary, "identical_weights": identical, "runs": runs}
-    RESULTS.mkdir(exist_ok=True)
-    atomic_write_text(RESULTS / "sparsegpt_sharing.json", json.dumps(result, indent=2))
+    result = write(args, settings, runs)
     print(json.dumps({k: result[k] for k in ("median_seconds", "identical_weights")}, indent=2))
 
 
