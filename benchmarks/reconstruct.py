@@ -31,7 +31,8 @@ from fresh_process import emit, run_fresh  # noqa: E402
 from recovery import msp_levels  # noqa: E402
 from results_file import add_row, read  # noqa: E402
 
-DEFAULT_ROWS = ["wanda:2:4:uniform", "wanda:2:4:msp", "wanda:3:4:uniform", "wanda:3:4:msp", "sparsegpt:3:4:msp"]
+DEFAULT_ROWS = ["wanda:3:4:msp", "wanda:2:4:msp", "wanda:2:4:uniform", "wanda:3:4:uniform", "sparsegpt:3:4:msp"]
+KD_ROWS = ["wanda:3:4:msp", "wanda:2:4:msp"]
 
 
 def _value(text: str):
@@ -104,13 +105,15 @@ def one(args: argparse.Namespace, row: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, metavar="CRITERION:N:M:ALLOCATION")
-    p.add_argument("--epochs", type=int, default=4, help="reconstruction epochs per block (default 4)")
+    p.add_argument("--epochs", type=int, default=3, help="reconstruction epochs per block (default 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other job setting, e.g. reconstruct_lr=3e-4 (repeatable)")
-    p.add_argument("--kd-minutes", type=float, default=15.0, help="KD training minutes after reconstruction (0 = none)")
+    p.add_argument("--kd-minutes", type=float, default=8.0, help="KD training minutes after reconstruction (0 = none)")
+    p.add_argument("--kd-rows", nargs="*", default=KD_ROWS, metavar="ROW", help="the rows that get KD after "
+                   "reconstruction (default: the MSP Wanda rows)")
     p.add_argument("--kd-lr", type=float, default=1e-4)
     p.add_argument("--kd-windows", type=int, default=128, help="distinct KD windows of 512 tokens, 4 a step, cycled")
-    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--calib-samples", type=int, default=16)
     p.add_argument("--calib-seqlen", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=40)
     p.add_argument("--out", default=str(RESULTS / "reconstruct.json"))
@@ -125,15 +128,16 @@ def main() -> None:
     record.update(command="python benchmarks/" + " ".join([Path(__file__).name, *sys.argv[1:]]),
                   model="smollm2-135m", calib_corpus="c4", eval_corpus="wikipedia",
                   calibration=f"{args.calib_samples} x {args.calib_seqlen} tokens of c4",
-                  eval_tokens=args.eval_windows * 1024, kd_minutes=args.kd_minutes,
+                  eval_tokens=args.eval_windows * 1024, kd_minutes=args.kd_minutes, kd_rows=args.kd_rows,
                   machine=f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores")
-    passthrough = ["--epochs", str(args.epochs), "--kd-minutes", str(args.kd_minutes), "--kd-lr", str(args.kd_lr),
+    passthrough = ["--epochs", str(args.epochs), "--kd-lr", str(args.kd_lr),
                    "--kd-windows", str(args.kd_windows), "--calib-samples", str(args.calib_samples),
                    "--calib-seqlen", str(args.calib_seqlen), "--eval-windows", str(args.eval_windows),
                    *[a for s in args.set for a in ("--set", s)]]
     for row in args.rows:
         dense = [] if record.get("dense_ppl") else ["--dense"]
-        result = run_fresh(__file__, ["--one", row, *passthrough, *dense], row)
+        kd = ["--kd-minutes", str(args.kd_minutes if row in args.kd_rows else 0)]
+        result = run_fresh(__file__, ["--one", row, *passthrough, *kd, *dense], row)
         if result is None:
             continue
         if result["dense"]:

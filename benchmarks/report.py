@@ -20,7 +20,13 @@ from report_cost import (
     stage_cost_section,
     stage_memory_section,
 )
-from report_models import compact_export_section, export_speed_section, recovery_section, zero_shot_section
+from report_models import (
+    compact_export_section,
+    export_speed_section,
+    reconstruct_section,
+    recovery_section,
+    zero_shot_section,
+)
 from report_quality import _grid_results, baselines_section, missing_cells, quality_section, thread_section
 from report_search import ablation_section, finalist_section, quick_noise_section, search_compare_section, search_section
 
@@ -74,6 +80,8 @@ def main() -> None:
         out += level_cache_cost_section(r)
     if (r := load("recovery")) is not None:
         out += recovery_section(r)
+    if (r := load("reconstruct")) is not None:
+        out += reconstruct_section(r, load("recovery"))
     if (r := load("compact_export")) is not None:
         out += compact_export_section(r)
     if (r := load("zero_shot")) is not None:

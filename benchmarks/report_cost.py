@@ -181,19 +181,30 @@ def gpu_check_section(cpu: dict | None, gpu: dict | None) -> list[str]:
                   f"{a['population']} x {a['generations']}. {r['note']}.", f"Command: `{r['command']}`", "",
                   "| precision | stage | seconds | peak MiB |", "|---|---|---:|---:|"]
         for dtype, run in r["runs"].items():
-            lines += [f"| {dtype} | {name} | {v['seconds']:.2f} | {v['peak_mib']:,.0f} |" for name, v in run["stages"].items()]
+            lines += [f"| {dtype} | {name} | {v['seconds']:.2f} | {v['peak_mib']:,.0f} |"
+                      for name, v in run.get("stages", {}).items()]
         lines += [""]
         for dtype, run in r["runs"].items():
-            lines += [f"- {dtype}: MSP levels {run['msp_levels']} ({run['fitness_evaluations']} evaluations)"]
+            lines += [f"- {dtype}: MSP levels {run['msp_levels']} ({run['fitness_evaluations']} evaluations)"
+                      if "msp_levels" in run else f"- {dtype}: {run.get('error') or run.get('skipped')}"]
         lines += [""]
+        if "environment" in r:
+            lines += [f"Environment: {json.dumps(r['environment'])}", ""]
+        if r.get("checks"):
+            lines += ["| check | seconds | result |", "|---|---:|---|"]
+            for name, check in r["checks"].items():
+                found = {k: v for k, v in check.items() if k not in ("total_seconds", "traceback")
+                         and not (isinstance(v, dict) and "seconds" in v)}
+                lines += [f"| {name} | {check.get('total_seconds', 0):.1f} | {json.dumps(found)[:300]} |"]
+            lines += [""]
     if cpu is not None and gpu is not None and "float32" in gpu["runs"]:
         same = gpu["runs"]["float32"]["msp_levels"] == cpu["runs"]["float32"]["msp_levels"]
         lines += [f"float32 plan on the GPU {'equals' if same else 'differs from'} the CPU's.", ""]
     if gpu is not None:
         lines += [f"2:4 semi-structured: {json.dumps(gpu['semi_structured_2of4'])}", ""]
-        if "offload" in gpu:
+        if "offload" in gpu and all("stages" in gpu["offload"].get(k, {}) for k in ("in_memory", "offloaded")):
             o = gpu["offload"]
             peak = {k: max(v["peak_mib"] for v in o[k]["stages"].values()) for k in ("in_memory", "offloaded")}
             lines += [f"Offloaded blocks ({o['size']} model): peak device memory {peak['offloaded']:,.0f} MiB against "
-                      f"{peak['in_memory']:,.0f} MiB in memory; same plan: {o['same_plan']}.", ""]
+                      f"{peak['in_memory']:,.0f} MiB in memory; same plan: {o.get('same_plan')}.", ""]
     return lines

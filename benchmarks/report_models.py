@@ -94,3 +94,41 @@ def zero_shot_section(record: dict) -> list[str]:
                 f"{row['tasks'][t]['acc']:.3f} ± {row['tasks'][t]['stderr']:.3f}" for t in tasks) + " |")
         lines.append("")
     return lines
+
+
+def reconstruct_section(r: dict, recovery: dict | None) -> list[str]:
+    """Plain pruning, block-wise reconstruction, and KD on top, beside KD alone (results/recovery.json)."""
+    dense = r.get("dense_ppl")
+    alone = {(x["criterion"], x["sparsity"], x["allocation"]): x for x in (recovery or {}).get("rows", [])
+             if x["method"] == "sparse" and x["loss"] == "kd"}
+    first = r["rows"][0]["reconstruct_settings"]
+    lines = ["## Block-wise reconstruction, then distillation", "",
+             f"`{r['command']}`: {r['model']}, each row in a fresh process: the plan (uniform, or the MSP levels a "
+             "search benchmark stored, the same plans as the recovery rows) pruned plainly and measured, the dense "
+             "weights restored, the same plan pruned with block-wise reconstruction (`msp_callback.reconstruct`: "
+             f"{first['reconstruct_epochs']} epochs, lr {first['reconstruct_lr']:g}, {first['reconstruct_batch_size']} "
+             f"windows a step, target {first['reconstruct_target']}, loss per {first['reconstruct_loss']}, "
+             f"{first['reconstruct_holdout']} held-out windows, patience {first['reconstruct_patience']}) and measured, "
+             f"then, on the rows named, KD recovery for at most {r['kd_minutes']:g} minutes of training. Calibration "
+             f"{r['calibration']}; evaluation {r['eval_tokens']:,} held-out {r['eval_corpus']} tokens (95% bootstrap "
+             f"intervals over windows); {r['machine']}, shared with other jobs while these rows ran (minutes are upper "
+             f"bounds). Dense: {fmt(dense)}. \"KD alone\" is the recovery benchmark's row for the same plan (15 "
+             "minutes, results/recovery.json), from an earlier run whose plain prune can differ from this one's.", "",
+             "| criterion | target | plan | pruned | + reconstruction | minutes | + reconstruction + KD | KD minutes | "
+             "KD alone | x dense (best) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for x in sorted(r["rows"], key=lambda x: (x["criterion"], x["sparsity"], x["allocation"])):
+        kd = x["reconstructed_kd"]
+        solo = alone.get((x["criterion"], x["sparsity"], x["allocation"]))
+        best = min(v for v in (x["reconstructed"]["ppl"], kd["ppl"] if kd else None) if v is not None)
+        lines.append(f"| {x['criterion']} | {x['sparsity']} | {x['allocation']} | {_ppl(x['pruned'])} | "
+                     f"{_ppl(x['reconstructed'])} | {x['reconstruct_minutes']:g} | "
+                     f"{_ppl(kd) if kd else '-'} | {kd['minutes'] if kd else '-'} | "
+                     f"{_ppl(solo['recovered']) if solo else '-'} | {best / dense:.1f} |")
+    lines += ["", "Per block (train and held-out relative error before -> after, the epoch kept) in "
+              "results/reconstruct.json.", ""]
+    return lines
+
+
+def _ppl(row: dict) -> str:
+    low, high = row["interval"]
+    return f"{fmt(row['ppl'])} ({fmt(low)}-{fmt(high)})"

@@ -18,7 +18,7 @@ from .budget import round_to_budget, trace_levels
 from .config import SearchSettings
 from .criteria import get_criterion
 from .distributed import reduce_traces, shard, world
-from .models import block_linears, find_blocks, fingerprint
+from .models import block_linears, check_weights_in_memory, find_blocks, fingerprint, input_device
 from .nm import to_out_in
 from .offload import offload_of
 from .plan import SparsityPlan
@@ -84,7 +84,7 @@ def block_traces(model: nn.Module, calibration: Sequence[Tensor], progress: bool
     # an offloaded model keeps activations bounded too: each block's are recomputed in backward
     result = fisher_traces(model, mine, progress=progress and world()[0] == 0,
                            gradient_checkpointing=offload_of(model) is not None)
-    return reduce_traces(result.block_traces, result.num_micro_batches)
+    return reduce_traces(result.block_traces, result.num_micro_batches, input_device(model))
 
 
 @register_allocation("fisher")
@@ -129,4 +129,5 @@ def make_plan(allocation: str, model: nn.Module, n: int, m: int, criterion: str,
         fn = ALLOCATIONS[allocation]
     except KeyError:
         raise ValueError(f"unknown allocation {allocation!r}; available: {sorted(ALLOCATIONS)}") from None
+    check_weights_in_memory(model)
     return fn(model, n, m, criterion, **context)

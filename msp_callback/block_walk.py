@@ -206,22 +206,63 @@ def collect_input_stats(
     outputs: list[Tensor] | None = None,
 ) -> dict[str, InputStats | None]:
     """Run ``block`` once on ``inputs`` and accumulate each linear's input statistic (None for
-    every linear when there are no inputs or the criterion needs none). A list passed as
-    ``outputs`` receives the block's outputs of that run (none when it did not run)."""
-    from .criteria.base import InputStats
-
+    every linear when there are no inputs or the criterion needs none). Linears fed the very
+    same input tensor in every forward (q/k/v, gate/up) get one shared `InputStats`: the
+    statistic is accumulated, and a criterion's work on it (SparseGPT's factorisation) done, once
+    for them. A list passed as ``outputs`` receives the block's outputs of that run (none when it
+    did not run)."""
     if inputs is None or statistic == "none":
         return {name: None for name in linears}
-    stats = {name: InputStats() for name in linears}
-    handles = [
-        module.register_forward_hook(lambda mod, args, out, name=name: stats[name].add(args[0], statistic))
-        for name, module in linears.items()
-    ]
+    try:
+        return _run_collecting(block, linears, inputs, statistic, outputs, share=True)
+    except _InputsDiffer:  # linears that shared an input in the first forward did not in a later one
+        return _run_collecting(block, linears, inputs, statistic, outputs, share=False)
+
+
+class _InputsDiffer(Exception):
+    pass
+
+
+def _run_collecting(block: nn.Module, linears: dict[str, nn.Module], inputs: BlockInputs, statistic: str,
+                    outputs: list[Tensor] | None, share: bool) -> dict[str, InputStats | None]:
+    from .criteria.base import InputStats
+
+    stats: dict[str, InputStats] = {} if share else {name: InputStats() for name in linears}
+    fed: dict[int, tuple[Tensor, InputStats]] = {}  # this forward: id(input) -> (input, the stats it went into)
+    added: dict[int, Tensor] = {}  # this forward: id(stats) -> the input added to it
+
+    def record(name: str, x: Tensor) -> None:
+        if not share:
+            stats[name].add(x, statistic)
+            return
+        own = stats.get(name)
+        if own is None:  # the first forward decides: share with a linear fed this very tensor
+            seen = fed.get(id(x))
+            if seen is not None and seen[0] is x:
+                stats[name] = seen[1]
+                return
+            own = stats[name] = InputStats()
+        elif id(own) in added:
+            if added[id(own)] is x:
+                return  # another linear of its group already added this input
+            raise _InputsDiffer
+        own.add(x, statistic)
+        added[id(own)] = x
+        fed[id(x)] = (x, own)
+
+    def new_forward(*_: Any) -> None:  # a pre-hook returning something would replace the block's arguments
+        fed.clear()
+        added.clear()
+
+    handles = [block.register_forward_pre_hook(new_forward)]
+    handles += [module.register_forward_hook(lambda mod, args, out, name=name: record(name, args[0]))
+                for name, module in linears.items()]
     try:
         ran = run_block(block, inputs)
     finally:
         for handle in handles:
             handle.remove()
+        new_forward()
     if outputs is not None:
         outputs.extend(ran)
-    return stats
+    return {name: stats.get(name) or InputStats() for name in linears}  # a linear never called: empty

@@ -137,7 +137,8 @@ def _eval(args: argparse.Namespace) -> int:
         tokenizer = AutoTokenizer.from_pretrained(args.model)
     else:
         model, tokenizer = load_causal_lm(args.model, dtype=dtype, device=device)
-    result = {"model": args.model, "tasks": zero_shot(model, tokenizer, args.tasks, args.limit, args.batch_size)}
+    result = {"model": args.model, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
+              "tasks": zero_shot(model, tokenizer, args.tasks, args.limit, args.batch_size)}
     print(json.dumps(result, indent=2))
     if args.json:
         from .atomic_files import atomic_write_text

@@ -199,7 +199,8 @@ class ReconstructSettings:
                                    "the next block's norm reads them); batch = squared error relative to the whole "
                                    "batch's (dominated by the few tokens with huge activations)",
                                    choices=("token", "batch"))
-    reconstruct_lr: float = option(1e-4, "Adam learning rate of the block's trained weights", minimum=0.0)
+    reconstruct_lr: float = option(3e-3, "Adam learning rate of the block's trained weights (1e-4, 1e-3, 3e-3 and 1e-2 measured "
+                                   "in BENCHMARKS.md: 3e-3 best)", minimum=0.0)
     reconstruct_batch_size: int = option(2, "calibration windows per optimizer step", minimum=1)
     reconstruct_holdout: int = option(4, "windows of the calibration text (apart from the calibration rows; never "
                                       "the evaluation text) that decide early stopping and which epoch's weights a "

@@ -41,8 +41,11 @@ def resolve_device(name: str | None) -> torch.device:
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """The weights' dtype: ``auto`` is bfloat16 on a CUDA device with fast bf16, else float32."""
+    """The weights' dtype: ``auto`` is bfloat16 on a CUDA device with bf16 units (compute
+    capability 8.0 and up: Ampere, Hopper, ...), else float32. (``torch.cuda.is_bf16_supported()``
+    also says yes where bf16 is only emulated, as on a T4 or V100, and asks the current device,
+    not ``device``.)"""
     if name == "auto":
-        fast_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        fast_bf16 = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
         return torch.bfloat16 if fast_bf16 else torch.float32
     return DTYPES[name]

@@ -38,9 +38,9 @@ from .devices import resolve_device, resolve_dtype
 from .evaluate import perplexity
 from .export import folder_bytes, save_pruned
 from .loading import load_causal_lm
-from .models import input_device, measure_sparsity
-from .nm import remove_masks
-from .offload import release
+from .models import input_device, measure_sparsity, named_block_linears
+from .nm import remove_masks, stored_weight
+from .offload import offload_of, release
 from .plan import SparsityPlan, nm_string, parse_nm
 from .preflight import MODEL_FOLDER
 from .pruner import prune
@@ -49,6 +49,7 @@ from .recover import TeacherTargets, recover, teacher_targets
 from .samples import Samples
 from .saving import forget_plan
 from .search.runner import search_summary
+from .storage import TensorStore
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +109,19 @@ class Inputs:
     bos_id: int | None = None  # BOS token starting each window, if any
 
     def dense_snapshot(self) -> Callable[[], None]:
-        """Copy the weights now; the returned function removes masks and restores them."""
-        state = {k: v.clone() for k, v in self.model.state_dict().items()}
+        """Copy the block linears' weights now (all that pruning changes) off the device: into CPU
+        memory, or files for an offloaded model, never a second model beside the first; the
+        returned function removes the masks and restores them."""
+        linears = named_block_linears(self.model)
+        store = TensorStore("disk" if offload_of(self.model) is not None else "cpu", input_device(self.model),
+                            label="dense snapshot")
+        saved = {name: store.put(stored_weight(module)) for name, module in linears.items()}
 
         def restore() -> None:
             remove_masks(self.model, bake=False)
-            self.model.load_state_dict(state)
+            with torch.no_grad():
+                for name, module in linears.items():
+                    module.weight.copy_(saved[name])
             forget_plan(self.model)  # dense again: a later save must not carry the plan
 
         return restore

@@ -64,10 +64,27 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
     return best[1]
 
 
+def check_weights_in_memory(model: nn.Module) -> None:
+    """Refuse a model with weights on the meta device: an Accelerate ``device_map`` that offloads
+    modules to "cpu" or "disk" leaves them there outside its forward hooks, so pruning could
+    neither read nor write them (and would leave the model unpruned while carrying masks)."""
+    name = next((name for name, p in model.named_parameters() if p.is_meta), None)
+    if name is None:
+        return
+    offloaded = sorted({str(d) for d in (getattr(model, "hf_device_map", None) or {}).values() if d in ("cpu", "disk")})
+    raise ModelStructureError(
+        f"{name} is on the meta device" + (f" (Accelerate device_map with {' and '.join(offloaded)} entries)" if offloaded else "")
+        + ": its weights exist only inside forward, so they cannot be pruned; load the model without an offloading "
+        "device_map, and for a model larger than the device use `msp prune --offload disk` "
+        "(msp_callback.offload.offload_to_disk), which brings the blocks onto the device one at a time")
+
+
 def check_causal_lm(model: nn.Module) -> None:
-    """Refuse transformers models that do not predict the next token from the left context alone
+    """Refuse models this library cannot prune: weights not in memory (`check_weights_in_memory`),
+    and transformers models that do not predict the next token from the left context alone
     (encoders such as BERT, encoder-decoders such as T5): N:M levels are scored and reported with
     next-token perplexity. Modules without a transformers config are taken as they are."""
+    check_weights_in_memory(model)
     config = getattr(model, "config", None)
     if config is None or not hasattr(config, "model_type"):
         return
@@ -144,6 +161,18 @@ class SparsityStats:
         return {"pruned_linears_pct": self.pruned_linears, "overall_pct": self.overall, "per_block_pct": self.per_block}
 
 
+def is_semi_structured(tensor: torch.Tensor) -> bool:
+    """Whether ``tensor`` is a 2:4 semi-structured sparse tensor (`semistructured.to_semi_structured`)."""
+    return isinstance(tensor, torch.sparse.SparseSemiStructuredTensor)
+
+
+def dense_weight(module: nn.Module) -> torch.Tensor:
+    """The module's effective weight as an ordinary tensor (masked if parametrized; a 2:4
+    semi-structured weight unpacked, as most tensor operations do not take it)."""
+    weight = module.weight
+    return weight.to_dense() if is_semi_structured(weight) else weight
+
+
 @torch.no_grad()
 def measure_sparsity(model: nn.Module) -> SparsityStats:
     """Count exact zeros in the effective (masked) weights of the block linears, and over all
@@ -153,7 +182,7 @@ def measure_sparsity(model: nn.Module) -> SparsityStats:
     for block in find_blocks(model):
         block_zeros = block_total = 0
         for module in block_linears(block).values():
-            weight = module.weight  # effective weight, masked if parametrized
+            weight = dense_weight(module)  # effective weight: masked if parametrized, unpacked if 2:4
             block_zeros += int((weight == 0).sum())
             block_total += weight.numel()
             seen.update(id(p) for p in module.parameters() if p.shape == weight.shape)

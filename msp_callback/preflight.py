@@ -110,20 +110,17 @@ def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike, u
         if "allocation" in given:
             raise ConfigError("--allocation is not used with --plan (the plan's levels are applied): drop one of them")
     if settings.recover_steps and settings.recover_method == "sparse":
+        import torch
+
         from .devices import resolve_device, resolve_dtype
 
-        dtype = resolve_dtype(settings.dtype, resolve_device(settings.device))
-        if dtype.itemsize == 2:
-            raise ConfigError(f"--recover-method sparse trains the weights in place, and the job loads them in {dtype} "
-                              "(--dtype), where most small updates round away: add --dtype float32, or use "
-                              "--recover-method lora (its adapters train in float32)")
+        if resolve_dtype(settings.dtype, resolve_device(settings.device)) == torch.float16:
+            raise ConfigError("--recover-method sparse does not train float16 weights (they need loss scaling): use "
+                              "--dtype bf16 or float32, or --recover-method lora")
     if settings.recover_steps and settings.offload == "disk":
         raise ConfigError("recovery (--recover-steps) cannot train a model offloaded to disk (not built yet): drop "
                           "--offload disk, or recover in a separate run on a machine that holds the model")
     if settings.compare_uniform:
-        if settings.offload == "disk":
-            raise ConfigError("--compare-uniform keeps a copy of the dense weights in memory, which --offload disk "
-                              "avoids: drop one of them (run --allocation uniform separately)")
         if not settings.plan and settings.allocation == "uniform":
             raise ConfigError("--compare-uniform with --allocation uniform compares uniform with itself: drop it")
     searches = not settings.plan and settings.allocation == "msp"

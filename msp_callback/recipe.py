@@ -292,23 +292,34 @@ def _lora_stage(lora: LoraSettings, settings: PruneSettings, inputs, result: dic
 
 def _export_stage(export: ExportSettings, settings: PruneSettings, model, plan, inputs, result: dict[str, Any],
                   output: str) -> None:
-    """save_pruned, then reload the folder with plain transformers and measure it."""
+    """save_pruned, then reload the folder with plain transformers, on the job's device in its
+    dtype (offloaded again if the job was), and measure it."""
     from transformers import AutoModelForCausalLM
 
+    from .devices import resolve_dtype
     from .export import load_pruned, save_pruned, weight_bytes
-    from .models import measure_sparsity
+    from .models import input_device, measure_sparsity
+    from .offload import offload_to_disk
 
     folder = Path(export.folder or Path(output) / MODEL_FOLDER)
     probe = [inputs.calibration[0][:2]]
     record = save_pruned(model, folder, plan, inputs.tokenizer, drop_pruned_blocks=export.drop_pruned_blocks,
                          probe=probe, overwrite=export.overwrite, format=export.format)
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
     started = time.perf_counter()
+    offloaded = settings.offload == "disk"  # read in the saved dtype, converted tensor by tensor into the files
     if export.format == "compact":  # only the library reads it
-        reloaded = load_pruned(folder, masks=False)[0]
+        reloaded = load_pruned(folder, dtype="auto" if offloaded else dtype, masks=False)[0]
     else:
-        reloaded = AutoModelForCausalLM.from_pretrained(folder).eval()
+        reloaded = AutoModelForCausalLM.from_pretrained(folder, dtype="auto" if offloaded else dtype).eval()
+    if offloaded:
+        offload_to_disk(reloaded, settings.offload_folder, dtype, device)
+    else:
+        reloaded.to(device)
     load_seconds = time.perf_counter() - started
     result["export"] = {
+        "reload_device": str(input_device(reloaded)), "reload_dtype": str(dtype).removeprefix("torch."),
         "folder": str(folder), "removed_blocks": record.removed_blocks,
         "kept_full_blocks": record.kept_full_blocks, "parameters_before": record.parameters_before,
         "parameters_after": record.parameters_after,
@@ -316,6 +327,7 @@ def _export_stage(export: ExportSettings, settings: PruneSettings, model, plan, 
         "ppl_after_reload": _perplexity(reloaded, inputs.windows, settings, f"perplexity after {export.format} reload"),
         "measured_sparsity_after_reload": measure_sparsity(reloaded).as_dict(),
     }
+    release(reloaded)  # an offloaded reload's files
     if export.packed_2of4:
         from .semistructured import save_packed_2of4, summarize
 

@@ -10,9 +10,11 @@ What trains (``method``):
 - ``sparse``: every parameter of the decoder blocks. A pruned linear's trainable tensor is its
   parametrization's original, and the weight the model uses is ``original * mask``, so the
   gradient of every pruned position is exactly zero and pruned weights stay exactly zero.
-  Embeddings, the final norm and the head stay frozen. The weights must be float32 (16-bit ones
-  lose most small updates: refused); AdamW keeps two float32 moments per trained parameter (8
-  bytes a parameter on top of the weights and their gradient).
+  Embeddings, the final norm and the head stay frozen. bfloat16 weights (the GPU default) train
+  as float32 master copies for the duration, with the forward under bfloat16 autocast, and are
+  rounded back at the end (16-bit weights alone would lose most small updates); float16 weights
+  are refused. AdamW keeps two float32 moments per trained parameter (8 bytes a parameter on top
+  of the weights and their gradient).
 - ``lora``: sparse LoRA adapters (`lora.sparse_lora`, peft) on every masked linear, merged into
   the weights at the end, so the result is the same masked model with updated kept weights.
 
@@ -25,6 +27,7 @@ batches, LoRA rank) is refused.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -164,6 +167,7 @@ def recover(
     was_training = model.training
     trained = model
     finished = False
+    masters: dict[nn.Parameter, torch.dtype] = {}
     try:
         for p in model.parameters():
             p.requires_grad_(False)
@@ -173,6 +177,8 @@ def recover(
                   else _trainable_blocks(model))
         for p in params.values():
             p.requires_grad_(True)
+        masters = _float32_masters(params)  # bf16 weights train as float32 copies, the forward autocast to bf16
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16) if masters else contextlib.nullcontext()
         optimizer = torch.optim.AdamW(params.values(), lr=settings.recover_lr, weight_decay=0.0)
         losses: list[float] = []
         start = _resume(settings.recover_checkpoint, settings, params, optimizer, losses)
@@ -185,7 +191,8 @@ def recover(
                 started = time.perf_counter()
                 index = step % len(batches)
                 batch = batches[index].to(device)
-                logits = trained(input_ids=batch, use_cache=False).logits
+                with autocast:
+                    logits = trained(input_ids=batch, use_cache=False).logits
                 if settings.recover_loss == "kd":
                     loss = kd_loss(logits, teacher.logprobs[index].to(device), teacher.tokens[index].to(device))
                 else:
@@ -212,6 +219,9 @@ def recover(
     finally:
         # on an error: LoRA adapters are dropped (the pruned weights stay as they were); with the
         # sparse method the weights keep the steps taken so far. A checkpoint resumes either.
+        with torch.no_grad():
+            for p, dtype in masters.items():
+                p.data = p.data.to(dtype)
         if settings.recover_method == "lora" and trained is not model:
             trained.merge_and_unload() if finished else trained.unload()
         model.train(was_training)
@@ -226,11 +236,22 @@ RESUME_SETTINGS = ("recover_method", "recover_loss", "recover_lr", "recover_batc
 
 
 def check_trainable_dtype(dtype: torch.dtype) -> None:
-    """The sparse method trains the weights themselves: 16-bit weights lose most AdamW updates."""
-    if dtype in (torch.bfloat16, torch.float16):
-        raise RecoveryError(f"recover_method='sparse' trains the weights in place, and with {dtype} weights most "
-                            "small updates round away: load the model in float32 (--dtype float32), or use "
-                            "--recover-method lora (its adapters train in float32)")
+    """The sparse method trains the weights themselves: bfloat16 ones through float32 masters
+    (`_float32_masters`); float16 would need loss scaling as well, not built: refused."""
+    if dtype == torch.float16:
+        raise RecoveryError("recover_method='sparse' does not train float16 weights (they need loss scaling): load "
+                            "the model in bfloat16 or float32 (--dtype bf16 / float32), or use --recover-method lora")
+
+
+@torch.no_grad()
+def _float32_masters(params: dict[str, nn.Parameter]) -> dict[nn.Parameter, torch.dtype]:
+    """Turn the bfloat16 trained parameters into float32 ones for the duration (their master
+    copies: AdamW's small updates would round away in bf16); returns {parameter: its dtype}, to
+    round them back after (`recover` does)."""
+    masters = {p: p.dtype for p in params.values() if p.dtype == torch.bfloat16}
+    for p in masters:
+        p.data = p.data.float()
+    return masters
 
 
 def _save(path: str, step: int, settings: RecoverSettings, params: dict[str, Tensor], optimizer: torch.optim.Optimizer,

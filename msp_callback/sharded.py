@@ -6,7 +6,10 @@ dim 0. The block walk (`block_walk.walk_blocks`) gathers one block whole for its
 writes each rank's rows of the new weights into its own shard. Forward passes (perplexity,
 fitness) gather blocks through FSDP's own hooks. Every rank therefore runs the same computation
 on the same data in step (FSDP's gathers are collective): the search's population is not split
-across ranks here, as it is under DDP, and plans agree without a broadcast.
+across ranks here, as it is under DDP, and plans agree without a broadcast. The fitness runs the
+blocks one by one and reshards each after its forward (`settle`), so no rank ever holds more than
+one gathered block, whichever ran first: an ordinary forward (FSDP's root initialised with the
+real blocks) or the block walk (the root initialised with stand-ins in their place).
 
 Pruning a sharded model writes zeros into the shards but installs no mask parametrizations (FSDP
 manages the weights' attributes itself); `saving.restore_masks` reads the masks back from the
@@ -70,13 +73,19 @@ class ShardedBlocks:
 
     @contextmanager
     def onloaded(self, block: nn.Module, write_back: bool = False) -> Iterator[nn.Module]:
-        """Gather ``block`` whole for the duration; with ``write_back`` each rank then writes its
-        rows of the (changed) weights into its shard."""
+        """Gather ``block`` whole for the duration, also across its forwards (FSDP would
+        otherwise reshard it after each, mid-visit, when its root was initialised with the real
+        blocks); with ``write_back`` each rank then writes its rows of the (changed) weights into
+        its shard. Afterwards the block reshards after every forward, as an FSDP block under its
+        root should: when the root initialised while the blocks were stood in for (the block
+        walk's first forward), each block became its own root, which never reshards by itself."""
+        block.set_reshard_after_forward(False)
         block.unshard()
         try:
             yield block
         finally:
             full = {name: p.detach().clone() for name, p in block.named_parameters()} if write_back else {}
+            block.set_reshard_after_forward(True)
             block.reshard()
             with torch.no_grad():
                 for name, p in block.named_parameters():

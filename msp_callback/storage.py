@@ -39,9 +39,12 @@ def scratch_dir() -> Path:
 
 
 def available_bytes(device: torch.device) -> int:
-    """Free memory on ``device``: CUDA's free bytes, or the CPU's MemAvailable (Linux)."""
+    """Free memory on ``device``: on CUDA the driver's free bytes plus what PyTorch's caching
+    allocator has reserved but holds no tensor in (free to PyTorch, not to the driver); on the
+    CPU, MemAvailable (Linux)."""
     if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
+        idle = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return torch.cuda.mem_get_info(device)[0] + idle
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
@@ -51,9 +54,10 @@ def available_bytes(device: torch.device) -> int:
     return 1 << 62  # unknown: assume it fits
 
 
-def choose_storage(needed: int, device: torch.device) -> str:
-    """The first of device, cpu, disk whose free memory holds ``needed`` bytes with a margin."""
-    if needed <= MARGIN * available_bytes(device):
+def choose_storage(needed: int, device: torch.device, working: int = 0) -> str:
+    """The first of device, cpu, disk whose free memory holds ``needed`` bytes with a margin;
+    beside the model, ``working`` bytes (the search's own scratch: logits, statistics) must fit too."""
+    if needed + working <= MARGIN * available_bytes(device):
         return "device"
     if device.type != "cpu" and needed <= MARGIN * available_bytes(torch.device("cpu")):
         return "cpu"
@@ -64,12 +68,12 @@ class TensorStore:
     """Keeps tensors on the chosen storage; `close` removes any files."""
 
     def __init__(self, kind: str, device: torch.device, needed: int = 0, parent: str | Path | None = None,
-                 label: str = "level cache"):
+                 label: str = "level cache", working: int = 0):
         """``parent``: the folder under which disk storage makes its own temporary folder
-        (default `scratch_dir`)."""
+        (default `scratch_dir`); ``working``: bytes the work beside the store needs on the device."""
         if kind not in STORAGES:
             raise ValueError(f"cache_storage must be one of {', '.join(STORAGES)}, got {kind!r}")
-        self.kind = choose_storage(needed, device) if kind == "auto" else kind
+        self.kind = choose_storage(needed, device, working) if kind == "auto" else kind
         self.device = device
         self.parent = Path(parent) if parent is not None else None
         self.folder: Path | None = None
@@ -99,6 +103,17 @@ class TensorStore:
         return mapped.view(tensor.shape).copy_(tensor)
 
     def close(self) -> None:
+        """Remove any files; with pinned storage, hand the freed pinned blocks back to the system
+        (PyTorch's pinned host allocator keeps them cached otherwise). Drop the tensors first."""
         if self.folder is not None:
             shutil.rmtree(self.folder, ignore_errors=True)
             self.folder = None
+        if self.kind == "cpu" and self.device.type == "cuda":
+            release_pinned_memory()
+
+
+def release_pinned_memory() -> None:
+    """Return the pinned host memory no tensor uses any more to the system."""
+    empty = getattr(getattr(torch, "accelerator", None), "memory", None)
+    if empty is not None and hasattr(empty, "empty_host_cache"):
+        empty.empty_host_cache()

@@ -24,7 +24,9 @@ cb = MSPTrainerCallback(sparsity="2:4", allocation="msp", when="fit_start", init
                         fitness_samples=4, population=6, generations=2, progress=False)
 args = TrainingArguments(output_dir=out, max_steps=3, per_device_train_batch_size=4, report_to=[], save_strategy="no",
                          use_cpu=True, disable_tqdm=True, learning_rate=1e-2, ddp_backend="gloo")
-Trainer(model=model, args=args, train_dataset=dataset, callbacks=[cb]).train()
+trainer = Trainer(model=model, args=args, train_dataset=dataset, callbacks=[cb])
+trainer.train()
+synced_masks = [n for n in getattr(trainer.model_wrapped, "named_module_buffers", {}) if n.endswith(".mask")]
 
 digest, masked_zero = hashlib.sha256(), True
 for block, level in zip(find_blocks(model), cb.plan.levels):
@@ -37,4 +39,4 @@ with open(f"{out}/rank{rank}.json", "w") as f:
     json.dump({"size": size, "levels": cb.plan.levels, "traces": cb.plan.metadata["traces"],
                "evaluated_here": cb.plan.metadata["fitness_evaluations_this_rank"],
                "evaluations": cb.plan.metadata["fitness_evaluations"], "weights": digest.hexdigest(),
-               "masked_zero": masked_zero}, f)
+               "masked_zero": masked_zero, "ddp": type(trainer.model_wrapped).__name__, "synced_masks": synced_masks}, f)

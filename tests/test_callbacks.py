@@ -59,6 +59,20 @@ def test_lightning_prunes_at_fit_end_and_stays_sparse_through_more_training():
     assert not torch.equal(before, find_blocks(lit.model)[0].self_attn.q_proj.parametrizations.weight.original)
 
 
+def test_lightning_fit_end_prunes_before_the_strategy_tears_down():
+    """Lightning's strategy teardown moves the model to the CPU and unwraps DDP before on_fit_end:
+    the end-of-fit prune must run before it, with the model still on its device."""
+    lit, cb = LitLM(), MSPCallback(sparsity="2:4", allocation="uniform", calib_samples=4, progress=False)
+    t = trainer(cb)
+    events = []
+    teardown, compress = t.strategy.teardown, cb.engine.compress
+    t.strategy.teardown = lambda: (events.append("teardown"), teardown())[1]
+    cb.engine.compress = lambda *a, **k: (events.append("compress"), compress(*a, **k))[1]
+    t.fit(lit, loader())
+    assert events == ["compress", "teardown"]
+    assert_plan_exact(lit.model, cb.plan)
+
+
 def test_lightning_prunes_at_fit_start_then_trains_sparse():
     lit, cb = LitLM(), MSPCallback(sparsity="3:4", allocation="uniform", when="fit_start", progress=False)
     trainer(cb, gradient_clip_val=1.0).fit(lit, loader())

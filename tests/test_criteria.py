@@ -127,3 +127,94 @@ def test_registry_accepts_user_criterion(llama):
 def test_unknown_criterion():
     with pytest.raises(ValueError, match="unknown criterion 'obs'; available: .*magnitude"):
         get_criterion("obs")
+
+
+def test_sparsegpt_keeps_ieee_float32_when_the_process_allows_tf32(monkeypatch):
+    """Lightning and HF users turn TF32 on (``set_float32_matmul_precision("high")`` or lower);
+    SparseGPT's Gram matrix and sweep must not follow it, or its masks change with the switch. The
+    precision is read inside the sweep; on CPUs with bf16 units ("medium" is bf16 in oneDNN, as on
+    this one) the Gram matrix and pruned weights are also compared bit for bit."""
+    from msp_callback.criteria.sparsegpt import SparseGPT
+
+    torch.manual_seed(0)
+    x, weight = torch.randn(256, 64), torch.randn(32, 64)
+
+    def run():
+        stats = InputStats()
+        stats.add(x, "gram")
+        return stats.gram, SparseGPT().prune_levels(weight, stats, [1, 2, 3], 4)
+
+    gram, pruned = run()
+    seen, sweep = [], SparseGPT._sweep
+
+    def observed(self, *args):
+        seen.append((torch.backends.cuda.matmul.fp32_precision, torch.backends.mkldnn.matmul.fp32_precision))
+        return sweep(self, *args)
+
+    monkeypatch.setattr(SparseGPT, "_sweep", observed)
+    torch.set_float32_matmul_precision("medium")
+    try:
+        gram_reduced, pruned_reduced = run()
+        after = torch.get_float32_matmul_precision()
+    finally:
+        torch.set_float32_matmul_precision("highest")
+    assert after == "medium"  # the caller's setting is restored
+    assert seen == [("ieee", "ieee")]
+    assert torch.equal(gram_reduced, gram)
+    for level, (w, keep) in pruned.items():
+        assert torch.equal(pruned_reduced[level][0], w) and torch.equal(pruned_reduced[level][1], keep)
+
+
+@pytest.mark.parametrize("arch,groups", [
+    ("llama", [{"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"}, {"self_attn.o_proj"},
+               {"mlp.gate_proj", "mlp.up_proj"}, {"mlp.down_proj"}]),
+    ("gpt2", [{"attn.c_attn"}, {"attn.c_proj"}, {"mlp.c_fc"}, {"mlp.c_proj"}]),
+])
+def test_linears_fed_one_input_share_one_statistic_and_one_factorisation(arch, groups, monkeypatch):
+    """q/k/v (and gate/up) take the very same tensor: one Gram matrix and one SparseGPT
+    factorisation serve them, and the pruned weights are bit for bit those of separate ones."""
+    from msp_callback import block_walk
+    from msp_callback.block_walk import capture_stack_inputs, collect_input_stats
+    from msp_callback.criteria.sparsegpt import SparseGPT
+
+    from .conftest import tiny_model
+
+    model = tiny_model(arch)
+    block = find_blocks(model)[0]
+    stats = collect_input_stats(block, block_linears(block), capture_stack_inputs(model, token_batches(3)).block(0), "gram")
+    found = {}
+    for name, s in stats.items():
+        found.setdefault(id(s), set()).add(name)
+    assert sorted(found.values(), key=sorted) == sorted(groups, key=sorted)
+
+    factored, factor = [], SparseGPT._factor
+    monkeypatch.setattr(SparseGPT, "_factor", lambda self, s: (factored.append(1), factor(self, s))[1])
+    plan = SparsityPlan(m=4, target=2, levels=[1, 2, 3], criterion="sparsegpt")
+    shared = prune(tiny_model(arch), plan, token_batches(3), progress=False)
+    assert len(factored) == 3 * len(groups)
+    collecting = block_walk._run_collecting
+    monkeypatch.setattr(block_walk, "_run_collecting", lambda *a, share, **k: collecting(*a, share=False, **k))
+    separate = prune(tiny_model(arch), plan, token_batches(3), progress=False)
+    for a, b in zip(find_blocks(shared), find_blocks(separate)):
+        for name, module in block_linears(a).items():
+            assert torch.equal(module.weight, block_linears(b)[name].weight), name
+
+
+def test_linears_that_share_an_input_only_sometimes_get_their_own_statistics():
+    from torch import nn
+
+    from msp_callback.block_walk import BlockInputs, collect_input_stats
+
+    class Fork(nn.Module):  # b takes a's very input only when it sums positive, else a copy of it
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Linear(8, 8), nn.Linear(8, 8)
+
+        def forward(self, x):
+            return self.a(x) + self.b(x if x.sum() > 0 else x.clone())
+
+    x1, x2 = torch.ones(1, 4, 8), -torch.ones(1, 4, 8)
+    block = Fork()
+    stats = collect_input_stats(block, {"a": block.a, "b": block.b}, BlockInputs([x1, x2], [(), ()], [{}, {}]), "gram")
+    assert stats["a"] is not stats["b"] and stats["a"].count == stats["b"].count == 8
+    assert torch.equal(stats["a"].gram, stats["b"].gram) and torch.equal(stats["a"].gram, torch.full((8, 8), 8.0))

@@ -45,3 +45,15 @@ def test_bf16_weights_prune_exactly_with_float32_statistics(criterion):
             check_pattern(to_out_in(module, module.weight), plan.levels[i], 4, f"block {i} {name}")
             assert mask_of(module) is not None
     assert math.isfinite(perplexity(model, torch.cat(token_batches(2, seed=4)), progress=False))
+
+
+def test_auto_dtype_is_bf16_only_on_gpus_with_bf16_units(monkeypatch):
+    """torch.cuda.is_bf16_supported() says yes on a T4 (7.5) or V100 (7.0), where bf16 is emulated
+    and slow, and asks the current device: auto must read the chosen device's compute capability."""
+    capability = {0: (8, 0), 1: (7, 5), 2: (9, 0), 3: (7, 0)}
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda device=None: capability[torch.device(device).index or 0] if device is not None else capability[0])
+    chosen = {index: resolve_dtype("auto", torch.device("cuda", index)) for index in capability}
+    assert chosen == {0: torch.bfloat16, 1: torch.float32, 2: torch.bfloat16, 3: torch.float32}

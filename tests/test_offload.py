@@ -223,3 +223,25 @@ def test_fisher_traces_are_refused_for_blocks_offloaded_to_a_gpu(tmp_path):
     model.__dict__["_msp_offload"] = DiskOffload(tmp_path, device="cuda")  # what offload_to_disk(device="cuda") leaves
     with pytest.raises(OffloadError, match="Fisher traces"):
         fisher_traces(model, token_batches(1, 16), progress=False)
+
+
+def test_accelerate_device_map_offload_to_cpu_or_disk_is_refused_with_the_way_out(tmp_path):
+    """Accelerate keeps modules a device_map sends to "cpu" or "disk" on the meta device outside
+    forward: pruning could neither read nor write them. Refused in one line naming --offload disk."""
+    from accelerate import dispatch_model
+
+    from msp_callback import MSPCallback
+    from msp_callback.models import ModelStructureError
+
+    model = tiny_model("llama")
+    device_map = {"model.embed_tokens": "cpu", "model.layers.0": "cpu", "model.layers.1": "disk",
+                  "model.layers.2": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+    model = dispatch_model(model, device_map=device_map, offload_dir=str(tmp_path))
+    calibration = token_batches(2)
+    for attempt in (lambda: prune(model, SparsityPlan.uniform(2, 4, 3, criterion="wanda"), calibration, progress=False),
+                    lambda: make_plan("msp", model, 2, 4, "wanda", calibration=calibration),
+                    lambda: MSPCallback(sparsity="2:4").engine.check_model(model)):
+        with pytest.raises(ModelStructureError, match=r"model.layers.1.self_attn.q_proj.weight is on the meta device "
+                                                      r"\(Accelerate device_map with cpu and disk entries\).*--offload disk") as error:
+            attempt()
+        assert "\n" not in str(error.value)

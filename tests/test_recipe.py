@@ -106,3 +106,36 @@ def test_a_reconstruct_section_sets_the_jobs_reconstruct_settings(tmp_path):
     path.write_text("reconstruct_epochs: 2\nreconstruct:\n  epochs: 3\n")
     with pytest.raises(RecipeError, match="reconstruct_epochs is set twice"):
         load_recipe(path)
+
+
+@pytest.mark.parametrize("export_format", ["plain", "compact"])
+def test_export_reload_is_measured_as_the_job_ran(tmp_path, export_format, monkeypatch):
+    """The export stage's reload check measures the model on the job's device, in its dtype and,
+    for an ``--offload disk`` job, offloaded again (the reload was a whole in-memory model on the
+    CPU whatever the job used). The device is the CPU here."""
+    import torch
+
+    from msp_callback import recipe
+    from msp_callback.job import Inputs, PruneSettings
+    from msp_callback.offload import offload_of
+    from msp_callback.plan import SparsityPlan
+    from msp_callback.pruner import prune
+    from msp_callback.recipe import ExportSettings, _export_stage
+
+    from .conftest import tiny_model, token_batches
+
+    settings = PruneSettings(device="cpu", dtype="bfloat16", offload="disk", offload_folder=str(tmp_path / "files"),
+                             progress=False, eval_batch_size=2)
+    model = tiny_model("llama").to(torch.bfloat16)
+    plan = SparsityPlan.uniform(2, 4, 3, criterion="magnitude")
+    prune(model, plan, progress=False)
+    inputs = Inputs(model, None, token_batches(2), torch.cat(token_batches(2)), torch.cat(token_batches(2, seed=3)))
+    measured = []
+    monkeypatch.setattr(recipe, "_perplexity", lambda reloaded, *args: measured.append(
+        (str(reloaded.device), reloaded.model.layers[0].mlp.down_proj.weight.dtype, offload_of(reloaded) is not None))
+        or 1.0)
+    result: dict = {}
+    _export_stage(ExportSettings(format=export_format), settings, model, plan, inputs, result, str(tmp_path))
+    assert measured == [("cpu", torch.bfloat16, True)]
+    assert (result["export"]["reload_device"], result["export"]["reload_dtype"]) == ("cpu", "bfloat16")
+    assert result["export"]["measured_sparsity_after_reload"]["pruned_linears_pct"] == pytest.approx(50.0)

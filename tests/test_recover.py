@@ -122,11 +122,24 @@ def test_a_time_limit_stops_recovery_early_and_still_merges_lora(llama):
     assert not any("lora" in name for name, _ in model.named_modules()) and _pruned_positions_zero(model)
 
 
-def test_sixteen_bit_weights_are_refused_for_the_sparse_method(llama):
-    batches = token_batches(2)
+def test_bf16_weights_train_through_float32_masters_under_autocast(llama, monkeypatch):
+    """The GPU default dtype: bf16 weights train as float32 masters, the forward autocast to bf16,
+    and are rounded back after; the masks still hold. float16 is refused."""
+    batches = token_batches(2, seqlen=16, batch=2)
     model = _pruned(llama, batches).to(torch.bfloat16)
-    with pytest.raises(RecoveryError, match="--dtype float32"):
-        recover(model, batches, RecoverSettings(recover_steps=2, recover_loss="lm"), progress=False)
+    before = {name: module.weight.detach().clone() for name, module in masked_modules(model)}
+    seen = []
+    forward = type(model).forward
+    monkeypatch.setattr(type(model), "forward", lambda self, *a, **k: (seen.append(
+        (torch.is_autocast_enabled("cpu"), self.model.layers[0].mlp.down_proj.parametrizations.weight.original.dtype)),
+        forward(self, *a, **k))[1])
+    losses = recover(model, batches, RecoverSettings(recover_steps=3, recover_loss="lm", recover_lr=1e-2), progress=False)
+    assert len(losses) == 3 and seen == [(True, torch.float32)] * 3
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+    assert _pruned_positions_zero(model)
+    assert any(not torch.equal(module.weight, before[name]) for name, module in masked_modules(model))
+    with pytest.raises(RecoveryError, match="float16"):
+        recover(model.half(), batches, RecoverSettings(recover_steps=2, recover_loss="lm"), progress=False)
 
 
 def test_a_checkpoint_of_other_settings_is_refused_and_the_model_left_as_it_was(llama, tmp_path):

@@ -258,3 +258,67 @@ def test_fisher_allocation_takes_the_trace_strength_of_the_search_settings():
     plan = make_plan("fisher", model, 2, 4, "wanda", traces=traces, search=SearchSettings(trace_strength=0.0))
     assert plan.metadata["trace_strength"] == 0.0 and plan.levels == [2, 2, 2]  # strength 0: uniform
     assert make_plan("fisher", model, 2, 4, "wanda", traces=traces).metadata["trace_strength"] == 1.0
+
+
+def test_level_cache_reads_stored_weights_not_masked_ones(monkeypatch):
+    """Under DDP every linear carries an all-kept mask before pruning: reading ``mod.weight`` for a
+    shape or dtype computes weight * mask (and under enable_grad an autograd graph) for every
+    linear, and the cache kept those copies. It must read the stored weights."""
+    from msp_callback.criteria import get_criterion
+    from msp_callback.integrations.engine import install_identity_masks
+    from msp_callback.nm import NMMask, stored_weight
+
+    model = tiny_model("llama")
+    install_identity_masks(model)
+    masked = []
+    forward = NMMask.forward
+    monkeypatch.setattr(NMMask, "forward", lambda self, weight: (masked.append(1), forward(self, weight))[1])
+    linears = [block_linears(b) for b in find_blocks(model)]
+    LevelCache.estimated_bytes(linears, get_criterion("wanda"), 4)
+    assert masked == []
+    with torch.enable_grad():
+        cache = LevelCache(model, "wanda", 4, token_batches(2), progress=False)
+    for block, like in zip(linears, cache._like):
+        for name, module in block.items():
+            assert like[name] is stored_weight(module) and like[name].grad_fn is None
+
+
+def test_level_cache_masks_where_the_weight_goes_and_frees_its_memory_when_closed(monkeypatch):
+    """With the cache in (pinned) CPU memory and the model on a GPU, the dense weight and its rank
+    bytes travel and the mask is applied on the device (here the meta device stands in for it);
+    closing drops the cached tensors and hands pinned memory back."""
+    from msp_callback import storage
+
+    model = tiny_model("llama")
+    cache = LevelCache(model, "wanda", 4, token_batches(2), progress=False, storage="cpu")
+    expected = cache.weight(0, "mlp.down_proj", 2)
+    on_device = cache.weight(0, "mlp.down_proj", 2, torch.device("meta"))
+    assert on_device.device.type == "meta" and on_device.shape == expected.shape
+    cache.close()
+    assert cache.dense == [] and cache.ranks == []
+    released = []
+    monkeypatch.setattr(storage, "release_pinned_memory", lambda: released.append(1))
+    storage.TensorStore("cpu", torch.device("cuda")).close()
+    storage.TensorStore("cpu", torch.device("cpu")).close()
+    assert released == [1]
+
+
+def test_auto_storage_counts_idle_allocator_memory_and_the_search_s_working_set(monkeypatch):
+    """Memory PyTorch's caching allocator reserved but does not use is free to PyTorch (the driver
+    does not count it); the fitness's logits and SparseGPT's scratch must fit beside the cache."""
+    from msp_callback import storage
+    from msp_callback.criteria import get_criterion
+    from msp_callback.search.runner import fitness_scratch_bytes
+
+    cuda = torch.device("cuda", 0)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (1000, 10_000))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 3000)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: 1000)
+    assert storage.available_bytes(cuda) == 3000
+    assert storage.choose_storage(2000, cuda) == "device"
+    assert storage.choose_storage(2000, cuda, working=1000) == "cpu"
+    model = tiny_model("llama")
+    assert fitness_scratch_bytes(model, torch.zeros(4, 16, dtype=torch.long), 2) == 3 * 2 * 16 * 128 * 4
+    linears = [block_linears(b) for b in find_blocks(model)]
+    assert LevelCache.scratch_bytes(linears, get_criterion("sparsegpt"), 4) > LevelCache.scratch_bytes(
+        linears, get_criterion("wanda"), 4) > 128 * 64 * 4

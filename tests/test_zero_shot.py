@@ -74,3 +74,22 @@ def test_msp_eval_reads_an_export(small, tmp_path, caplog):
     with caplog.at_level(logging.ERROR):
         assert main(["eval", str(tmp_path / "model"), "--tasks", "nope", "--quiet"]) == 2
     assert "does not know the task" in caplog.text
+
+
+def test_msp_eval_runs_on_the_device_and_dtype_asked(small, tmp_path, monkeypatch):
+    """``msp eval --device --dtype``: the model is evaluated where and in the precision asked (it
+    ran on the CPU in float32 whatever the job used); auto on a CPU is float32."""
+    from msp_callback import zero_shot as zero_shot_module
+
+    model, tokenizer = small
+    plan = SparsityPlan.uniform(2, 4, 2, criterion="magnitude")
+    prune(model, plan, progress=False)
+    save_pruned(model, tmp_path / "model", plan, tokenizer)
+    seen = []
+    monkeypatch.setattr(zero_shot_module, "zero_shot", lambda m, *args: seen.append(
+        (str(m.device), m.model.layers[0].mlp.down_proj.weight.dtype)) or {})
+    for flags, expected in ((["--device", "cpu", "--dtype", "bfloat16"], ("cpu", torch.bfloat16)),
+                            (["--device", "cpu"], ("cpu", torch.float32))):
+        assert main(["eval", str(tmp_path / "model"), "--quiet", "--json", str(tmp_path / "acc.json"), *flags]) == 0
+        assert seen.pop() == expected
+        assert json.loads((tmp_path / "acc.json").read_text())["dtype"] == str(expected[1]).removeprefix("torch.")

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from ..nm import check_divisible
-from .base import Criterion, InputStats
+from .base import Criterion, InputStats, ieee_float32
 from .registry import register_criterion
 
 
@@ -28,9 +28,16 @@ class SparseGPT(Criterion):
         self.damping = damping
 
     def _inverse_hessian_factor(self, stats: InputStats | None) -> tuple[Tensor, Tensor]:
-        """(upper Cholesky factor of H^-1, dead inputs), H = 2 X^T X / n, damped."""
+        """(upper Cholesky factor of H^-1, dead inputs), H = 2 X^T X / n, damped; computed once
+        per statistics object, so linears sharing their input (q/k/v, gate/up) share it."""
         if stats is None or stats.gram is None or stats.count == 0:
             raise ValueError("sparsegpt needs calibration inputs (no input statistics were collected)")
+        key = ("sparsegpt factor", self.damping)
+        if key not in stats.derived:
+            stats.derived[key] = self._factor(stats)
+        return stats.derived[key]
+
+    def _factor(self, stats: InputStats) -> tuple[Tensor, Tensor]:
         hessian = stats.gram.double() * (2.0 / stats.count)
         dead = hessian.diagonal() == 0
         hessian[dead, dead] = 1.0
@@ -52,7 +59,8 @@ class SparseGPT(Criterion):
         swept = [level for level in dict.fromkeys(levels) if level]
         out = {0: (weight.clone().float(), torch.ones_like(weight, dtype=torch.bool))} if 0 in levels else {}
         if swept:
-            w, keep = self._sweep(weight, self._inverse_hessian_factor(stats), swept, m)
+            with ieee_float32():  # the sweep's products in float32, TF32 switched on or not
+                w, keep = self._sweep(weight, self._inverse_hessian_factor(stats), swept, m)
             rows = weight.shape[0]
             out.update({level: (w[i * rows:(i + 1) * rows], keep[i * rows:(i + 1) * rows])
                         for i, level in enumerate(swept)})

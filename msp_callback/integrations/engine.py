@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from ..allocation import make_plan
 from ..block_walk import CalibrationError
 from ..config import MSPConfig, ReconstructSettings, RecoverSettings, SearchSettings, extract
-from ..distributed import broadcast, broadcast_masks
-from ..models import block_linears, find_blocks, fingerprint
+from ..distributed import broadcast, broadcast_masks, broadcast_parameters
+from ..models import block_linears, find_blocks, fingerprint, input_device
 from ..nm import NMPatternError, has_pruning_masks, install_mask, mask_of, masked_modules, remove_masks, to_out_in, zeros_per_group
 from ..plan import PlanError, SparsityPlan, nm_string, parse_nm
 from ..pruner import check_model_fits, prune
@@ -47,11 +47,12 @@ def input_ids_of(batch: Any) -> Tensor:
 
 
 def take_rows(batches: Iterable[Any], rows: int) -> list[Tensor]:
-    """Up to ``rows`` token rows from the batches, kept as (B, T) tensors."""
+    """Up to ``rows`` token rows from the batches, kept as (B, T) tensors on the CPU (they are
+    pickled to the other ranks: a pickled CUDA tensor unpickles on the sender's GPU)."""
     taken: list[Tensor] = []
     count = 0
     for batch in batches:
-        ids = input_ids_of(batch)[: rows - count].detach().clone()
+        ids = input_ids_of(batch).detach().cpu()[: rows - count].clone()
         taken.append(ids)
         count += ids.shape[0]
         if count >= rows:
@@ -212,8 +213,10 @@ class MSPEngine:
         self._refuse_installed_masks(model)
         recovery_rows = cfg.window_count() if cfg.recover_steps else 0
         holdout_rows = cfg.reconstruct_holdout if cfg.reconstruct_epochs else 0
-        taken = broadcast(take_rows(batches, cfg.calib_samples + cfg.fitness_samples + holdout_rows + recovery_rows))
-        rows, extra = split_rows(taken, cfg.calib_samples + cfg.fitness_samples)  # rank 0's rows, everywhere
+        device = input_device(model)
+        taken = broadcast(take_rows(batches, cfg.calib_samples + cfg.fitness_samples + holdout_rows + recovery_rows),
+                          device)  # rank 0's rows, everywhere
+        rows, extra = split_rows(taken, cfg.calib_samples + cfg.fitness_samples)
         holdout, extra = split_rows(extra, holdout_rows)
         if holdout_rows and not holdout:
             log.warning("the calibration data has no rows for reconstruction's held-out windows: every block keeps its "
@@ -247,16 +250,18 @@ class MSPEngine:
                     reports = reconstruct(model, plan, calibration, extract(cfg, ReconstructSettings), holdout,
                                           resume=cfg.reconstruct_checkpoint is not None, seed=cfg.seed, progress=progress)
                     plan.metadata["reconstruction"] = [asdict(r) for r in reports]
+                    broadcast_parameters(find_blocks(model))  # as after recovery: rank 0's trained blocks everywhere
                 else:
                     prune(model, plan, calibration, progress=progress)
                 broadcast_masks(model)
-                if recovery:  # every rank runs the same recovery on the same rows: the same weights
+                if recovery:  # every rank trains on the same rows; rank 0's result is then everyone's
                     losses = recover(model, recovery, extract(cfg, RecoverSettings), teacher, progress=progress,
                                      seed=cfg.seed)
+                    broadcast_parameters(find_blocks(model))  # GPU backward kernels are not bit-deterministic
                     plan.metadata["recovery"] = {"steps": len(losses), "first_loss": losses[0],
                                                  "last_loss": losses[-1]}
             finally:
                 model.train(was_training)
-        self.plan = broadcast(plan)
+        self.plan = broadcast(plan, device)
         log.info("pruned: %s", plan.describe())
         return plan

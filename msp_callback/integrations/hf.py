@@ -10,6 +10,7 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from ..distributed import keep_masks_out_of_buffer_sync
 from ..plan import SparsityPlan
 from .callback_base import MSPSettingsMixin, check_strategy, register_mask_loader
 from .engine import align_optimizer_order, causal_lm_of, install_identity_masks
@@ -34,6 +35,7 @@ class MSPTrainerCallback(MSPSettingsMixin, TrainerCallback):
             self.engine.restore_recorded_masks(causal_lm_of(model))  # a pruned model loaded plainly
             if args.world_size > 1:  # before the Trainer wraps the model in DDP
                 install_identity_masks(causal_lm_of(model))
+                keep_masks_out_of_buffer_sync(model)
 
     def on_train_begin(self, args, state, control, model: nn.Module | None = None, train_dataloader=None, **kwargs: Any):
         if not getattr(self, "_init_seen", False):

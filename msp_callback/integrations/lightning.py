@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
+from ..distributed import keep_masks_out_of_buffer_sync
 from ..plan import SparsityPlan
 from .callback_base import MSPSettingsMixin, check_strategy, register_mask_loader
 from .engine import align_optimizer_order, causal_lm_of, install_identity_masks
@@ -25,15 +26,25 @@ class MSPCallback(MSPSettingsMixin, pl.Callback):
         self.engine.check_model(causal_lm_of(pl_module))
         register_mask_loader(pl_module, self.engine.config.sparsity)  # resuming a pruned checkpoint
         self.engine.restore_recorded_masks(causal_lm_of(pl_module))  # a pruned model loaded plainly
-        if trainer.world_size > 1 and install_identity_masks(causal_lm_of(pl_module)):
-            log.info("installed all-kept masks before DDP wraps the model; pruning fills them in place")
+        if trainer.world_size > 1:
+            if install_identity_masks(causal_lm_of(pl_module)):
+                log.info("installed all-kept masks before DDP wraps the model; pruning fills them in place")
+            keep_masks_out_of_buffer_sync(pl_module)  # the module Lightning's DDP wraps
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.plan is None and self.engine.adopt_or_refuse(causal_lm_of(pl_module)) is None and self.when == "fit_start":
             self.compress(trainer, pl_module)
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # "fit_end" work runs here: Lightning's strategy teardown (model to the CPU, DDP unwrapped)
+        # comes after on_train_end and before on_fit_end, so only here is the model still on its device
         if self.when == "fit_end" and self.plan is None:
+            self.compress(trainer, pl_module)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.when == "fit_end" and self.plan is None:  # the training loop was skipped (nothing left to train)
+            log.warning("training was skipped, so MSP prunes after Lightning's teardown, on the model as it is now "
+                        "(on the CPU after a GPU run): prune with when='manual' and compress(...) to choose the device")
             self.compress(trainer, pl_module)
 
     def compress(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> SparsityPlan:

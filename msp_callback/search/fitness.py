@@ -26,6 +26,7 @@ from torch import Tensor, nn
 from ..block_walk import BlockInputs, BlockStandIn, block_output, capture_stack_inputs
 from ..evaluate import perplexity
 from ..models import blocks_replaced, find_blocks, input_device
+from ..sharded import settle
 from ..units import UnitLayout
 from .level_cache import LevelCache
 
@@ -90,6 +91,7 @@ class CachedFitness:
             inputs = self._inputs[k]
             outputs = [self.blocks[k](h.to(self._device, non_blocking=True), *a, **kw)
                        for h, a, kw in zip(inputs.hidden, inputs.args, inputs.kwargs)]
+            settle(self.blocks[k])  # an FSDP block back to its shard: one gathered block at a time
             self._tuple_output = isinstance(outputs[0], (tuple, list))
             hidden = [self._keep(k + 1, b, block_output(o)) for b, o in enumerate(outputs)]
             self._inputs.append(self._stack.block(k + 1, hidden) if k + 1 < len(self.blocks) else BlockInputs(hidden))
@@ -125,6 +127,10 @@ class CachedFitness:
                 return self._score(lambda i, b: self._head_logits(replay, i, b))
         finally:
             self.evaluations += 1
+
+    def release(self) -> None:
+        """Drop the cached block inputs (they may hold the level cache's pinned or mapped memory)."""
+        self._inputs, self._levels, self._slots = [], [], {}
 
     def __call__(self, individuals: Sequence[Sequence[int]]) -> list[float]:
         order = sorted(range(len(individuals)), key=lambda i: list(individuals[i]))

@@ -20,7 +20,7 @@ from ..atomic_files import atomic_write_text
 from ..config import SearchSettings, check, label
 from ..criteria import get_criterion
 from ..distributed import ShardedEvaluate, world
-from ..models import find_blocks, fingerprint
+from ..models import find_blocks, fingerprint, input_device
 from ..plan import PlanError, SparsityPlan
 from ..sharded import is_sharded
 from ..units import UnitLayout
@@ -127,6 +127,14 @@ def check_level_cache(cache: LevelCache, model: nn.Module, criterion: str, m: in
         raise ValueError("the level cache was built on another model; build a LevelCache on the model searched")
 
 
+def fitness_scratch_bytes(model: nn.Module, windows: Tensor, batch_size: int) -> int:
+    """What scoring one batch holds on the device: about three float32 copies of the logits
+    (logits, their float32 log-softmax, and the metric's or the KL's work), B x T x vocabulary each."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    vocab = head.weight.shape[0] if head is not None else getattr(getattr(model, "config", None), "vocab_size", 0)
+    return 3 * min(batch_size, windows.shape[0]) * windows.shape[-1] * vocab * 4
+
+
 def search_plan(
     model: nn.Module,
     n: int,
@@ -157,21 +165,22 @@ def search_plan(
     layout = UnitLayout.of_model(model, settings.granularity)
     started = time.perf_counter()
     if level_cache is None:
-        cache = LevelCache(model, criterion, m, calibration, progress=progress, storage=settings.cache_storage)
+        cache = LevelCache(model, criterion, m, calibration, progress=progress, storage=settings.cache_storage,
+                           working_bytes=fitness_scratch_bytes(model, fitness_windows, settings.fitness_batch_size))
     else:
         check_level_cache(level_cache, model, criterion, m)
         cache = level_cache
     cache_seconds = time.perf_counter() - started
     fitness = FITNESSES[settings.fitness](model, cache, fitness_windows, settings.fitness_batch_size, layout)
     split = not is_sharded(model)  # under DDP each rank scores its share; an FSDP model scores in step
-    sharded = ShardedEvaluate(fitness, split)
+    sharded = ShardedEvaluate(fitness, split, input_device(model))
     evaluate: Callable[[Sequence[Sequence[int]]], list[float]] = sharded
     screen_evaluate, screen_tokens = None, 0
     if settings.screen_windows:
         settings.check_screening(len(fitness_windows))
         screen = FITNESSES[settings.fitness](model, cache, fitness_windows[: settings.screen_windows],
                                              settings.fitness_batch_size, layout)
-        screen_evaluate, screen_tokens = ShardedEvaluate(screen, split), screen.tokens
+        screen_evaluate, screen_tokens = ShardedEvaluate(screen, split, input_device(model)), screen.tokens
         if settings.search == "paper":  # screen_keep >= 0.5: the better half are parents, so all are fully scored
             evaluate = MultiFidelityEvaluate(screen_evaluate, sharded, settings.screen_keep, screen.tokens,
                                              fitness.tokens)
@@ -214,6 +223,9 @@ def search_plan(
         levels, best = search.run(callback=after_generation)
     finally:
         bar.close()
+        fitness.release()
+        if screen_evaluate is not None:
+            screen.release()
         if level_cache is None:
             cache.close()
         else:
