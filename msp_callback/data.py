@@ -8,9 +8,11 @@ the same corpus, its documents are split in two so the texts never overlap.
 
 from __future__ import annotations
 
+import hashlib
 import html
 import logging
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -149,3 +151,12 @@ def sample_calibration(
     starts = torch.randint(0, tokens.numel() - body, (num_samples,), generator=gen)
     windows = torch.stack([tokens[s : s + body] for s in starts.tolist()])
     return list(_with_bos(windows, bos_token_id).split(batch_size))
+
+
+def token_digest(batches: Iterable[Tensor]) -> str:
+    """SHA-256 of token-id tensors, shapes included: a resumed stage is only valid on the same data."""
+    digest = hashlib.sha256()
+    for tensor in batches:
+        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(tensor.detach().cpu().to(torch.int64).numpy().tobytes())
+    return digest.hexdigest()

@@ -290,7 +290,7 @@ def _prune(settings: PruneSettings, inputs: Inputs, plan: SparsityPlan) -> dict[
     reports = reconstruct(inputs.model, plan, inputs.calibration, extract(settings, ReconstructSettings), holdout,
                           resume=settings.resume, seed=settings.seed, progress=settings.progress)
     return {**{k: getattr(settings, k) for k in RESUME_SETTINGS}, "seconds": time.perf_counter() - t0,
-            "holdout_windows": settings.reconstruct_holdout, "blocks": [asdict(r) for r in reports]}
+            "blocks": [asdict(r) for r in reports]}
 
 
 def _uniform_beside(settings: PruneSettings, inputs: Inputs, plan: SparsityPlan, ppl: Callable[[str], float]) -> float:

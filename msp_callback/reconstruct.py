@@ -10,7 +10,7 @@ For each block in order (`reconstruct`):
 2. the block is pruned at the plan's level by the criterion, exactly as `pruner.prune` does
    (SparseGPT's own weight update included) and its masks installed;
 3. its trainable tensors (the masked linears' stored originals, level-0 linears whole, norms and
-   biases) are trained with Adam on the normalised mean squared error between the block's output
+   biases) are trained with Adam on the squared error, relative to the target's, between the block's output
    on the pruned model's inputs and the target. A masked weight is used as ``original * mask``,
    so pruned weights get no gradient and stay exactly zero. A 16-bit block trains as a float32
    copy and is written back in its dtype;
@@ -27,7 +27,6 @@ the last one saved and ends with the same weights as an uninterrupted run.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import time
@@ -43,6 +42,7 @@ from .atomic_files import atomic_file
 from .block_walk import BlockInputs, block_output, run_block, walk_blocks
 from .config import ReconstructSettings
 from .criteria import Criterion
+from .data import token_digest
 from .models import block_linears
 from .nm import install_mask, mask_of
 from .plan import SparsityPlan
@@ -125,8 +125,8 @@ def _steps(inputs: BlockInputs, targets: list[Tensor], size: int) -> list[_Step]
     return steps
 
 
-def _part(inputs: BlockInputs, hidden: list[Tensor], part: slice) -> BlockInputs:
-    return BlockInputs(hidden[part], inputs.args[part], inputs.kwargs[part])
+def _part(inputs: BlockInputs, part: slice) -> BlockInputs:
+    return BlockInputs(inputs.hidden[part], inputs.args[part], inputs.kwargs[part])
 
 
 # ---------------------------------------------------------------------------- one block
@@ -202,14 +202,6 @@ def train_block(block: nn.Module, train: list[_Step], holdout: list[_Step], sett
 
 
 # ---------------------------------------------------------------------------- checkpoint
-def _digest(batches: Sequence[Tensor]) -> str:
-    digest = hashlib.sha256()
-    for tensor in batches:
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().to(torch.int64).numpy().tobytes())
-    return digest.hexdigest()
-
-
 class _Checkpoint:
     """One file per finished block in a folder; a rerun loads them back in order."""
 
@@ -303,7 +295,7 @@ def reconstruct(
     criterion, install = prepare_prune(model, plan, criterion)
     checkpoint = _Checkpoint(settings.reconstruct_checkpoint, {
         "plan": {"levels": plan.levels, "m": plan.m, "criterion": criterion.name, "granularity": plan.granularity},
-        "data": _digest([*calibration, *holdout]), "seed": seed, **{k: getattr(settings, k) for k in RESUME_SETTINGS}})
+        "data": token_digest([*calibration, *holdout]), "seed": seed, **{k: getattr(settings, k) for k in RESUME_SETTINGS}})
     if not resume:
         checkpoint.clear()
     n_train = len(calibration)
@@ -323,10 +315,10 @@ def reconstruct(
         if saved is not None:
             reports.append(_restore(block, saved))
             return
-        train_inputs = _part(inputs, inputs.hidden, slice(0, n_train))
+        train_inputs = _part(inputs, slice(0, n_train))
         prune_block(block, plan.linear_levels(index, block_linears(block)), plan.m, criterion, train_inputs, install)
         report = train_block(block, _steps(train_inputs, targets[:n_train], size),
-                             _steps(_part(inputs, inputs.hidden, slice(n_train, None)), targets[n_train:], size),
+                             _steps(_part(inputs, slice(n_train, None)), targets[n_train:], size),
                              settings, seed, index)
         log.info("reconstruction %s", report.line())
         checkpoint.save(index, block, report)

@@ -165,23 +165,32 @@ def test_hf_trainer_callback(tmp_path, when):
     assert_plan_exact(model, cb.plan)
 
 
+def _compress_in(framework: str, settings: dict, tmp_path):
+    """(model, callback) after a short fit with the callback pruning at its end, in Lightning or the HF Trainer."""
+    if framework == "lightning":
+        lit, cb = LitLM(), MSPCallback(**settings)
+        trainer(cb).fit(lit, loader())
+        return lit.model, cb
+    model, cb = tiny_model("llama"), MSPTrainerCallback(**settings)
+    _hf_trainer(model, cb, tmp_path).train()
+    return model, cb
+
+
+def _assert_pruned_weights_zero(model):
+    for block in find_blocks(model):
+        for module in block_linears(block).values():
+            assert bool((module.weight[~mask_of(module)] == 0).all())
+
+
 @pytest.mark.parametrize("framework", ["lightning", "hf"])
 def test_callbacks_run_the_recovery_stage_after_pruning_with_masks_held(tmp_path, framework):
     settings = dict(sparsity="2:4", allocation="uniform", calib_samples=4, fitness_samples=0, recover_steps=3,
                     recover_batch_size=2, recover_lr=1e-3, progress=False)
-    if framework == "lightning":
-        lit, cb = LitLM(), MSPCallback(**settings)
-        trainer(cb).fit(lit, loader())
-        model = lit.model
-    else:
-        model, cb = tiny_model("llama"), MSPTrainerCallback(**settings)
-        _hf_trainer(model, cb, tmp_path).train()
+    model, cb = _compress_in(framework, settings, tmp_path)
     recovery = cb.plan.metadata["recovery"]
     assert recovery["steps"] == 3 and recovery["first_loss"] > 0
     assert_plan_exact(model, cb.plan)
-    for block in find_blocks(model):
-        for module in block_linears(block).values():
-            assert bool((module.weight[~mask_of(module)] == 0).all())
+    _assert_pruned_weights_zero(model)
 
 
 def test_split_rows_cuts_inside_a_batch():
@@ -286,17 +295,9 @@ def test_an_already_masked_model_is_not_pruned_again():
 def test_callbacks_reconstruct_blocks_while_pruning_with_masks_held(tmp_path, framework):
     settings = dict(sparsity="2:4", allocation="uniform", calib_samples=4, fitness_samples=0, reconstruct_epochs=2,
                     reconstruct_holdout=2, reconstruct_lr=1e-3, progress=False)
-    if framework == "lightning":
-        lit, cb = LitLM(), MSPCallback(**settings)
-        trainer(cb).fit(lit, loader())
-        model = lit.model
-    else:
-        model, cb = tiny_model("llama"), MSPTrainerCallback(**settings)
-        _hf_trainer(model, cb, tmp_path).train()
+    model, cb = _compress_in(framework, settings, tmp_path)
     reports = cb.plan.metadata["reconstruction"]
     assert [r["block"] for r in reports] == [0, 1, 2]
     assert all(r["holdout_before"] is not None for r in reports)  # rows after the calibration ones held out
     assert_plan_exact(model, cb.plan)
-    for block in find_blocks(model):
-        for module in block_linears(block).values():
-            assert bool((module.weight[~mask_of(module)] == 0).all())
+    _assert_pruned_weights_zero(model)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -12,13 +11,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 from ..atomic_files import atomic_write_text
 from ..config import SearchSettings, check, label
 from ..criteria import get_criterion
+from ..data import token_digest
 from ..distributed import ShardedEvaluate, world
 from ..models import find_blocks, fingerprint, input_device
 from ..plan import PlanError, SparsityPlan
@@ -36,11 +35,7 @@ log = logging.getLogger(__name__)
 def data_digest(calibration: Sequence[Tensor], fitness_windows: Tensor) -> str:
     """SHA-256 of the token ids the level cache and the fitness are computed from: a resumed
     search's cached scores are only valid on the same data."""
-    digest = hashlib.sha256()
-    for tensor in [*calibration, fitness_windows]:
-        digest.update(str(tuple(tensor.shape)).encode())
-        digest.update(tensor.detach().cpu().to(torch.int64).numpy().tobytes())
-    return digest.hexdigest()
+    return token_digest([*calibration, fitness_windows])
 
 
 def fixed_settings(settings: SearchSettings, n: int, m: int, seed: int, data: str,
