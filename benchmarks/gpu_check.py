@@ -95,7 +95,7 @@ def build_model(size: str, seed: int, device: torch.device, dtype: torch.dtype, 
     """The random model on ``device``: floating parameters in ``dtype``, buffers (rotary tables)
     as built, in float32, the way both ``from_pretrained`` and ``offload_to_disk`` leave them;
     with ``offload_folder`` its blocks stay in memory-mapped files there and come onto the
-    device one at a time (`msp_callback.offload`)."""
+    device in turn, the next one prefetched (`msp_callback.offload`)."""
     from transformers import AutoModelForCausalLM, LlamaConfig
 
     from msp_callback.offload import offload_to_disk

@@ -11,7 +11,7 @@ hidden states.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -175,17 +175,25 @@ def walk_blocks(
     weights (and new masks) back after."""
     holder = offload_of(model) or sharding_of(model)  # blocks in files, or in shards across ranks
 
-    def held(block: nn.Module) -> contextlib.AbstractContextManager:
-        return holder.onloaded(block, write_back=writes) if holder is not None else contextlib.nullcontext()
+    blocks = find_blocks(model)
+
+    @contextlib.contextmanager
+    def held(index: int) -> Iterator[None]:
+        if holder is None:
+            yield
+            return
+        with holder.onloaded(blocks[index], write_back=writes):
+            if index + 1 < len(blocks) and hasattr(holder, "prefetch"):
+                holder.prefetch(blocks[index + 1])  # its copy travels while this block works
+            yield
 
     if not needs_inputs:
-        for index, block in enumerate(tqdm(find_blocks(model), desc=desc, disable=not progress)):
-            with held(block):
+        for index, block in enumerate(tqdm(blocks, desc=desc, disable=not progress)):
+            with held(index):
                 visit(index, block, None)
         return
     batches = list(batches or [])
     stack = capture_stack_inputs(model, batches)
-    blocks = find_blocks(model)
     inputs = stack.block(0)
     for index, block in enumerate(tqdm(blocks, desc=desc, disable=not progress)):
         if not all(bool(torch.isfinite(h).all()) for h in inputs.hidden):
@@ -194,7 +202,7 @@ def walk_blocks(
                 + ("the embeddings are not finite (check the checkpoint)" if index == 0 else
                    f"block {index - 1} overflowed; in float16 load the model in bfloat16 or float32")
             )
-        with held(block):
+        with held(index):
             outputs = visit(index, block, inputs)
             if index + 1 < len(blocks):
                 inputs = stack.block(index + 1, outputs if outputs else run_block(block, inputs))

@@ -10,9 +10,12 @@ page cache holds what it has room for. The level cache goes to disk with the mod
 On a GPU (``device`` not the CPU) the blocks stay in those files and each is brought onto the
 device for its turn: forward hooks copy a block in before it runs and drop the copies after,
 and the block walk (`block_walk.walk_blocks`) holds each block on the device for its visit and
-its run with `DiskOffload.onloaded`, which for pruning writes changed weights and new masks back
-to the files. Embeddings, final norm and head live on the device. Every stage already walks the
-blocks in order (`block_walk`), so one block at a time is all the device holds of the blocks.
+its run with `DiskOffload.onloaded`, which for pruning writes the tensors that changed (and new
+masks) back to the files. Embeddings, final norm and head live on the device. Every stage walks
+the blocks in order (`block_walk`), so the device holds two blocks at most: the one running and
+the next, whose copy is prefetched meanwhile (`DiskOffload.prefetch`). On CUDA a block passes
+through page-locked staging buffers on a copy stream of its own, so its transfer runs beside the
+current block's compute (a copy from the pageable, memory-mapped files would be synchronous).
 Fisher traces need a backward pass through every block and are refused there (not built yet).
 """
 
@@ -21,15 +24,17 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from .models import find_blocks
-from .storage import TensorStore
+from .storage import TensorStore, release_pinned_memory
 
 log = logging.getLogger(__name__)
 
@@ -62,11 +67,54 @@ def check_offload(offload: str) -> None:
         raise OffloadError(f"offload (--offload) must be one of {', '.join(OFFLOADS)}, got {offload!r}")
 
 
+class _Staging:
+    """Copies of file-backed tensors to a CUDA device through reused page-locked host buffers, on a
+    copy stream of their own (elsewhere: plain synchronous copies). A buffer is reused once the
+    copy out of it has finished; more are made while none is free, so a block's tensors of one
+    shape do not wait for each other."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+        self._buffers: dict[tuple, list[tuple[Tensor, Any]]] = defaultdict(list)  # (shape, dtype) -> [(buffer, event)]
+
+    def copy(self, tensor: Tensor) -> Tensor:
+        """``tensor``'s copy on the device; on CUDA it is ready once `wait` was called."""
+        if not self.cuda:
+            return tensor.to(self.device, copy=True)
+        pool = self._buffers[(tuple(tensor.shape), tensor.dtype)]
+        free = next((i for i, (_, event) in enumerate(pool) if event.query()), None)
+        buffer = pool.pop(free)[0] if free is not None else torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=True)
+        buffer.copy_(tensor)  # reads the file's pages on this thread
+        with torch.cuda.stream(self.stream):
+            copy = buffer.to(self.device, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        pool.append((buffer, event))
+        return copy
+
+    def wait(self, copies: Iterable[Tensor]) -> None:
+        """Make the current stream wait for ``copies`` (made by `copy`) and own their memory."""
+        if not self.cuda:
+            return
+        current = torch.cuda.current_stream(self.device)
+        current.wait_stream(self.stream)
+        for copy in copies:
+            copy.record_stream(current)
+
+    def close(self) -> None:
+        if self.cuda:
+            self.stream.synchronize()
+            self._buffers.clear()
+            release_pinned_memory()
+
+
 class DiskOffload:
     """The files behind an offloaded model's tensors, and the moves of blocks to the device.
 
     ``always_copy`` makes blocks travel even when the device is the CPU (the tests use it to run
-    the GPU path's copies and write-backs on a machine without a GPU)."""
+    the GPU path's copies, prefetches and write-backs on a machine without a GPU)."""
 
     def __init__(self, folder: str | Path | None = None, device: torch.device | str = "cpu", always_copy: bool = False):
         self.store = TensorStore("disk", torch.device("cpu"), parent=folder, label="offloaded weights")
@@ -74,8 +122,13 @@ class DiskOffload:
         self.always_copy = always_copy
         self._mine: set[int] = set()  # data pointers of the storages this offload created
         self._homes: dict[int, Tensor] = {}  # id(tensor) -> its file-backed data while it is on the device
+        self._onloaded: dict[int, tuple[int, int]] = {}  # id(tensor) -> (data pointer, version) of its fresh copy
         self._depth: dict[int, int] = {}  # id(block) -> how many onloads hold it
+        self._prefetched: tuple[int, dict[int, Tensor]] | None = None  # (id(block), id(tensor) -> its copy)
+        self._staging: _Staging | None = None
         self.bytes = 0
+        self.copied_bytes = 0  # file -> device
+        self.written_bytes = 0  # device -> file (only tensors that changed)
 
     @property
     def travels(self) -> bool:
@@ -107,6 +160,26 @@ class DiskOffload:
         self.bytes += moved
         return moved
 
+    def _copies(self, block: nn.Module) -> dict[int, Tensor]:
+        """Device copies of ``block``'s tensors that are not on the device yet."""
+        if self._staging is None:
+            self._staging = _Staging(self.device)
+        copies = {}
+        for tensor in itertools.chain(block.parameters(), block.buffers()):
+            if id(tensor) not in self._homes and id(tensor) not in copies:
+                copies[id(tensor)] = self._staging.copy(tensor.data)
+                self.copied_bytes += tensor.numel() * tensor.element_size()
+        return copies
+
+    @torch.no_grad()
+    def prefetch(self, block: nn.Module) -> None:
+        """Start copying ``block``'s tensors to the device, so that its next `onload` finds them
+        there; an earlier prefetch not yet used is dropped. Only the very next onload may use a
+        prefetch: any other block's onload drops it, so it never outlives a change to the files."""
+        if not self.travels or self._depth.get(id(block)) or (self._prefetched and self._prefetched[0] == id(block)):
+            return
+        self._prefetched = (id(block), self._copies(block))
+
     @torch.no_grad()
     def onload(self, block: nn.Module) -> None:
         """Copy ``block``'s tensors onto the device (nested calls are counted, not repeated)."""
@@ -116,15 +189,21 @@ class DiskOffload:
         self._depth[id(block)] = depth + 1
         if depth:
             return
+        prefetched, self._prefetched = self._prefetched, None
+        copies = prefetched[1] if prefetched and prefetched[0] == id(block) else self._copies(block)
+        self._staging.wait(copies.values())
         for tensor in itertools.chain(block.parameters(), block.buffers()):
-            if id(tensor) not in self._homes:
+            copy = copies.pop(id(tensor), None)
+            if copy is not None:
                 self._homes[id(tensor)] = tensor.data
-                tensor.data = tensor.data.to(self.device, copy=True, non_blocking=False)
+                tensor.data = copy
+                self._onloaded[id(tensor)] = (copy.data_ptr(), tensor._version)
 
     @torch.no_grad()
     def offload(self, block: nn.Module, write_back: bool = False) -> None:
-        """Drop the device copies of ``block``; with ``write_back`` first copy them into the
-        files (and move tensors made meanwhile, such as masks, into files of their own)."""
+        """Drop the device copies of ``block``; with ``write_back`` first copy those that changed
+        (written in place, or replaced) into the files (and move tensors made meanwhile, such as
+        masks, into files of their own)."""
         if not self.travels:
             return
         depth = self._depth[id(block)] - 1
@@ -134,8 +213,10 @@ class DiskOffload:
         for tensor in itertools.chain(block.parameters(), block.buffers()):
             home = self._homes.pop(id(tensor), None)
             if home is not None:
-                if write_back:
+                fresh = self._onloaded.pop(id(tensor))
+                if write_back and fresh != (tensor.data_ptr(), tensor._version):
                     home.copy_(tensor.data)
+                    self.written_bytes += home.numel() * home.element_size()
                 tensor.data = home
 
     @contextmanager
@@ -151,16 +232,27 @@ class DiskOffload:
                 self.adopt(block)
 
     def attach(self, blocks: nn.ModuleList) -> None:
-        """Forward hooks bringing each block onto the device for its forward (when blocks travel)."""
+        """Forward hooks bringing each block onto the device for its forward (when blocks travel),
+        and prefetching the next block meanwhile."""
         if not self.travels:
             return
+        following = dict(zip(map(id, blocks), list(blocks)[1:]))
+
+        def before(module: nn.Module, args: Any) -> None:
+            self.onload(module)
+            if id(module) in following:
+                self.prefetch(following[id(module)])
+
         for block in blocks:
-            block.register_forward_pre_hook(lambda module, args: self.onload(module))
+            block.register_forward_pre_hook(before)
             block.register_forward_hook(lambda module, args, output: self.offload(module), always_call=True)
 
     def close(self) -> None:
         """Remove the folder. The files are unlinked as soon as they are mapped, so their disk
         space returns when the tensors are freed, and a killed job leaves nothing behind."""
+        self._prefetched = None
+        if self._staging is not None:
+            self._staging.close()
         self.store.close()
 
 

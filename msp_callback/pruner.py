@@ -53,7 +53,8 @@ def prune_block(block: nn.Module, level: int | Mapping[str, int], m: int, criter
             continue
         weight = to_out_in(module, module.weight.data).float()
         pruned, keep = criterion.prune_weight(weight, stats[name], levels[name], m)
-        stored_weight(module).data.copy_(from_out_in(module, pruned).to(module.weight.dtype))
+        with torch.no_grad():  # in place on the parameter itself: its version counter tells the offload it changed
+            stored_weight(module).copy_(from_out_in(module, pruned).to(module.weight.dtype))
         if install:
             install_mask(module, from_out_in(module, keep))
 

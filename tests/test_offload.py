@@ -185,6 +185,40 @@ def test_a_block_that_fails_mid_forward_still_goes_home(every_tensor, tmp_path, 
     assert not offload._homes and _file_backed(model, offload)
 
 
+def test_write_back_copies_only_the_tensors_that_changed(every_tensor, tmp_path):
+    model, offload = _travelling(tmp_path)
+    block = find_blocks(model)[0]
+    weight = block.mlp.down_proj.weight
+    expected = weight.detach().clone() * 2
+    with offload.onloaded(block, write_back=True):
+        pass
+    assert offload.written_bytes == 0  # nothing changed: nothing copied back
+    with offload.onloaded(block, write_back=True), torch.no_grad():
+        weight.mul_(2)
+    assert offload.written_bytes == weight.numel() * weight.element_size()
+    assert offload.holds(weight) and torch.equal(weight, expected)
+
+
+def test_forwards_prefetch_the_next_block_and_a_stale_prefetch_is_dropped(every_tensor, tmp_path):
+    ids = token_batches(1, 16)[0]
+    memory = tiny_model("llama")
+    model, offload = _travelling(tmp_path)
+    blocks = find_blocks(model)
+    ahead = []  # while block i runs, is block i+1 already on its way?
+    for block, following in zip(blocks, [*blocks[1:], None]):
+        block.register_forward_pre_hook(lambda module, args, following=following: ahead.append(
+            following is None or (offload._prefetched is not None and offload._prefetched[0] == id(following))))
+    block_bytes = sum(t.numel() * t.element_size() for b in blocks for t in [*b.parameters(), *b.buffers()])
+    assert torch.equal(model(input_ids=ids).logits, memory(input_ids=ids).logits)
+    assert ahead == [True] * len(blocks) and offload.copied_bytes == block_bytes  # each block copied once
+
+    offload.prefetch(blocks[1])
+    with torch.no_grad():  # the files change after the prefetch (as the search's level cache writes them)
+        blocks[1].mlp.down_proj.weight.zero_()
+        find_blocks(memory)[1].mlp.down_proj.weight.zero_()
+    assert torch.equal(model(input_ids=ids).logits, memory(input_ids=ids).logits)  # block 0's onload dropped it
+
+
 def test_bf16_offload_matches_loading_in_bf16(every_tensor, tmp_path):
     from transformers import AutoModelForCausalLM
 
