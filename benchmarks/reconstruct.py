@@ -8,8 +8,8 @@
 A row is CRITERION:N:M:ALLOCATION (ALLOCATION uniform, or msp: the levels a search benchmark stored
 in results/, the same plans `benchmarks/recovery.py` distils, or a plan file given with ``--plan``). Each
 row runs in a fresh process on SmolLM2-135M (``--model``: another): the dense model's top-k targets
-on the recovery windows (for KD), a plain prune and its held-out perplexity, the dense weights restored, then the same plan pruned with block-wise
-reconstruction (`msp_callback.reconstruct`) and its perplexity, then KD recovery of the
+on the recovery windows (for KD), a plain prune and its held-out perplexity, the dense weights
+restored, then the same plan pruned with block-wise reconstruction (`msp_callback.reconstruct`) and its perplexity, then KD recovery of the
 reconstructed model for at most ``--kd-minutes`` of training. Calibration and held-out
 reconstruction windows come from C4 (disjoint seeds), evaluation from held-out Wikipedia,
 40 x 1024 tokens, with 95% bootstrap intervals. The "KD alone" column is read from
@@ -143,7 +143,8 @@ def main() -> None:
                   calibration=f"{args.calib_samples} x {args.calib_seqlen} tokens of c4",
                   eval_tokens=args.eval_windows * 1024, kd_minutes=args.kd_minutes, kd_rows=args.kd_rows,
                   machine=f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores")
-    passthrough = ["--model", args.model, *[a for item in args.plan for a in ("--plan", item)], "--epochs", str(args.epochs), "--kd-lr", str(args.kd_lr),
+    passthrough = ["--model", args.model, *[a for item in args.plan for a in ("--plan", item)],
+                   "--epochs", str(args.epochs), "--kd-lr", str(args.kd_lr),
                    "--kd-windows", str(args.kd_windows), "--calib-samples", str(args.calib_samples),
                    "--calib-seqlen", str(args.calib_seqlen), "--eval-windows", str(args.eval_windows),
                    *[a for s in args.set for a in ("--set", s)]]
