@@ -201,6 +201,9 @@ class ReconstructSettings:
                                    choices=("token", "batch"))
     reconstruct_lr: float = option(3e-3, "Adam learning rate of the block's trained weights (1e-4, 1e-3, 3e-3 and 1e-2 measured "
                                    "in BENCHMARKS.md: 3e-3 best)", minimum=0.0)
+    reconstruct_schedule: str = option("constant", "the learning rate over a block's training: constant, or cosine = "
+                                       "decayed to 0 along a half cosine over all its epochs' steps",
+                                       choices=("constant", "cosine"))
     reconstruct_batch_size: int = option(2, "calibration windows per optimizer step", minimum=1)
     reconstruct_holdout: int = option(4, "windows of the calibration text (apart from the calibration rows; never "
                                       "the evaluation text) that decide early stopping and which epoch's weights a "
@@ -371,7 +374,7 @@ def _screens(c: Any) -> bool:
 
 SEARCH_ONLY = ("search", "granularity", "population", "generations", "survivors", "max_switches", "mutation_rate", "init",
                "fitness", "fitness_batch_size", "screen_windows", "screen_keep", "cache_storage", "fitness_seqlen")
-RECONSTRUCTION_ONLY = ("reconstruct_target", "reconstruct_loss", "reconstruct_lr", "reconstruct_batch_size",
+RECONSTRUCTION_ONLY = ("reconstruct_target", "reconstruct_loss", "reconstruct_lr", "reconstruct_schedule", "reconstruct_batch_size",
                        "reconstruct_holdout", "reconstruct_patience", "reconstruct_checkpoint")
 RECOVERY_ONLY = ("recover_method", "recover_loss", "recover_lr", "recover_batch_size", "recover_seqlen", "recover_windows",
                  "recover_top_k", "recover_lora_rank", "recover_checkpoint", "recover_save_every", "recover_max_minutes")

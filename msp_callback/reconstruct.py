@@ -52,8 +52,8 @@ from .sharded import is_sharded
 
 log = logging.getLogger(__name__)
 
-RESUME_SETTINGS = ("reconstruct_epochs", "reconstruct_target", "reconstruct_loss", "reconstruct_lr", "reconstruct_batch_size",
-                   "reconstruct_holdout", "reconstruct_patience")
+RESUME_SETTINGS = ("reconstruct_epochs", "reconstruct_target", "reconstruct_loss", "reconstruct_lr", "reconstruct_schedule",
+                   "reconstruct_batch_size", "reconstruct_holdout", "reconstruct_patience")
 
 
 class ReconstructionError(ValueError):
@@ -164,6 +164,9 @@ def train_block(block: nn.Module, train: list[_Step], holdout: list[_Step], sett
         best_epoch, epochs, stale = 0, 0, 0
         generator = torch.Generator().manual_seed(seed * 1_000_003 + index)  # the same order on a resumed run
         optimizer = torch.optim.Adam(params, lr=settings.reconstruct_lr)
+        total = settings.reconstruct_epochs * len(train)
+        schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, (lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
+                                                     if settings.reconstruct_schedule == "cosine" else (lambda step: 1.0))
         with torch.inference_mode(False), torch.enable_grad():
             for p in params:
                 p.requires_grad_(True)
@@ -174,6 +177,7 @@ def train_block(block: nn.Module, train: list[_Step], holdout: list[_Step], sett
                     loss = relative_error(block_output(block(s.hidden, *s.args, **s.kwargs)), s.target, per)
                     loss.backward()
                     optimizer.step()
+                    schedule.step()
                     optimizer.zero_grad(set_to_none=True)
                 if not holdout:
                     best_epoch = epoch

@@ -58,8 +58,8 @@ def test_level_zero_linears_train_whole_and_fully_pruned_blocks_are_skipped():
                                           if n.startswith("blocks.2."))
 
 
-@pytest.mark.parametrize("target", ["dense", "pruned"])
-def test_reconstruction_brings_the_output_closer_to_the_dense_model(target):
+@pytest.mark.parametrize("target,schedule", [("dense", "constant"), ("pruned", "constant"), ("dense", "cosine")])
+def test_reconstruction_brings_the_output_closer_to_the_dense_model(target, schedule):
     plan = SparsityPlan(m=4, target=3, levels=[3, 3, 3], criterion="wanda")
     ids = torch.cat(token_batches(2, 16, batch=4))  # the calibration rows: what the blocks were fitted on
     dense = tiny_model("llama")
@@ -67,7 +67,7 @@ def test_reconstruction_brings_the_output_closer_to_the_dense_model(target):
     plain = tiny_model("llama")
     prune(plain, plan, token_batches(2, 16, batch=4), progress=False)
     model = tiny_model("llama")
-    _run(model, plan, reconstruct_target=target, reconstruct_epochs=10)
+    _run(model, plan, reconstruct_target=target, reconstruct_schedule=schedule, reconstruct_epochs=10)
     assert relative_error(model(input_ids=ids).logits, expected) < relative_error(plain(input_ids=ids).logits, expected)
 
 
