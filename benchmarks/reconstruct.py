@@ -19,6 +19,7 @@ results/recovery.json (the same plans, the same recovery settings). Writes resul
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import sys
 import time
@@ -56,6 +57,7 @@ def one(args: argparse.Namespace, row: str) -> dict:
     from msp_callback.pruner import prune
     from msp_callback.recover import recover
 
+    load = os.getloadavg()[0]  # other work on the machine as the row starts
     criterion, n, m, allocation = row.split(":")
     sparsity = f"{n}:{m}"
     overrides = {k: _value(v) for k, v in (item.split("=", 1) for item in args.set)}
@@ -107,7 +109,7 @@ def one(args: argparse.Namespace, row: str) -> dict:
             "reconstructed": reconstructed, "reconstruct_minutes": round(reconstruct_minutes, 2),
             "reconstruct_settings": extract(settings, ReconstructSettings).__dict__,
             "blocks": summary["blocks"] if summary else [], "reconstructed_kd": kd,
-            "threads": torch.get_num_threads(), "torch": torch.__version__}
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "load_at_start": round(load, 2)}
 
 
 def main() -> None:
@@ -142,7 +144,7 @@ def main() -> None:
                   model=args.model, calib_corpus="c4", eval_corpus="wikipedia",
                   calibration=f"{args.calib_samples} x {args.calib_seqlen} tokens of c4",
                   eval_tokens=args.eval_windows * 1024, kd_minutes=args.kd_minutes, kd_rows=args.kd_rows,
-                  machine=f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores")
+                  machine=f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores")
     passthrough = ["--model", args.model, *[a for item in args.plan for a in ("--plan", item)],
                    "--epochs", str(args.epochs), "--kd-lr", str(args.kd_lr),
                    "--kd-windows", str(args.kd_windows), "--calib-samples", str(args.calib_samples),

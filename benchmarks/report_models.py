@@ -96,23 +96,24 @@ def zero_shot_section(record: dict) -> list[str]:
     return lines
 
 
-def reconstruct_section(r: dict, recovery: dict | None) -> list[str]:
+def reconstruct_section(r: dict, recovery: dict | None, title: str = "Block-wise reconstruction, then distillation") -> list[str]:
     """Plain pruning, block-wise reconstruction, and KD on top, beside KD alone (results/recovery.json)."""
     dense = r.get("dense_ppl")
     alone = {(x["criterion"], x["sparsity"], x["allocation"]): x for x in (recovery or {}).get("rows", [])
              if x["method"] == "sparse" and x["loss"] == "kd"}
     first = r["rows"][0]["reconstruct_settings"]
-    lines = ["## Block-wise reconstruction, then distillation", "",
+    lines = [f"## {title}", "",
              f"`{r['command']}`: {r['model']}, each row in a fresh process: the plan (uniform, or the MSP levels a "
              "search benchmark stored, the same plans as the recovery rows) pruned plainly and measured, the dense "
              "weights restored, the same plan pruned with block-wise reconstruction (`msp_callback.reconstruct`: "
-             f"{first['reconstruct_epochs']} epochs, lr {first['reconstruct_lr']:g}, {first['reconstruct_batch_size']} "
-             f"windows a step, target {first['reconstruct_target']}, loss per {first['reconstruct_loss']}, "
+             f"{first['reconstruct_epochs']} epochs, lr {first['reconstruct_lr']:g} "
+             f"{first.get('reconstruct_schedule', 'constant')}, {first['reconstruct_batch_size']} "
+             f"window(s) a step, target {first['reconstruct_target']}, loss per {first['reconstruct_loss']}, "
              f"{first['reconstruct_holdout']} held-out windows, patience {first['reconstruct_patience']}) and measured, "
              f"then, on the rows named, KD recovery for at most {r['kd_minutes']:g} minutes of training. Calibration "
              f"{r['calibration']}; evaluation {r['eval_tokens']:,} held-out {r['eval_corpus']} tokens (95% bootstrap "
-             f"intervals over windows); {r['machine']}, shared with other jobs while these rows ran (minutes are upper "
-             f"bounds). Dense: {fmt(dense)}. \"KD alone\" is the recovery benchmark's row for the same plan (15 "
+             f"intervals over windows); {r['machine']}{_load(r['rows'])}. Dense: {fmt(dense)}. "
+             "\"KD alone\" is the recovery benchmark's row for the same plan (15 "
              "minutes, results/recovery.json), from an earlier run whose plain prune can differ from this one's.", "",
              "| criterion | target | plan | pruned | + reconstruction | minutes | + reconstruction + KD | KD minutes | "
              "KD alone | x dense (best) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -124,9 +125,28 @@ def reconstruct_section(r: dict, recovery: dict | None) -> list[str]:
                      f"{_ppl(x['reconstructed'])} | {x['reconstruct_minutes']:g} | "
                      f"{_ppl(kd) if kd else '-'} | {kd['minutes'] if kd else '-'} | "
                      f"{_ppl(solo['recovered']) if solo else '-'} | {best / dense:.1f} |")
-    lines += ["", "Per block (train and held-out relative error before -> after, the epoch kept) in "
-              "results/reconstruct.json.", ""]
+    rows = {(x["criterion"], x["sparsity"], x["allocation"]): x for x in r["rows"]}
+    for (criterion, sparsity, allocation), x in sorted(rows.items()):
+        uniform = rows.get((criterion, sparsity, "uniform"))
+        if allocation != "msp" or uniform is None:
+            continue
+        factors = [f"{stage} {uniform[key]['ppl'] / x[key]['ppl']:.1f}x" for stage, key in
+                   (("pruned", "pruned"), ("after reconstruction", "reconstructed")) if x.get(key) and uniform.get(key)]
+        if x.get("reconstructed_kd") and uniform.get("reconstructed_kd"):
+            factors.append(f"after reconstruction and KD {uniform['reconstructed_kd']['ppl'] / x['reconstructed_kd']['ppl']:.1f}x")
+        lines += ["", f"MSP against uniform, {criterion} {sparsity} (uniform perplexity / MSP perplexity): "
+                  + ", ".join(factors) + "."]
+    lines += ["", f"Per block (train and held-out relative error before -> after, the epoch kept) in "
+              f"results/{r.get('file', 'reconstruct.json')}.", ""]
     return lines
+
+
+def _load(rows: list[dict]) -> str:
+    """The machine's 1-minute load average as the rows started, or a warning where it was not recorded."""
+    loads = [x["load_at_start"] for x in rows if "load_at_start" in x]
+    if len(loads) < len(rows):
+        return ", shared with other jobs while some rows ran (their minutes are upper bounds)"
+    return f", 1-minute load average {min(loads):.1f}-{max(loads):.1f} as the rows started"
 
 
 def _ppl(row: dict) -> str:
