@@ -34,7 +34,7 @@ from fresh_process import emit, run_fresh  # noqa: E402
 from recovery import msp_levels  # noqa: E402
 from results_file import add_row, read  # noqa: E402
 
-DEFAULT_ROWS = ["wanda:3:4:msp", "wanda:2:4:msp", "wanda:2:4:uniform", "wanda:3:4:uniform", "sparsegpt:3:4:msp"]
+DEFAULT_ROWS = ["wanda:3:4:msp", "wanda:2:4:msp", "wanda:3:4:uniform", "wanda:2:4:uniform", "sparsegpt:3:4:msp"]
 KD_ROWS = ["wanda:3:4:msp", "wanda:2:4:msp"]
 
 
@@ -119,7 +119,7 @@ def main() -> None:
     p.add_argument("--plan", action="append", default=[], metavar="N:M=PLAN.json",
                    help="the MSP plan of that sparsity from a plan file (msp prune writes <output>/plan.json) "
                         "instead of the stored SmolLM2 search results (repeatable)")
-    p.add_argument("--epochs", type=int, default=3, help="reconstruction epochs per block (default 3)")
+    p.add_argument("--epochs", type=int, default=4, help="reconstruction epochs per block (default 4)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other job setting, e.g. reconstruct_lr=3e-4 (repeatable)")
     p.add_argument("--kd-minutes", type=float, default=15.0, help="KD training minutes after reconstruction (0 = none)")
@@ -127,7 +127,7 @@ def main() -> None:
                    "reconstruction (default: the MSP Wanda rows)")
     p.add_argument("--kd-lr", type=float, default=1e-4)
     p.add_argument("--kd-windows", type=int, default=128, help="distinct KD windows of 512 tokens, 4 a step, cycled")
-    p.add_argument("--calib-samples", type=int, default=16)
+    p.add_argument("--calib-samples", type=int, default=32)
     p.add_argument("--calib-seqlen", type=int, default=512)
     p.add_argument("--eval-windows", type=int, default=40)
     p.add_argument("--out", default=str(RESULTS / "reconstruct.json"))
