@@ -124,7 +124,7 @@ class DiskOffload:
         self._homes: dict[int, Tensor] = {}  # id(tensor) -> its file-backed data while it is on the device
         self._onloaded: dict[int, tuple[int, int]] = {}  # id(tensor) -> (data pointer, version) of its fresh copy
         self._depth: dict[int, int] = {}  # id(block) -> how many onloads hold it
-        self._prefetched: tuple[int, dict[int, Tensor]] | None = None  # (id(block), id(tensor) -> its copy)
+        self._prefetched: tuple[int, dict[int, tuple[Tensor, int]]] | None = None  # id(block), id(tensor) -> copy, version
         self._staging: _Staging | None = None
         self.bytes = 0
         self.copied_bytes = 0  # file -> device
@@ -160,22 +160,28 @@ class DiskOffload:
         self.bytes += moved
         return moved
 
-    def _copies(self, block: nn.Module) -> dict[int, Tensor]:
-        """Device copies of ``block``'s tensors that are not on the device yet."""
+    def _copies(self, block: nn.Module, ready: dict[int, tuple[Tensor, int]] | None = None) -> dict[int, tuple[Tensor, int]]:
+        """Device copies of ``block``'s tensors that are not on the device yet, with each tensor's
+        version counter when copied; those in ``ready`` are taken from it unless written since."""
         if self._staging is None:
             self._staging = _Staging(self.device)
-        copies = {}
+        copies: dict[int, tuple[Tensor, int]] = {}
         for tensor in itertools.chain(block.parameters(), block.buffers()):
-            if id(tensor) not in self._homes and id(tensor) not in copies:
-                copies[id(tensor)] = self._staging.copy(tensor.data)
-                self.copied_bytes += tensor.numel() * tensor.element_size()
+            if id(tensor) in self._homes or id(tensor) in copies:
+                continue
+            done = (ready or {}).get(id(tensor))
+            if done is not None and done[1] == tensor._version:
+                copies[id(tensor)] = done
+                continue
+            copies[id(tensor)] = (self._staging.copy(tensor.data), tensor._version)
+            self.copied_bytes += tensor.numel() * tensor.element_size()
         return copies
 
     @torch.no_grad()
     def prefetch(self, block: nn.Module) -> None:
         """Start copying ``block``'s tensors to the device, so that its next `onload` finds them
-        there; an earlier prefetch not yet used is dropped. Only the very next onload may use a
-        prefetch: any other block's onload drops it, so it never outlives a change to the files."""
+        there; an earlier prefetch not yet used is dropped (only the very next onload may use
+        one), and a tensor written in place since its copy is copied again."""
         if not self.travels or self._depth.get(id(block)) or (self._prefetched and self._prefetched[0] == id(block)):
             return
         self._prefetched = (id(block), self._copies(block))
@@ -190,14 +196,14 @@ class DiskOffload:
         if depth:
             return
         prefetched, self._prefetched = self._prefetched, None
-        copies = prefetched[1] if prefetched and prefetched[0] == id(block) else self._copies(block)
-        self._staging.wait(copies.values())
+        copies = self._copies(block, prefetched[1] if prefetched and prefetched[0] == id(block) else None)
+        self._staging.wait(copy for copy, _ in copies.values())
         for tensor in itertools.chain(block.parameters(), block.buffers()):
             copy = copies.pop(id(tensor), None)
             if copy is not None:
                 self._homes[id(tensor)] = tensor.data
-                tensor.data = copy
-                self._onloaded[id(tensor)] = (copy.data_ptr(), tensor._version)
+                tensor.data = copy[0]
+                self._onloaded[id(tensor)] = (copy[0].data_ptr(), tensor._version)
 
     @torch.no_grad()
     def offload(self, block: nn.Module, write_back: bool = False) -> None:

@@ -212,10 +212,14 @@ def test_forwards_prefetch_the_next_block_and_a_stale_prefetch_is_dropped(every_
     assert torch.equal(model(input_ids=ids).logits, memory(input_ids=ids).logits)
     assert ahead == [True] * len(blocks) and offload.copied_bytes == block_bytes  # each block copied once
 
+    weight = blocks[1].mlp.down_proj.weight
     offload.prefetch(blocks[1])
-    with torch.no_grad():  # the files change after the prefetch (as the search's level cache writes them)
-        blocks[1].mlp.down_proj.weight.zero_()
+    with torch.no_grad():  # the file changes after the prefetch (as the search's level cache writes them)
+        weight.zero_()
         find_blocks(memory)[1].mlp.down_proj.weight.zero_()
+    with offload.onloaded(blocks[1]):
+        assert not offload.holds(weight) and not weight.any()  # copied again, not the stale prefetch
+    offload.prefetch(blocks[2])
     assert torch.equal(model(input_ids=ids).logits, memory(input_ids=ids).logits)  # block 0's onload dropped it
 
 

@@ -139,7 +139,7 @@ class LevelCache:
                 settle(self.blocks[index])
                 for name, module in self.linears[index].items():
                     if wanted[name] != self.current[index][name]:
-                        target = local(stored_weight(module)).data
+                        target = local(stored_weight(module))  # in place: its version counter moves (offload.prefetch)
                         target.copy_(self.weight(index, name, wanted[name], target.device))
                 self.current[index] = wanted
                 changed.append(index)
