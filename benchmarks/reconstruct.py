@@ -91,6 +91,11 @@ def one(args: argparse.Namespace, row: str) -> dict:
     prune(model, plan, inputs.calibration, progress=False)
     prune_minutes = (time.perf_counter() - t0) / 60
     pruned = report()
+    if not args.epochs:  # the plain prune only (a row that needs no reconstruction column)
+        return {"row": row, "criterion": criterion, "sparsity": sparsity, "allocation": allocation, "levels": levels,
+                "plan_source": source, "dense": dense, "pruned": pruned, "prune_minutes": round(prune_minutes, 2),
+                "reconstructed": None, "reconstructed_kd": None, "threads": torch.get_num_threads(),
+                "torch": torch.__version__, "load_at_start": round(load, 2)}
     restore()
     t0 = time.perf_counter()
     summary = _prune(settings, inputs, plan)
@@ -119,7 +124,8 @@ def main() -> None:
     p.add_argument("--plan", action="append", default=[], metavar="N:M=PLAN.json",
                    help="the MSP plan of that sparsity from a plan file (msp prune writes <output>/plan.json) "
                         "instead of the stored SmolLM2 search results (repeatable)")
-    p.add_argument("--epochs", type=int, default=4, help="reconstruction epochs per block (default 4)")
+    p.add_argument("--epochs", type=int, default=4, help="reconstruction epochs per block (default 4; 0 = the plain "
+                   "prune only, no reconstruction column)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other job setting, e.g. reconstruct_lr=3e-4 (repeatable)")
     p.add_argument("--kd-minutes", type=float, default=15.0, help="KD training minutes after reconstruction (0 = none)")
@@ -158,10 +164,13 @@ def main() -> None:
             continue
         if result["dense"]:
             record["dense_ppl"], record["dense_interval"] = result["dense"]["ppl"], result["dense"]["interval"]
+        result["command"] = record["command"]  # rows of one file can come from several invocations
         add_row(path, record, result)
         kd = result["reconstructed_kd"]
-        print(row, f"pruned {result['pruned']['ppl']:.1f} -> reconstructed {result['reconstructed']['ppl']:.1f} "
-              f"in {result['reconstruct_minutes']} min" + (f" -> + KD {kd['ppl']:.1f}" if kd else ""), flush=True)
+        done = result["reconstructed"]
+        print(row, f"pruned {result['pruned']['ppl']:.1f}" + (f" -> reconstructed {done['ppl']:.1f} in "
+              f"{result['reconstruct_minutes']} min" if done else "") + (f" -> + KD {kd['ppl']:.1f}" if kd else ""),
+              flush=True)
 
 
 if __name__ == "__main__":

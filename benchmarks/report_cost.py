@@ -55,6 +55,9 @@ BLOCK_PARAMS = {"1b": 60_817_408, "8B": 218_103_808, "70B": 855_638_016}  # one 
 def stage_memory_section(r: dict) -> list[str]:
     """Per-stage peak anonymous memory in bytes per parameter, and what it means for 8B / 70B."""
     stages = ["load", "calibration", "fisher", "level cache", "search", "prune", "export"]
+    epochs = sorted({x["reconstruct_epochs"] for x in r["rows"] if x.get("reconstruct_epochs")})
+    if epochs:
+        stages.append("reconstruct")
     lines = ["## Memory of each stage, in bytes per model parameter", "",
              f"Peak anonymous resident memory (RssAnon, sampled every {r['sampling_interval_s'] * 1000:.0f} ms) of each "
              "stage, less the process's RssAnon before the model loads, divided by the model's parameter count; one "
@@ -62,7 +65,12 @@ def stage_memory_section(r: dict) -> list[str]:
              "per parameter of this. Offloaded (`--offload disk`), weights, masks and level cache are memory-mapped "
              "files, which the page cache holds as room allows (not counted: the kernel can drop them). 135m is "
              "SmolLM2-135M; 0.5b and 1b are random-weight Llama-shaped models (`benchmarks/random_models.py`): memory "
-             "depends on shapes, not on trained values.", f"Command: `{r['command']}` (and `--offloads disk`)", ""]
+             "depends on shapes, not on trained values."
+             + (f" Reconstruct (where measured): the dense model loaded again after the export and the same plan pruned "
+                f"with {'/'.join(map(str, epochs))} epoch(s) of block-wise reconstruction over the calibration rows "
+                "(`--reconstruct-epochs`)." if epochs else ""),
+             f"Command: `{r['command']}` (and `--offloads disk`"
+             + (f"; the rows with a reconstruct column with `--reconstruct-epochs {epochs[0]}`" if epochs else "") + ")", ""]
     for offload in ("none", "disk"):
         rows = sorted((x for x in r["rows"] if x["offload"] == offload),
                       key=lambda x: (x["parameters"], x["criterion"], x["m"]))

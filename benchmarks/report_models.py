@@ -101,10 +101,12 @@ def reconstruct_section(r: dict, recovery: dict | None, title: str = "Block-wise
     dense = r.get("dense_ppl")
     alone = {(x["criterion"], x["sparsity"], x["allocation"]): x for x in (recovery or {}).get("rows", [])
              if x["method"] == "sparse" and x["loss"] == "kd"}
-    first = r["rows"][0]["reconstruct_settings"]
+    first = next(x["reconstruct_settings"] for x in r["rows"] if x["reconstructed"])
+    commands = ", ".join(f"`{c}`" for c in dict.fromkeys(x.get("command", r["command"]) for x in r["rows"]))
+    sources = ", ".join(f"`{s}`" for s in sorted({x["plan_source"] for x in r["rows"] if x.get("plan_source")}))
     lines = [f"## {title}", "",
-             f"`{r['command']}`: {r['model']}, each row in a fresh process: the plan (uniform, or the MSP levels a "
-             "search benchmark stored, the same plans as the recovery rows) pruned plainly and measured, the dense "
+             f"{commands}: {r['model']}, each row in a fresh process: the plan (uniform, or the MSP levels of {sources}) "
+             "pruned plainly and measured, the dense "
              "weights restored, the same plan pruned with block-wise reconstruction (`msp_callback.reconstruct`: "
              f"{first['reconstruct_epochs']} epochs, lr {first['reconstruct_lr']:g} "
              f"{first.get('reconstruct_schedule', 'constant')}, {first['reconstruct_batch_size']} "
@@ -120,9 +122,10 @@ def reconstruct_section(r: dict, recovery: dict | None, title: str = "Block-wise
     for x in sorted(r["rows"], key=lambda x: (x["criterion"], x["sparsity"], x["allocation"])):
         kd = x["reconstructed_kd"]
         solo = alone.get((x["criterion"], x["sparsity"], x["allocation"]))
-        best = min(v for v in (x["reconstructed"]["ppl"], kd["ppl"] if kd else None) if v is not None)
+        done = x["reconstructed"]
+        best = min(v["ppl"] for v in (x["pruned"], done, kd) if v)
         lines.append(f"| {x['criterion']} | {x['sparsity']} | {x['allocation']} | {_ppl(x['pruned'])} | "
-                     f"{_ppl(x['reconstructed'])} | {x['reconstruct_minutes']:g} | "
+                     f"{_ppl(done) if done else '-'} | {x['reconstruct_minutes'] if done else '-'} | "
                      f"{_ppl(kd) if kd else '-'} | {kd['minutes'] if kd else '-'} | "
                      f"{_ppl(solo['recovered']) if solo else '-'} | {best / dense:.1f} |")
     rows = {(x["criterion"], x["sparsity"], x["allocation"]): x for x in r["rows"]}

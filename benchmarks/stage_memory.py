@@ -20,7 +20,13 @@ room, else disk: the row records which).
 135m is SmolLM2-135M (real weights); 0.5b and 1b are random-weight Llama-shaped models
 (`random_models`): memory depends on shapes, not on trained values. Token counts are small
 (calibration 4 x 256, Fisher 2 x 256, fitness 2 x 256): activation memory grows with them, weight
-memory does not. Writes results/stage_memory.json (rows are added; a rerun of one row replaces it).
+memory does not. With ``--reconstruct-epochs E`` the dense model is loaded again after the export
+and the same plan pruned with E epochs of block-wise reconstruction (`msp_callback.reconstruct`:
+one block's float32 weights, gradients and Adam moments beside two or three streams of hidden
+states; one fitness window held out), stage "reconstruct". Writes results/stage_memory.json (rows
+are added; a rerun of one row replaces it).
+
+    python benchmarks/stage_memory.py --rows 1b:wanda:4:disk --reconstruct-epochs 1
 """
 
 from __future__ import annotations
@@ -38,7 +44,8 @@ RESULTS = Path(__file__).parent / "results"
 from fresh_process import emit, run_fresh  # noqa: E402
 from results_file import add_row, read  # noqa: E402
 
-STAGES = ("load", "calibration", "fisher", "level cache", "search", "prune", "export")  # level cache: the search's own
+STAGES = ("load", "calibration", "fisher", "level cache", "search", "prune", "export",
+          "reconstruct")  # level cache: the search's own; reconstruct only with --reconstruct-epochs
 
 
 def model_source(size: str) -> str:
@@ -49,7 +56,9 @@ def model_source(size: str) -> str:
     return str(random_model_folder(size))
 
 
-def one(size: str, criterion: str, m: int, offload: str) -> dict:
+def one(size: str, criterion: str, m: int, offload: str, reconstruct_epochs: int = 0) -> dict:
+    import gc
+
     import torch
     from memory_probe import MemoryProbe, read_status, trim_heap
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM  # noqa: F401  (imported before the baseline)
@@ -58,11 +67,13 @@ def one(size: str, criterion: str, m: int, offload: str) -> dict:
     from msp_callback import data
     from msp_callback.allocation import make_plan
     from msp_callback.block_walk import collect_input_stats, walk_blocks
+    from msp_callback.config import ReconstructSettings
     from msp_callback.criteria import get_criterion
     from msp_callback.export import save_pruned
     from msp_callback.loading import load_causal_lm
     from msp_callback.models import block_linears, named_block_linears
     from msp_callback.pruner import prune
+    from msp_callback.reconstruct import reconstruct
     from msp_callback.search.level_cache import LevelCache
     from msp_callback.search.runner import SearchSettings
     from msp_callback.sensitivity import fisher_traces
@@ -85,9 +96,10 @@ def one(size: str, criterion: str, m: int, offload: str) -> dict:
         crit = get_criterion(criterion)
 
         with probe.stage("calibration"):
-            walk_blocks(model, calibration, lambda i, block, inputs: collect_input_stats(
-                block, block_linears(block), inputs, crit.statistic), progress=False,
-                needs_inputs=crit.statistic != "none")
+            def collect(index, block, inputs) -> None:  # statistics only: the block's outputs are run afterwards
+                collect_input_stats(block, block_linears(block), inputs, crit.statistic)
+
+            walk_blocks(model, calibration, collect, progress=False, needs_inputs=crit.statistic != "none")
         with probe.stage("fisher"):
             fisher_traces(model, calibration[:2], progress=False, gradient_checkpointing=offload == "disk")
         placed: list[str] = []
@@ -108,13 +120,26 @@ def one(size: str, criterion: str, m: int, offload: str) -> dict:
             prune(model, plan, calibration, progress=False)
         with tempfile.TemporaryDirectory() as folder, probe.stage("export"):
             save_pruned(model, Path(folder) / "model", plan, drop_pruned_blocks=False)
+        if reconstruct_epochs:  # the same plan pruned again, from the dense weights, with block-wise reconstruction
+            del model
+            gc.collect()
+            trim_heap()
+            model, _ = load_causal_lm(model_source(size), offload=offload)
+            if offload == "none":
+                with torch.no_grad():
+                    for p in model.parameters():
+                        p.data = p.data.clone()
+            with probe.stage("reconstruct"):
+                reconstruct(model, plan, calibration, ReconstructSettings(reconstruct_epochs=reconstruct_epochs),
+                            holdout=[fitness[:1]], progress=False)
     peaks = {name: peak["RssAnon"] for name, peak in probe.peaks.items() if name != "start"}
     return {"size": size, "criterion": criterion, "m": m, "offload": offload, "parameters": parameters,
             "block_parameters": block_params, "target": f"{plan.target}:{m}", "level_cache_storage": placed[0],
             "peak_rss_anon_bytes": peaks, "peak_vm_rss_bytes": {n: p["VmRSS"] for n, p in probe.peaks.items()},
             "baseline_rss_anon_bytes": baseline,
             "bytes_per_parameter": {n: round((v - baseline) / parameters, 2) for n, v in peaks.items()},
-            "seconds": {n: round(s, 1) for n, s in probe.seconds.items()}, "threads": torch.get_num_threads(),
+            "seconds": {n: round(s, 1) for n, s in probe.seconds.items()}, "reconstruct_epochs": reconstruct_epochs,
+            "threads": torch.get_num_threads(),
             "torch": torch.__version__}
 
 
@@ -126,11 +151,14 @@ def main() -> None:
     p.add_argument("--offloads", nargs="+", default=["none"], choices=("none", "disk"))
     p.add_argument("--rows", nargs="+", metavar="SIZE:CRITERION:M:OFFLOAD",
                    help="run these rows in this order instead of the grid (e.g. 1b:wanda:4:disk)")
-    p.add_argument("--one", nargs=4, metavar=("SIZE", "CRITERION", "M", "OFFLOAD"), help=argparse.SUPPRESS)
+    p.add_argument("--reconstruct-epochs", type=int, default=0, help="also measure block-wise reconstruction: after the "
+                   "export, the dense model is loaded again and the same plan pruned with this many reconstruction "
+                   "epochs over the calibration rows (stage \"reconstruct\"; default 0 = not measured)")
+    p.add_argument("--one", nargs=5, metavar=("SIZE", "CRITERION", "M", "OFFLOAD", "EPOCHS"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.one:
-        size, criterion, m, offload = args.one
-        emit(one(size, criterion, int(m), offload))
+        size, criterion, m, offload, epochs = args.one
+        emit(one(size, criterion, int(m), offload, int(epochs)))
         return
     path = RESULTS / "stage_memory.json"
     record = read(path)
@@ -142,7 +170,8 @@ def main() -> None:
     if args.rows:
         grid = [(size, criterion, int(m), offload) for size, criterion, m, offload in (r.split(":") for r in args.rows)]
     for size, criterion, m, offload in grid:
-        row = run_fresh(__file__, ["--one", size, criterion, str(m), offload], f"{size} {criterion} M={m} {offload}")
+        row = run_fresh(__file__, ["--one", size, criterion, str(m), offload, str(args.reconstruct_epochs)],
+                        f"{size} {criterion} M={m} {offload}")
         if row is None:
             continue
         add_row(path, record, row, key=lambda r: (r["size"], r["criterion"], r["m"], r["offload"]))

@@ -183,7 +183,7 @@ def walk_blocks(
             yield
             return
         with holder.onloaded(blocks[index], write_back=writes):
-            if index + 1 < len(blocks) and hasattr(holder, "prefetch"):
+            if index + 1 < len(blocks):
                 holder.prefetch(blocks[index + 1])  # its copy travels while this block works
             yield
 

@@ -92,6 +92,10 @@ class ShardedBlocks:
                     if name in full:
                         local(p).copy_(local_rows(full[name], p))
 
+    def prefetch(self, block: nn.Module) -> None:
+        """Nothing to do: FSDP gathers a block's shards when it is onloaded (the offload holder
+        copies the next block ahead instead)."""
+
 
 def sharding_of(model: nn.Module) -> ShardedBlocks | None:
     """A `ShardedBlocks` for an FSDP2 model, else None."""
