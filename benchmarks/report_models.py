@@ -103,7 +103,8 @@ def reconstruct_section(r: dict, recovery: dict | None, title: str = "Block-wise
              if x["method"] == "sparse" and x["loss"] == "kd"}
     first = next(x["reconstruct_settings"] for x in r["rows"] if x["reconstructed"])
     commands = ", ".join(f"`{c}`" for c in dict.fromkeys(x.get("command", r["command"]) for x in r["rows"]))
-    sources = ", ".join(f"`{s}`" for s in sorted({x["plan_source"] for x in r["rows"] if x.get("plan_source")}))
+    sources = ", ".join(f"`{s if '/' in s else 'results/' + s}`"  # a stored search benchmark's file, or a plan file
+                        for s in sorted({x["plan_source"] for x in r["rows"] if x.get("plan_source")}))
     lines = [f"## {title}", "",
              f"{commands}: {r['model']}, each row in a fresh process: the plan (uniform, or the MSP levels of {sources}) "
              "pruned plainly and measured, the dense "
