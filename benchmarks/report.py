@@ -82,7 +82,8 @@ def main() -> None:
         out += recovery_section(r)
     if (r := load("reconstruct")) is not None:
         out += reconstruct_section(r, load("recovery"))
-    if (r := load("reconstruct_gemma3")) is not None:
+    if (r := load("reconstruct_gemma3")) is not None and r["rows"]:
+        r["file"] = "reconstruct_gemma3.json"
         out += reconstruct_section(r, None, "Block-wise reconstruction on a second model: Gemma-3-270M")
     if (r := load("compact_export")) is not None:
         out += compact_export_section(r)

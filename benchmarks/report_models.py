@@ -101,7 +101,7 @@ def reconstruct_section(r: dict, recovery: dict | None, title: str = "Block-wise
     dense = r.get("dense_ppl")
     alone = {(x["criterion"], x["sparsity"], x["allocation"]): x for x in (recovery or {}).get("rows", [])
              if x["method"] == "sparse" and x["loss"] == "kd"}
-    first = next(x["reconstruct_settings"] for x in r["rows"] if x["reconstructed"])
+    first = next((x["reconstruct_settings"] for x in r["rows"] if x["reconstructed"]), None)
     commands = ", ".join(f"`{c}`" for c in dict.fromkeys(x.get("command", r["command"]) for x in r["rows"]))
     sources = ", ".join(f"`{s if '/' in s else 'results/' + s}`"  # a stored search benchmark's file, or a plan file
                         for s in sorted({x["plan_source"] for x in r["rows"] if x.get("plan_source")}))
@@ -109,15 +109,19 @@ def reconstruct_section(r: dict, recovery: dict | None, title: str = "Block-wise
              f"{commands}: {r['model']}, each row in a fresh process: the plan (uniform, or the MSP levels of {sources}) "
              "pruned plainly and measured, the dense "
              "weights restored, the same plan pruned with block-wise reconstruction (`msp_callback.reconstruct`: "
-             f"{first['reconstruct_epochs']} epochs, lr {first['reconstruct_lr']:g} "
-             f"{first.get('reconstruct_schedule', 'constant')}, {first['reconstruct_batch_size']} "
-             f"window(s) a step, target {first['reconstruct_target']}, loss per {first['reconstruct_loss']}, "
-             f"{first['reconstruct_holdout']} held-out windows, patience {first['reconstruct_patience']}) and measured, "
+             + (f"{first['reconstruct_epochs']} epochs, lr {first['reconstruct_lr']:g} "
+                f"{first.get('reconstruct_schedule', 'constant')}, {first['reconstruct_batch_size']} "
+                f"window(s) a step, target {first['reconstruct_target']}, loss per {first['reconstruct_loss']}, "
+                f"{first['reconstruct_holdout']} held-out windows, patience {first['reconstruct_patience']}"
+                if first else "no row ran it") + ") and measured"
+             + (" (rows without a reconstruction column ran with `--epochs 0`: the plain prune only)"
+                if any(not x["reconstructed"] for x in r["rows"]) else "") + ", "
              f"then, on the rows named, KD recovery for at most {r['kd_minutes']:g} minutes of training. Calibration "
              f"{r['calibration']}; evaluation {r['eval_tokens']:,} held-out {r['eval_corpus']} tokens (95% bootstrap "
-             f"intervals over windows); {r['machine']}{_load(r['rows'])}. Dense: {fmt(dense)}. "
-             "\"KD alone\" is the recovery benchmark's row for the same plan (15 "
-             "minutes, results/recovery.json), from an earlier run whose plain prune can differ from this one's.", "",
+             f"intervals over windows); {r['machine']}{_load(r['rows'])}. Dense: {fmt(dense)}"
+             + (f" ({r['dense_from']})" if r.get("dense_from") else "") + "."
+             + (" \"KD alone\" is the recovery benchmark's row for the same plan (15 minutes, results/recovery.json), "
+                "from an earlier run whose plain prune can differ from this one's." if alone else ""), "",
              "| criterion | target | plan | pruned | + reconstruction | minutes | + reconstruction + KD | KD minutes | "
              "KD alone | x dense (best) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for x in sorted(r["rows"], key=lambda x: (x["criterion"], x["sparsity"], x["allocation"])):
