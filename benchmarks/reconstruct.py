@@ -90,18 +90,17 @@ def one(args: argparse.Namespace, row: str) -> dict:
     t0 = time.perf_counter()
     prune(model, plan, inputs.calibration, progress=False)
     prune_minutes = (time.perf_counter() - t0) / 60
-    pruned = report()
+    common = {"row": row, "criterion": criterion, "sparsity": sparsity, "allocation": allocation, "levels": levels,
+              "plan_source": source, "dense": dense, "pruned": report(), "prune_minutes": round(prune_minutes, 2),
+              "threads": torch.get_num_threads(), "torch": torch.__version__, "load_at_start": round(load, 2)}
     if not args.epochs:  # the plain prune only (a row that needs no reconstruction column)
-        return {"row": row, "criterion": criterion, "sparsity": sparsity, "allocation": allocation, "levels": levels,
-                "plan_source": source, "dense": dense, "pruned": pruned, "prune_minutes": round(prune_minutes, 2),
-                "reconstructed": None, "reconstructed_kd": None, "threads": torch.get_num_threads(),
-                "torch": torch.__version__, "load_at_start": round(load, 2)}
+        return {**common, "reconstructed": None, "reconstructed_kd": None}
     restore()
     t0 = time.perf_counter()
     summary = _prune(settings, inputs, plan)
     reconstruct_minutes = (time.perf_counter() - t0) / 60
     reconstructed = report()
-    print(row, f"pruned {pruned['ppl']:.1f} -> reconstructed {reconstructed['ppl']:.1f} "
+    print(row, f"pruned {common['pruned']['ppl']:.1f} -> reconstructed {reconstructed['ppl']:.1f} "
           f"({reconstruct_minutes:.1f} min)", file=sys.stderr, flush=True)
     kd = None
     if args.kd_minutes:
@@ -109,12 +108,9 @@ def one(args: argparse.Namespace, row: str) -> dict:
             losses = recover(model, recovery, extract(settings, RecoverSettings), teacher, progress=False, seed=0)
         kd = {**report(), "steps": len(losses), "minutes": args.kd_minutes, "first_loss": losses[0],
               "last_loss": losses[-1]}
-    return {"row": row, "criterion": criterion, "sparsity": sparsity, "allocation": allocation, "levels": levels,
-            "plan_source": source, "dense": dense, "pruned": pruned, "prune_minutes": round(prune_minutes, 2),
-            "reconstructed": reconstructed, "reconstruct_minutes": round(reconstruct_minutes, 2),
+    return {**common, "reconstructed": reconstructed, "reconstruct_minutes": round(reconstruct_minutes, 2),
             "reconstruct_settings": extract(settings, ReconstructSettings).__dict__,
-            "blocks": summary["blocks"] if summary else [], "reconstructed_kd": kd,
-            "threads": torch.get_num_threads(), "torch": torch.__version__, "load_at_start": round(load, 2)}
+            "blocks": summary["blocks"] if summary else [], "reconstructed_kd": kd}
 
 
 def main() -> None:

@@ -44,9 +44,6 @@ RESULTS = Path(__file__).parent / "results"
 from fresh_process import emit, run_fresh  # noqa: E402
 from results_file import add_row, read  # noqa: E402
 
-STAGES = ("load", "calibration", "fisher", "level cache", "search", "prune", "export",
-          "reconstruct")  # level cache: the search's own; reconstruct only with --reconstruct-epochs
-
 
 def model_source(size: str) -> str:
     if size == "135m":
@@ -54,6 +51,21 @@ def model_source(size: str) -> str:
     from random_models import random_model_folder
 
     return str(random_model_folder(size))
+
+
+def load(size: str, offload: str):
+    """The model and tokenizer; in memory, every parameter cloned into anonymous memory, as after any write
+    (transformers maps the safetensors file, which RssAnon would not count)."""
+    import torch
+
+    from msp_callback.loading import load_causal_lm
+
+    model, tokenizer = load_causal_lm(model_source(size), offload=offload)
+    if offload == "none":
+        with torch.no_grad():
+            for p in model.parameters():
+                p.data = p.data.clone()
+    return model, tokenizer
 
 
 def one(size: str, criterion: str, m: int, offload: str, reconstruct_epochs: int = 0) -> dict:
@@ -70,7 +82,6 @@ def one(size: str, criterion: str, m: int, offload: str, reconstruct_epochs: int
     from msp_callback.config import ReconstructSettings
     from msp_callback.criteria import get_criterion
     from msp_callback.export import save_pruned
-    from msp_callback.loading import load_causal_lm
     from msp_callback.models import block_linears, named_block_linears
     from msp_callback.pruner import prune
     from msp_callback.reconstruct import reconstruct
@@ -83,11 +94,7 @@ def one(size: str, criterion: str, m: int, offload: str, reconstruct_epochs: int
     baseline = read_status()["RssAnon"]  # the interpreter and the libraries, before any model
     with MemoryProbe() as probe:
         with probe.stage("load"):
-            model, tokenizer = load_causal_lm(model_source(size), offload=offload)
-            if offload == "none":
-                with torch.no_grad():
-                    for p in model.parameters():
-                        p.data = p.data.clone()  # into anonymous memory, as after any write
+            model, tokenizer = load(size, offload)
         parameters = sum(p.numel() for p in model.parameters())
         block_params = sum(mod.weight.numel() for mod in named_block_linears(model).values())
         tokens = data.tokenize(tokenizer, data.load_corpus("c4")[:200])
@@ -124,11 +131,7 @@ def one(size: str, criterion: str, m: int, offload: str, reconstruct_epochs: int
             del model
             gc.collect()
             trim_heap()
-            model, _ = load_causal_lm(model_source(size), offload=offload)
-            if offload == "none":
-                with torch.no_grad():
-                    for p in model.parameters():
-                        p.data = p.data.clone()
+            model, _ = load(size, offload)
             with probe.stage("reconstruct"):
                 reconstruct(model, plan, calibration, ReconstructSettings(reconstruct_epochs=reconstruct_epochs),
                             holdout=[fitness[:1]], progress=False)
