@@ -254,7 +254,7 @@ class DiskOffload:
             block.register_forward_hook(lambda module, args, output: self.offload(module), always_call=True)
 
     def close(self) -> None:
-        """Remove the folder. The files are unlinked as soon as they are mapped, so their disk
+        """Stop the copies. The files were unlinked as soon as they were mapped, so their disk
         space returns when the tensors are freed, and a killed job leaves nothing behind."""
         self._prefetched = None
         if self._staging is not None:
@@ -309,7 +309,8 @@ def offload_of(model: nn.Module) -> DiskOffload | None:
 
 
 def release(model: nn.Module) -> None:
-    """Remove the model's offload folder, if it has one (its tensors stay readable)."""
+    """Forget the model's offload, if it has one (its tensors stay readable; their unlinked files'
+    disk space returns when they are freed)."""
     offload = model.__dict__.pop("_msp_offload", None)
     if offload is not None:
         offload.close()

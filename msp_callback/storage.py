@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -65,7 +64,7 @@ def choose_storage(needed: int, device: torch.device, working: int = 0) -> str:
 
 
 class TensorStore:
-    """Keeps tensors on the chosen storage; `close` removes any files."""
+    """Keeps tensors on the chosen storage; `close` frees what outlives the tensors (pinned blocks)."""
 
     def __init__(self, kind: str, device: torch.device, needed: int = 0, parent: str | Path | None = None,
                  label: str = "level cache", working: int = 0):
@@ -76,8 +75,7 @@ class TensorStore:
         self.kind = choose_storage(needed, device, working) if kind == "auto" else kind
         self.device = device
         self.parent = Path(parent) if parent is not None else None
-        self.folder: Path | None = None
-        self.files = 0
+        self.files = 0  # files written (each unlinked as soon as it is mapped)
         if needed:
             log.info("%s: %.2f GB on %s", label, needed / 1e9, self.kind if self.kind != "device" else device)
 
@@ -89,25 +87,26 @@ class TensorStore:
         if self.kind == "cpu":
             copy = torch.empty(tensor.shape, dtype=tensor.dtype, pin_memory=self.device.type == "cuda")
             return copy.copy_(tensor)
-        if self.folder is None:
-            parent = self.parent if self.parent is not None else scratch_dir()
-            parent.mkdir(parents=True, exist_ok=True)
-            self.folder = Path(tempfile.mkdtemp(prefix="msp-", dir=parent))
-        path = self.folder / f"{self.files}.bin"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix="msp-", suffix=".bin", dir=self.folder)
         self.files += 1
-        with open(path, "wb") as file:  # reserve the blocks now: a full disk is an error here, not a crash later
+        with os.fdopen(handle, "wb") as file:  # reserve the blocks now: a full disk is an error here, not a crash later
             if hasattr(os, "posix_fallocate") and tensor.numel():
                 os.posix_fallocate(file.fileno(), 0, tensor.numel() * tensor.element_size())
-        mapped = torch.from_file(str(path), shared=True, size=tensor.numel(), dtype=tensor.dtype)
-        path.unlink()  # the mapping keeps the file's blocks until the tensor is freed; a killed job leaves no files
+        mapped = torch.from_file(name, shared=True, size=tensor.numel(), dtype=tensor.dtype)
+        os.unlink(name)  # the mapping keeps the file's blocks until the tensor is freed; a killed job leaves nothing
         return mapped.view(tensor.shape).copy_(tensor)
 
+    @property
+    def folder(self) -> Path:
+        """Where disk storage maps its files: ``parent``, else `scratch_dir`. No folder of its own and
+        no file stays there (each is unlinked once mapped), so a killed job leaves nothing behind."""
+        return self.parent if self.parent is not None else scratch_dir()
+
     def close(self) -> None:
-        """Remove any files; with pinned storage, hand the freed pinned blocks back to the system
-        (PyTorch's pinned host allocator keeps them cached otherwise). Drop the tensors first."""
-        if self.folder is not None:
-            shutil.rmtree(self.folder, ignore_errors=True)
-            self.folder = None
+        """With pinned storage, hand the freed pinned blocks back to the system (PyTorch's pinned
+        host allocator keeps them cached otherwise). Drop the tensors first: a file's disk space
+        returns when its last tensor is freed."""
         if self.kind == "cpu" and self.device.type == "cuda":
             release_pinned_memory()
 

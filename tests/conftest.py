@@ -23,6 +23,14 @@ from transformers import (  # noqa: E402
 # raise it again (see test_real_model.py).
 torch.set_num_threads(1)
 
+
+
+@pytest.fixture(autouse=True)
+def _scratch_in_tmp(tmp_path_factory, monkeypatch):
+    """Memory-mapped working files of every test go to a temporary folder, not the user cache."""
+    monkeypatch.setenv("MSP_SCRATCH", str(tmp_path_factory.getbasetemp() / "scratch"))
+
+
 VOCAB = 128
 HIDDEN = 64
 INTER = 128

@@ -173,10 +173,9 @@ def test_level_cache_storage_changes_where_not_what(criterion, monkeypatch):
     cache = LevelCache(model, criterion, 4, batches, progress=False, storage="disk")
     first = next(iter(cache.dense[0].values()))
     folder = cache.store.folder
-    assert first.untyped_storage().filename is not None and folder.is_dir()
+    assert first.untyped_storage().filename.startswith(str(folder)) and not list(folder.glob("msp-*"))
     cache.apply([2, 2, 2])
     cache.close()
-    assert not folder.exists()
     assert torch.equal(model(input_ids=batches[0]).logits, tiny_model("llama")(input_ids=batches[0]).logits)
 
     monkeypatch.setattr(storage, "available_bytes", lambda device: 1000)
