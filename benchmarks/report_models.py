@@ -111,7 +111,7 @@ def reconstruct_section(r: dict, recovery: dict | None, title: str = "Block-wise
              "weights restored, the same plan pruned with block-wise reconstruction (`msp_callback.reconstruct`: "
              + (f"{first['reconstruct_epochs']} epochs, lr {first['reconstruct_lr']:g} "
                 f"{first.get('reconstruct_schedule', 'constant')}, {first['reconstruct_batch_size']} "
-                f"window(s) a step, target {first['reconstruct_target']}, loss per {first['reconstruct_loss']}, "
+                f"window(s) a step, target {first['reconstruct_target']}, loss {first['reconstruct_loss']}, "
                 f"{first['reconstruct_holdout']} held-out windows, patience {first['reconstruct_patience']}"
                 if first else "no row ran it") + ") and measured"
              + (" (rows without a reconstruction column ran with `--epochs 0`: the plain prune only)"
@@ -147,6 +147,32 @@ def reconstruct_section(r: dict, recovery: dict | None, title: str = "Block-wise
     lines += ["", f"Per block (train and held-out relative error before -> after, the epoch kept) in "
               f"results/{r.get('file', 'reconstruct.json')}.", ""]
     return lines
+
+
+def reconstruct_diagnose_section(r: dict) -> list[str]:
+    """Plain pruning against reconstruction on one plan: perplexity and where the hidden states drift."""
+    lines = ["## Where reconstruction helps or hurts (diagnosis)", "",
+             f"{r['what']}; {r['machine']}. Per run: perplexity of the dense, plainly pruned and reconstructed models "
+             "over whole 1024-token windows and over their first 512 tokens; the hidden state's error relative to the "
+             "dense model's after the last block and after the final norm (mean over the tokens from position 512 on of |h - h_dense|^2 / "
+             "|h_dense|^2); hybrids: blocks below K from the reconstructed model, the rest from the plain prune. "
+             "Every layer's error, before and from position 512, is in results/reconstruct_diagnose.json.", "",
+             "| reconstruction | dense | plain | reconstructed | plain, first 512 | reconstructed, first 512 | "
+             "last block's error, plain -> reconstructed | after the final norm | hybrids K: perplexity | minutes |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+    for x in r["rows"]:
+        plain, done = x["plain"], x["reconstructed"]
+        flags = x["row"].split(" --set ", 1)[-1].split(" --hybrids")[0]
+        hybrids = ", ".join(f"{k}: {fmt(v)}" for k, v in x["hybrids"].items()) or "-"
+        lines.append(f"| {flags} | {fmt(x['dense']['ppl'])} | {fmt(plain['ppl'])} | **{fmt(done['ppl'])}** | "
+                     f"{fmt(plain['ppl_first_512'])} | {fmt(done['ppl_first_512'])} | "
+                     f"{plain['layer_error'][-2][1]:.3f} -> {done['layer_error'][-2][1]:.3f} | "
+                     f"{plain['layer_error'][-1][1]:.3f} -> {done['layer_error'][-1][1]:.3f} | {hybrids} | "
+                     f"{x['reconstruct_minutes']} |")
+    if any("measured_with" in x for x in r["rows"]):
+        lines += ["", "Rows marked in the file as measured with the script's draft ran the same computation before "
+                  "it was cleaned up for the repository."]
+    return lines + [""]
 
 
 def _load(rows: list[dict]) -> str:

@@ -11,7 +11,9 @@ For each block in order (`reconstruct`):
    (SparseGPT's own weight update included) and its masks installed;
 3. its trainable tensors (the masked linears' stored originals, level-0 linears whole, norms and
    biases) are trained with Adam on the squared error, relative to the target's, between the block's output
-   on the pruned model's inputs and the target. A masked weight is used as ``original * mask``,
+   on the pruned model's inputs and the target, each channel first divided by its root-mean-square
+   over the block's targets (``loss="channel"``, see `channel_scale`; ``"token"`` leaves the channels
+   raw). A masked weight is used as ``original * mask``,
    so pruned weights get no gradient and stay exactly zero. A 16-bit block trains as a float32
    copy and is written back in its dtype;
 4. after each epoch the loss on *held-out* windows (calibration text apart from the calibration
@@ -80,10 +82,13 @@ class BlockReport:
                 f"(kept epoch {self.best_epoch} of {self.epochs}, {self.seconds:.1f} s)")
 
 
-def relative_error(output: Tensor, target: Tensor, per: str = "token") -> Tensor:
+def relative_error(output: Tensor, target: Tensor, per: str = "token", scale: Tensor | None = None) -> Tensor:
     """Squared error relative to the target's squared norm (float32): per token, then averaged
-    (``per="token"``), or over the whole batch at once (``per="batch"``)."""
+    (``per="token"``), or over the whole batch at once (``per="batch"``). ``scale`` (one value a
+    channel) divides both first, so that every channel weighs alike (see `channel_scale`)."""
     output, target = output.float(), target.float()
+    if scale is not None:
+        output, target = output / scale, target / scale
     if per == "batch":
         return (output - target).pow(2).sum() / target.pow(2).sum().clamp_min(1e-12)
     return ((output - target).pow(2).sum(-1) / target.pow(2).sum(-1).clamp_min(1e-12)).mean()
@@ -130,10 +135,25 @@ def _part(inputs: BlockInputs, part: slice) -> BlockInputs:
 
 
 # ---------------------------------------------------------------------------- one block
-def _loss(block: nn.Module, steps: list[_Step], per: str) -> float:
+def channel_scale(targets: Sequence[Tensor]) -> Tensor:
+    """Each channel's root-mean-square over ``targets`` (float32, one value a channel: the last dim).
+
+    Residual streams carry channels of very different sizes; a squared error on the raw channels is
+    then mostly the large ones', and training can match them while it spoils the small channels that
+    the model's norms scale back up and read. Measured on Gemma-3-270M, Wanda 3:4 MSP, 8 x 1024 held-out
+    tokens: plain pruning 490; reconstruction on raw channels 4,638 (every block's raw error lower, on
+    held-out text too); on channels divided by this scale 290; scaling down only the channels above the
+    median 960."""
+    total = sum(t.float().pow(2).sum(dim=tuple(range(t.dim() - 1))) for t in targets)
+    count = sum(t[..., 0].numel() for t in targets)
+    return (total / count).sqrt().clamp_min(1e-6)
+
+
+def _loss(block: nn.Module, steps: list[_Step], per: str, scale: Tensor | None) -> float:
     """Mean normalised MSE of ``block`` over ``steps``, no gradients."""
     with torch.no_grad():
-        return sum(float(relative_error(block_output(block(s.hidden, *s.args, **s.kwargs)), s.target, per)) for s in steps) / len(steps)
+        return sum(float(relative_error(block_output(block(s.hidden, *s.args, **s.kwargs)), s.target, per, scale))
+                   for s in steps) / len(steps)
 
 
 def _as_float(step: _Step) -> _Step:
@@ -144,12 +164,13 @@ def train_block(block: nn.Module, train: list[_Step], holdout: list[_Step], sett
                 seed: int = 0, index: int = 0) -> BlockReport:
     """Train ``block``'s parameters in place toward the steps' targets (see the module docstring)."""
     started = time.perf_counter()
-    per = settings.reconstruct_loss
+    per = "batch" if settings.reconstruct_loss == "batch" else "token"
+    scale = channel_scale([s.target for s in train]) if settings.reconstruct_loss == "channel" else None
     dtype = next(block.parameters()).dtype
     params = [p for p in block.parameters() if p.is_floating_point()]
     masks = [mask_of(m) for m in block_linears(block).values()]
     if all(mask is not None and not bool(mask.any()) for mask in masks):  # every linear fully pruned
-        loss = _loss(block, train, per)
+        loss = _loss(block, train, per, scale)
         return BlockReport(index, 0, 0, loss, loss, None, None, time.perf_counter() - started)
     was_training = block.training
     flags = [p.requires_grad for p in params]
@@ -158,8 +179,8 @@ def train_block(block: nn.Module, train: list[_Step], holdout: list[_Step], sett
         block.float()  # a float32 master copy of this one block; written back in its dtype below
         train, holdout = [_as_float(s) for s in train], [_as_float(s) for s in holdout]
     try:
-        before = _loss(block, train, per)
-        holdout_before = best = _loss(block, holdout, per) if holdout else math.inf
+        before = _loss(block, train, per, scale)
+        holdout_before = best = _loss(block, holdout, per, scale) if holdout else math.inf
         best_state = [p.detach().clone() for p in params] if holdout else None
         best_epoch, epochs, stale = 0, 0, 0
         generator = torch.Generator().manual_seed(seed * 1_000_003 + index)  # the same order on a resumed run
@@ -174,7 +195,7 @@ def train_block(block: nn.Module, train: list[_Step], holdout: list[_Step], sett
                 epochs = epoch
                 for i in torch.randperm(len(train), generator=generator).tolist():
                     s = train[i]
-                    loss = relative_error(block_output(block(s.hidden, *s.args, **s.kwargs)), s.target, per)
+                    loss = relative_error(block_output(block(s.hidden, *s.args, **s.kwargs)), s.target, per, scale)
                     loss.backward()
                     optimizer.step()
                     schedule.step()
@@ -182,7 +203,7 @@ def train_block(block: nn.Module, train: list[_Step], holdout: list[_Step], sett
                 if not holdout:
                     best_epoch = epoch
                     continue
-                value = _loss(block, holdout, per)
+                value = _loss(block, holdout, per, scale)
                 if value < best:
                     best, best_epoch, stale = value, epoch, 0
                     best_state = [p.detach().clone() for p in params]
@@ -194,7 +215,7 @@ def train_block(block: nn.Module, train: list[_Step], holdout: list[_Step], sett
             with torch.no_grad():
                 for p, saved in zip(params, best_state):
                     p.copy_(saved)
-        after = _loss(block, train, per)
+        after = _loss(block, train, per, scale)
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)

@@ -10,7 +10,7 @@ from msp_callback.nm import check_pattern, mask_of
 from msp_callback.offload import offload_to_disk
 from msp_callback.plan import SparsityPlan
 from msp_callback.pruner import prune
-from msp_callback.reconstruct import ReconstructionError, reconstruct, relative_error
+from msp_callback.reconstruct import ReconstructionError, channel_scale, reconstruct, relative_error
 
 from .conftest import tiny_model, token_batches
 
@@ -58,8 +58,9 @@ def test_level_zero_linears_train_whole_and_fully_pruned_blocks_are_skipped():
                                           if n.startswith("blocks.2."))
 
 
-@pytest.mark.parametrize("target,schedule", [("dense", "constant"), ("pruned", "constant"), ("dense", "cosine")])
-def test_reconstruction_brings_the_output_closer_to_the_dense_model(target, schedule):
+@pytest.mark.parametrize("target,schedule,loss", [("dense", "constant", "token"), ("pruned", "constant", "token"),
+                                                  ("dense", "cosine", "token"), ("dense", "constant", "channel")])
+def test_reconstruction_brings_the_output_closer_to_the_dense_model(target, schedule, loss):
     plan = SparsityPlan(m=4, target=3, levels=[3, 3, 3], criterion="wanda")
     ids = torch.cat(token_batches(2, 16, batch=4))  # the calibration rows: what the blocks were fitted on
     dense = tiny_model("llama")
@@ -67,8 +68,21 @@ def test_reconstruction_brings_the_output_closer_to_the_dense_model(target, sche
     plain = tiny_model("llama")
     prune(plain, plan, token_batches(2, 16, batch=4), progress=False)
     model = tiny_model("llama")
-    _run(model, plan, reconstruct_target=target, reconstruct_schedule=schedule, reconstruct_epochs=10)
+    _run(model, plan, reconstruct_target=target, reconstruct_schedule=schedule, reconstruct_loss=loss, reconstruct_epochs=10)
     assert relative_error(model(input_ids=ids).logits, expected) < relative_error(plain(input_ids=ids).logits, expected)
+
+
+def test_the_channel_loss_weighs_every_channel_alike():
+    torch.manual_seed(0)
+    target = torch.randn(2, 5, 8)
+    target[..., 0] *= 1000  # one huge channel, as in Gemma-3's residual stream
+    output = target.clone()
+    output[..., 1:] += torch.randn(2, 5, 7)  # the small channels as wrong as they are large
+    scale = channel_scale([target[:1], target[1:]])
+    assert torch.allclose(scale, target.pow(2).mean(dim=(0, 1)).sqrt())  # each channel's root-mean-square
+    by_hand = ((output - target) / scale).pow(2).sum(-1) / (target / scale).pow(2).sum(-1)
+    assert torch.allclose(relative_error(output, target, scale=scale), by_hand.mean())
+    assert relative_error(output, target) < 1e-4 < 0.5 < relative_error(output, target, scale=scale)
 
 
 @pytest.mark.parametrize("arch", ["gemma3_mixed", "gpt2", "opt"])
