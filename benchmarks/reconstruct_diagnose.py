@@ -64,7 +64,11 @@ def main() -> None:
     n, m = parse_nm(args.sparsity)
     levels = SparsityPlan.load(args.plan).levels if args.plan else [n] * len(blocks)
     plan = SparsityPlan(m=m, target=n, levels=levels, criterion=args.criterion, allocation="msp" if args.plan else "uniform")
-    dense_state = {k: t.clone() for k, t in blocks.state_dict().items()}
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {k: t.clone() for k, t in blocks.state_dict().items()}
+
+    dense_state = snapshot()
 
     @torch.no_grad()
     def hidden() -> list[list[torch.Tensor]]:
@@ -84,14 +88,14 @@ def main() -> None:
     prune(model, plan, inputs.calibration, progress=False)
     result["plain"] = {**measure(), "layer_error": errors(hidden())}
     remove_masks(model, bake=True)
-    plain_state = {k: t.clone() for k, t in blocks.state_dict().items()}
+    plain_state = snapshot()
     blocks.load_state_dict(dense_state)
     t0 = time.perf_counter()
     summary = _prune(settings, inputs, plan)
     result["reconstruct_minutes"] = round((time.perf_counter() - t0) / 60, 2)
     result["reconstructed"] = {**measure(), "layer_error": errors(hidden())}
     remove_masks(model, bake=True)
-    rebuilt_state = {k: t.clone() for k, t in blocks.state_dict().items()}
+    rebuilt_state = snapshot()
     result["hybrids"] = {}
     for k in args.hybrids:
         blocks.load_state_dict({name: (rebuilt_state if int(name.split(".")[0]) < k else plain_state)[name]

@@ -32,8 +32,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -149,11 +150,10 @@ def channel_scale(targets: Sequence[Tensor]) -> Tensor:
     return (total / count).sqrt().clamp_min(1e-6)
 
 
-def _loss(block: nn.Module, steps: list[_Step], per: str, scale: Tensor | None) -> float:
-    """Mean normalised MSE of ``block`` over ``steps``, no gradients."""
+def _loss(block: nn.Module, steps: list[_Step], error: Callable[[Tensor, Tensor], Tensor]) -> float:
+    """Mean of ``error(output, target)`` of ``block`` over ``steps``, no gradients."""
     with torch.no_grad():
-        return sum(float(relative_error(block_output(block(s.hidden, *s.args, **s.kwargs)), s.target, per, scale))
-                   for s in steps) / len(steps)
+        return sum(float(error(block_output(block(s.hidden, *s.args, **s.kwargs)), s.target)) for s in steps) / len(steps)
 
 
 def _as_float(step: _Step) -> _Step:
@@ -164,13 +164,13 @@ def train_block(block: nn.Module, train: list[_Step], holdout: list[_Step], sett
                 seed: int = 0, index: int = 0) -> BlockReport:
     """Train ``block``'s parameters in place toward the steps' targets (see the module docstring)."""
     started = time.perf_counter()
-    per = "batch" if settings.reconstruct_loss == "batch" else "token"
-    scale = channel_scale([s.target for s in train]) if settings.reconstruct_loss == "channel" else None
+    error = partial(relative_error, per="batch" if settings.reconstruct_loss == "batch" else "token",
+                    scale=channel_scale([s.target for s in train]) if settings.reconstruct_loss == "channel" else None)
     dtype = next(block.parameters()).dtype
     params = [p for p in block.parameters() if p.is_floating_point()]
     masks = [mask_of(m) for m in block_linears(block).values()]
     if all(mask is not None and not bool(mask.any()) for mask in masks):  # every linear fully pruned
-        loss = _loss(block, train, per, scale)
+        loss = _loss(block, train, error)
         return BlockReport(index, 0, 0, loss, loss, None, None, time.perf_counter() - started)
     was_training = block.training
     flags = [p.requires_grad for p in params]
@@ -179,8 +179,8 @@ def train_block(block: nn.Module, train: list[_Step], holdout: list[_Step], sett
         block.float()  # a float32 master copy of this one block; written back in its dtype below
         train, holdout = [_as_float(s) for s in train], [_as_float(s) for s in holdout]
     try:
-        before = _loss(block, train, per, scale)
-        holdout_before = best = _loss(block, holdout, per, scale) if holdout else math.inf
+        before = _loss(block, train, error)
+        holdout_before = best = _loss(block, holdout, error) if holdout else math.inf
         best_state = [p.detach().clone() for p in params] if holdout else None
         best_epoch, epochs, stale = 0, 0, 0
         generator = torch.Generator().manual_seed(seed * 1_000_003 + index)  # the same order on a resumed run
@@ -195,7 +195,7 @@ def train_block(block: nn.Module, train: list[_Step], holdout: list[_Step], sett
                 epochs = epoch
                 for i in torch.randperm(len(train), generator=generator).tolist():
                     s = train[i]
-                    loss = relative_error(block_output(block(s.hidden, *s.args, **s.kwargs)), s.target, per, scale)
+                    loss = error(block_output(block(s.hidden, *s.args, **s.kwargs)), s.target)
                     loss.backward()
                     optimizer.step()
                     schedule.step()
@@ -203,7 +203,7 @@ def train_block(block: nn.Module, train: list[_Step], holdout: list[_Step], sett
                 if not holdout:
                     best_epoch = epoch
                     continue
-                value = _loss(block, holdout, per, scale)
+                value = _loss(block, holdout, error)
                 if value < best:
                     best, best_epoch, stale = value, epoch, 0
                     best_state = [p.detach().clone() for p in params]
@@ -215,7 +215,7 @@ def train_block(block: nn.Module, train: list[_Step], holdout: list[_Step], sett
             with torch.no_grad():
                 for p, saved in zip(params, best_state):
                     p.copy_(saved)
-        after = _loss(block, train, per, scale)
+        after = _loss(block, train, error)
     finally:
         for p, flag in zip(params, flags):
             p.requires_grad_(flag)

@@ -75,7 +75,6 @@ class TensorStore:
         self.kind = choose_storage(needed, device, working) if kind == "auto" else kind
         self.device = device
         self.parent = Path(parent) if parent is not None else None
-        self.files = 0  # files written (each unlinked as soon as it is mapped)
         if needed:
             log.info("%s: %.2f GB on %s", label, needed / 1e9, self.kind if self.kind != "device" else device)
 
@@ -89,7 +88,6 @@ class TensorStore:
             return copy.copy_(tensor)
         self.folder.mkdir(parents=True, exist_ok=True)
         handle, name = tempfile.mkstemp(prefix="msp-", suffix=".bin", dir=self.folder)
-        self.files += 1
         with os.fdopen(handle, "wb") as file:  # reserve the blocks now: a full disk is an error here, not a crash later
             if hasattr(os, "posix_fallocate") and tensor.numel():
                 os.posix_fallocate(file.fileno(), 0, tensor.numel() * tensor.element_size())

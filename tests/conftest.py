@@ -24,7 +24,6 @@ from transformers import (  # noqa: E402
 torch.set_num_threads(1)
 
 
-
 @pytest.fixture(autouse=True)
 def _scratch_in_tmp(tmp_path_factory, monkeypatch):
     """Memory-mapped working files of every test go to a temporary folder, not the user cache."""
