@@ -96,12 +96,22 @@ def zero_shot_section(record: dict) -> list[str]:
     return lines
 
 
+def _reconstruction(settings: dict) -> str:
+    """One row's reconstruction settings in words."""
+    step = settings.get("reconstruct_step", "absolute")  # rows from before the setting existed: absolute
+    return (f"{settings['reconstruct_epochs']} epochs, lr {settings['reconstruct_lr']:g} "
+            + ("relative to each tensor's root-mean-square" if step == "relative" else "absolute")
+            + f", {settings.get('reconstruct_schedule', 'constant')}, {settings['reconstruct_batch_size']} window(s) a step, "
+            f"target {settings['reconstruct_target']}, loss {settings['reconstruct_loss']}, "
+            f"{settings['reconstruct_holdout']} held-out windows, patience {settings['reconstruct_patience']}")
+
+
 def reconstruct_section(r: dict, recovery: dict | None, title: str = "Block-wise reconstruction, then distillation") -> list[str]:
     """Plain pruning, block-wise reconstruction, and KD on top, beside KD alone (results/recovery.json)."""
     dense = r.get("dense_ppl")
     alone = {(x["criterion"], x["sparsity"], x["allocation"]): x for x in (recovery or {}).get("rows", [])
              if x["method"] == "sparse" and x["loss"] == "kd"}
-    first = next((x["reconstruct_settings"] for x in r["rows"] if x["reconstructed"]), None)
+    kinds = list(dict.fromkeys(_reconstruction(x["reconstruct_settings"]) for x in r["rows"] if x["reconstructed"]))
     commands = ", ".join(f"`{c}`" for c in dict.fromkeys(x.get("command", r["command"]) for x in r["rows"]))
     sources = ", ".join(f"`{s if '/' in s else 'results/' + s}`"  # a stored search benchmark's file, or a plan file
                         for s in sorted({x["plan_source"] for x in r["rows"] if x.get("plan_source")}))
@@ -109,11 +119,8 @@ def reconstruct_section(r: dict, recovery: dict | None, title: str = "Block-wise
              f"{commands}: {r['model']}, each row in a fresh process: the plan (uniform, or the MSP levels of {sources}) "
              "pruned plainly and measured, the dense "
              "weights restored, the same plan pruned with block-wise reconstruction (`msp_callback.reconstruct`: "
-             + (f"{first['reconstruct_epochs']} epochs, lr {first['reconstruct_lr']:g} "
-                f"{first.get('reconstruct_schedule', 'constant')}, {first['reconstruct_batch_size']} "
-                f"window(s) a step, target {first['reconstruct_target']}, loss {first['reconstruct_loss']}, "
-                f"{first['reconstruct_holdout']} held-out windows, patience {first['reconstruct_patience']}"
-                if first else "no row ran it") + ") and measured"
+             + (kinds[0] if len(kinds) == 1 else "settings in the last column" if kinds else "no row ran it")
+             + ") and measured"
              + (" (rows without a reconstruction column ran with `--epochs 0`: the plain prune only)"
                 if any(not x["reconstructed"] for x in r["rows"]) else "") + ", "
              + (f"then, on the rows named, KD recovery for at most {r['kd_minutes']:g} minutes of training. "
@@ -124,7 +131,8 @@ def reconstruct_section(r: dict, recovery: dict | None, title: str = "Block-wise
              + (" \"KD alone\" is the recovery benchmark's row for the same plan (15 minutes, results/recovery.json), "
                 "from an earlier run whose plain prune can differ from this one's." if alone else ""), "",
              "| criterion | target | plan | pruned | + reconstruction | minutes | + reconstruction + KD | KD minutes | "
-             "KD alone | x dense (best) |", "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "KD alone | x dense (best) |" + (" reconstruction settings |" if len(kinds) > 1 else ""),
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|" + ("---|" if len(kinds) > 1 else "")]
     for x in sorted(r["rows"], key=lambda x: (x["criterion"], x["sparsity"], x["allocation"])):
         kd = x["reconstructed_kd"]
         solo = alone.get((x["criterion"], x["sparsity"], x["allocation"]))
@@ -133,15 +141,18 @@ def reconstruct_section(r: dict, recovery: dict | None, title: str = "Block-wise
         lines.append(f"| {x['criterion']} | {x['sparsity']} | {x['allocation']} | {_ppl(x['pruned'])} | "
                      f"{_ppl(done) if done else '-'} | {x['reconstruct_minutes'] if done else '-'} | "
                      f"{_ppl(kd) if kd else '-'} | {kd['minutes'] if kd else '-'} | "
-                     f"{_ppl(solo['recovered']) if solo else '-'} | {best / dense:.1f} |")
+                     f"{_ppl(solo['recovered']) if solo else '-'} | {best / dense:.1f} |"
+                     + (f" {_reconstruction(x['reconstruct_settings']) if done else '-'} |" if len(kinds) > 1 else ""))
     rows = {(x["criterion"], x["sparsity"], x["allocation"]): x for x in r["rows"]}
     for (criterion, sparsity, allocation), x in sorted(rows.items()):
         uniform = rows.get((criterion, sparsity, "uniform"))
         if allocation != "msp" or uniform is None:
             continue
+        same = x.get("reconstruct_settings") == uniform.get("reconstruct_settings")  # else not comparable
         factors = [f"{stage} {uniform[key]['ppl'] / x[key]['ppl']:.1f}x" for stage, key in
-                   (("pruned", "pruned"), ("after reconstruction", "reconstructed")) if x.get(key) and uniform.get(key)]
-        if x.get("reconstructed_kd") and uniform.get("reconstructed_kd"):
+                   (("pruned", "pruned"), ("after reconstruction", "reconstructed"))
+                   if x.get(key) and uniform.get(key) and (key == "pruned" or same)]
+        if x.get("reconstructed_kd") and uniform.get("reconstructed_kd") and same:
             factors.append(f"after reconstruction and KD {uniform['reconstructed_kd']['ppl'] / x['reconstructed_kd']['ppl']:.1f}x")
         lines += ["", f"MSP against uniform, {criterion} {sparsity} (uniform perplexity / MSP perplexity): "
                   + ", ".join(factors) + "."]

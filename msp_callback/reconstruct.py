@@ -10,7 +10,8 @@ For each block in order (`reconstruct`):
 2. the block is pruned at the plan's level by the criterion, exactly as `pruner.prune` does
    (SparseGPT's own weight update included) and its masks installed;
 3. its trainable tensors (the masked linears' stored originals, level-0 linears whole, norms and
-   biases) are trained with Adam on the squared error, relative to the target's, between the block's output
+   biases) are trained with Adam (each tensor's step size relative to its own scale, see
+   `learning_rates`) on the squared error, relative to the target's, between the block's output
    on the pruned model's inputs and the target, each channel first divided by its root-mean-square
    over the block's targets (``loss="channel"``, see `channel_scale`; ``"token"`` leaves the channels
    raw). A masked weight is used as ``original * mask``,
@@ -55,8 +56,8 @@ from .sharded import is_sharded
 
 log = logging.getLogger(__name__)
 
-RESUME_SETTINGS = ("reconstruct_epochs", "reconstruct_target", "reconstruct_loss", "reconstruct_lr", "reconstruct_schedule",
-                   "reconstruct_batch_size", "reconstruct_holdout", "reconstruct_patience")
+RESUME_SETTINGS = ("reconstruct_epochs", "reconstruct_target", "reconstruct_loss", "reconstruct_lr", "reconstruct_step",
+                   "reconstruct_schedule", "reconstruct_batch_size", "reconstruct_holdout", "reconstruct_patience")
 
 
 class ReconstructionError(ValueError):
@@ -150,6 +151,16 @@ def channel_scale(targets: Sequence[Tensor]) -> Tensor:
     return (total / count).sqrt().clamp_min(1e-6)
 
 
+def learning_rates(params: Sequence[Tensor], lr: float, step: str = "relative") -> list[dict[str, Any]]:
+    """Adam parameter groups: ``lr`` for every tensor (``step="absolute"``), or ``lr`` times each
+    tensor's root-mean-square, at least 1e-3 (``"relative"``, Adafactor's parameter scale), so that a
+    step moves every tensor by about the same fraction of its size. Measured weight scales: SmolLM2-135M's
+    block linears about 0.19, Gemma-3-270M's 0.04 (down_proj 0.02), its norms 1 to 400."""
+    if step == "absolute":
+        return [{"params": list(params), "lr": lr}]
+    return [{"params": [p], "lr": lr * max(float(p.detach().float().pow(2).mean().sqrt()), 1e-3)} for p in params]
+
+
 def _loss(block: nn.Module, steps: list[_Step], error: Callable[[Tensor, Tensor], Tensor]) -> float:
     """Mean of ``error(output, target)`` of ``block`` over ``steps``, no gradients."""
     with torch.no_grad():
@@ -184,7 +195,7 @@ def train_block(block: nn.Module, train: list[_Step], holdout: list[_Step], sett
         best_state = [p.detach().clone() for p in params] if holdout else None
         best_epoch, epochs, stale = 0, 0, 0
         generator = torch.Generator().manual_seed(seed * 1_000_003 + index)  # the same order on a resumed run
-        optimizer = torch.optim.Adam(params, lr=settings.reconstruct_lr)
+        optimizer = torch.optim.Adam(learning_rates(params, settings.reconstruct_lr, settings.reconstruct_step))
         total = settings.reconstruct_epochs * len(train)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, (lambda step: 0.5 * (1 + math.cos(math.pi * step / total)))
                                                      if settings.reconstruct_schedule == "cosine" else (lambda step: 1.0))

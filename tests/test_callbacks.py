@@ -294,7 +294,7 @@ def test_an_already_masked_model_is_not_pruned_again():
 @pytest.mark.parametrize("framework", ["lightning", "hf"])
 def test_callbacks_reconstruct_blocks_while_pruning_with_masks_held(tmp_path, framework):
     settings = dict(sparsity="2:4", allocation="uniform", calib_samples=4, fitness_samples=0, reconstruct_epochs=2,
-                    reconstruct_holdout=2, reconstruct_lr=1e-3, progress=False)
+                    reconstruct_holdout=2, reconstruct_lr=0.05, progress=False)
     model, cb = _compress_in(framework, settings, tmp_path)
     reports = cb.plan.metadata["reconstruction"]
     assert [r["block"] for r in reports] == [0, 1, 2]

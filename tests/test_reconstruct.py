@@ -10,11 +10,12 @@ from msp_callback.nm import check_pattern, mask_of
 from msp_callback.offload import offload_to_disk
 from msp_callback.plan import SparsityPlan
 from msp_callback.pruner import prune
-from msp_callback.reconstruct import ReconstructionError, channel_scale, reconstruct, relative_error
+from msp_callback.reconstruct import ReconstructionError, channel_scale, learning_rates, reconstruct, relative_error
 
 from .conftest import tiny_model, token_batches
 
-SETTINGS = dict(reconstruct_epochs=3, reconstruct_lr=1e-3, reconstruct_batch_size=2, reconstruct_holdout=0)
+SETTINGS = dict(reconstruct_epochs=3, reconstruct_lr=0.05,  # relative: about 1e-3 on weights of scale 0.02
+                reconstruct_batch_size=2, reconstruct_holdout=0)
 
 
 def _run(model, plan, holdout=(), **overrides):
@@ -58,9 +59,11 @@ def test_level_zero_linears_train_whole_and_fully_pruned_blocks_are_skipped():
                                           if n.startswith("blocks.2."))
 
 
-@pytest.mark.parametrize("target,schedule,loss", [("dense", "constant", "token"), ("pruned", "constant", "token"),
-                                                  ("dense", "cosine", "token"), ("dense", "constant", "channel")])
-def test_reconstruction_brings_the_output_closer_to_the_dense_model(target, schedule, loss):
+@pytest.mark.parametrize("target,schedule,loss,step", [
+    ("dense", "constant", "token", "relative"), ("pruned", "constant", "token", "relative"),
+    ("dense", "cosine", "token", "relative"), ("dense", "constant", "channel", "relative"),
+    ("dense", "constant", "channel", "absolute")])
+def test_reconstruction_brings_the_output_closer_to_the_dense_model(target, schedule, loss, step):
     plan = SparsityPlan(m=4, target=3, levels=[3, 3, 3], criterion="wanda")
     ids = torch.cat(token_batches(2, 16, batch=4))  # the calibration rows: what the blocks were fitted on
     dense = tiny_model("llama")
@@ -68,7 +71,9 @@ def test_reconstruction_brings_the_output_closer_to_the_dense_model(target, sche
     plain = tiny_model("llama")
     prune(plain, plan, token_batches(2, 16, batch=4), progress=False)
     model = tiny_model("llama")
-    _run(model, plan, reconstruct_target=target, reconstruct_schedule=schedule, reconstruct_loss=loss, reconstruct_epochs=10)
+    lr = {"relative": 0.05, "absolute": 1e-3}[step]
+    _run(model, plan, reconstruct_target=target, reconstruct_schedule=schedule, reconstruct_loss=loss, reconstruct_epochs=10,
+         reconstruct_step=step, reconstruct_lr=lr)
     assert relative_error(model(input_ids=ids).logits, expected) < relative_error(plain(input_ids=ids).logits, expected)
 
 
@@ -85,6 +90,14 @@ def test_the_channel_loss_weighs_every_channel_alike():
     assert relative_error(output, target) < 1e-4 < 0.5 < relative_error(output, target, scale=scale)
 
 
+def test_relative_learning_rates_follow_each_tensors_scale():
+    big, small, zero = torch.full((4, 4), 2.0), torch.full((8,), -0.5), torch.zeros(3)
+    groups = learning_rates([big, small, zero], 0.01)
+    assert [g["params"][0] is t for g, t in zip(groups, [big, small, zero])] == [True] * 3
+    assert [g["lr"] for g in groups] == pytest.approx([0.02, 0.005, 1e-5])  # root-mean-square, at least 1e-3
+    assert learning_rates([big, small], 0.01, "absolute") == [{"params": [big, small], "lr": 0.01}]
+
+
 @pytest.mark.parametrize("arch", ["gemma3_mixed", "gpt2", "opt"])
 def test_other_architectures_reconstruct(arch):
     plan = SparsityPlan(m=4, target=2, levels=[2, 2, 2], criterion="wanda")
@@ -97,7 +110,7 @@ def test_other_architectures_reconstruct(arch):
 
 def test_held_out_windows_keep_the_best_epoch():
     plan = SparsityPlan(m=4, target=2, levels=[2, 2, 2], criterion="wanda")
-    reports = _run(tiny_model("llama"), plan, holdout=token_batches(1, 16, batch=2, seed=9), reconstruct_lr=0.5,
+    reports = _run(tiny_model("llama"), plan, holdout=token_batches(1, 16, batch=2, seed=9), reconstruct_lr=25.0,
                    reconstruct_epochs=6, reconstruct_patience=1)
     for r in reports:  # a far too high learning rate: held-out loss rises, the pruned weights (epoch 0) are kept
         assert r.holdout_after <= r.holdout_before
