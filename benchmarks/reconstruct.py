@@ -1,7 +1,7 @@
 """Block-wise reconstruction against plain pruning, and distillation on top, side by side.
 
     python benchmarks/reconstruct.py              # the five rows; 15 minutes of KD after the MSP Wanda ones
-    python benchmarks/reconstruct.py --rows wanda:2:4:msp --kd-minutes 0 --set reconstruct_lr=3e-4
+    python benchmarks/reconstruct.py --rows wanda:2:4:msp --kd-minutes 0 --set reconstruct_lr=0.01
     python benchmarks/reconstruct.py --model gemma3-270m --plan 3:4=runs/gemma/plan.json --kd-minutes 0
         --rows wanda:3:4:uniform wanda:3:4:msp --out benchmarks/results/reconstruct_gemma3.json  # one line
 
@@ -123,7 +123,7 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=4, help="reconstruction epochs per block (default 4; 0 = the plain "
                    "prune only, no reconstruction column)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any other job setting, e.g. reconstruct_lr=3e-4 (repeatable)")
+                   help="any other job setting, e.g. reconstruct_lr=0.01 (repeatable)")
     p.add_argument("--kd-minutes", type=float, default=15.0, help="KD training minutes after reconstruction (0 = none)")
     p.add_argument("--kd-rows", nargs="*", default=KD_ROWS, metavar="ROW", help="the rows that get KD after "
                    "reconstruction (default: the MSP Wanda rows)")

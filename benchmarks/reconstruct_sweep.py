@@ -1,7 +1,7 @@
 """One reconstruction setting on SmolLM2-135M, uniform levels: the held-out perplexity it gives.
 
-    python benchmarks/reconstruct_sweep.py reconstruct_epochs=3 reconstruct_lr=3e-3
-    python benchmarks/reconstruct_sweep.py reconstruct_epochs=3 reconstruct_lr=1e-3 reconstruct_target=pruned
+    python benchmarks/reconstruct_sweep.py reconstruct_epochs=3 reconstruct_step=absolute reconstruct_lr=3e-3
+    python benchmarks/reconstruct_sweep.py reconstruct_epochs=3 reconstruct_lr=0.025 reconstruct_target=pruned
     python benchmarks/reconstruct_sweep.py reconstruct_epochs=0            # plain pruning
 
 Any ``reconstruct_*`` setting as KEY=VALUE; also sparsity=3:4, calib=16 (windows of 512 C4 tokens),

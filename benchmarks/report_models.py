@@ -148,7 +148,8 @@ def reconstruct_section(r: dict, recovery: dict | None, title: str = "Block-wise
         uniform = rows.get((criterion, sparsity, "uniform"))
         if allocation != "msp" or uniform is None:
             continue
-        same = x.get("reconstruct_settings") == uniform.get("reconstruct_settings")  # else not comparable
+        same = bool(x.get("reconstructed") and uniform.get("reconstructed")) and _reconstruction(
+            x["reconstruct_settings"]) == _reconstruction(uniform["reconstruct_settings"])  # else not comparable
         factors = [f"{stage} {uniform[key]['ppl'] / x[key]['ppl']:.1f}x" for stage, key in
                    (("pruned", "pruned"), ("after reconstruction", "reconstructed"))
                    if x.get(key) and uniform.get(key) and (key == "pruned" or same)]
@@ -175,6 +176,8 @@ def reconstruct_diagnose_section(r: dict) -> list[str]:
     for x in r["rows"]:
         plain, done = x["plain"], x["reconstructed"]
         flags = x["row"].split(" --set ", 1)[-1].split(" --hybrids")[0]
+        if "reconstruct_lr" in flags and "reconstruct_step" not in flags:  # what the rate meant in that run
+            flags += f" ({x['reconstruct_settings'].get('reconstruct_step', 'absolute')})"
         hybrids = ", ".join(f"{k}: {fmt(v)}" for k, v in x["hybrids"].items()) or "-"
         lines.append(f"| {flags} | {fmt(x['dense']['ppl'])} | {fmt(plain['ppl'])} | **{fmt(done['ppl'])}** | "
                      f"{fmt(plain['ppl_first_512'])} | {fmt(done['ppl_first_512'])} | "

@@ -198,7 +198,7 @@ class ReconstructSettings:
                                    "divided by the channel's root-mean-square over the block's targets, then the "
                                    "squared error of each token relative to its target's, averaged over tokens "
                                    "(every channel and every token count alike); token = the same on the raw "
-                                   "channels (the few huge ones dominate: 240 against 278 at SmolLM2 Wanda 3:4, but "
+                                   "channels (the few huge ones dominate: 240 against 278 at SmolLM2 Wanda 3:4, absolute lr 3e-3, but "
                                    "it made Gemma-3-270M's model 10x worse); batch = relative to the whole batch",
                                    choices=("channel", "token", "batch"))
     reconstruct_lr: float = option(0.025, "Adam learning rate of the block's trained tensors: relative to each "
@@ -206,14 +206,14 @@ class ReconstructSettings:
                                    "measured better than 0.015 on SmolLM2 and suits Gemma-3-270M too), or absolute "
                                    "(then 1e-3 to 3e-3 were the measured choices)", minimum=0.0)
     reconstruct_step: str = option("relative", "what reconstruct_lr means: relative = each tensor's learning rate is "
-                                   "reconstruct_lr times the tensor's root-mean-square (at least 1e-3, as Adafactor's "
-                                   "parameter scale), so every weight moves by about the same fraction of its size "
+                                   "reconstruct_lr times the tensor's root-mean-square (pruned zeros included; at least "
+                                   "1e-3, like Adafactor's parameter scale), so tensors move by similar fractions of their size "
                                    "whatever the model's weight scale (Gemma-3-270M's linears are 5x smaller than "
                                    "SmolLM2's: one absolute rate cannot suit both); absolute = one rate for all",
                                    choices=("relative", "absolute"))
     reconstruct_schedule: str = option("constant", "the learning rate over a block's training: constant, or cosine = "
                                        "decayed to 0 along a half cosine over all its epochs' steps (measured worse: "
-                                       "370 against 240 at Wanda 3:4, 4 epochs)", choices=("constant", "cosine"))
+                                       "370 against 240 at Wanda 3:4, 4 epochs, raw channels, absolute lr 3e-3)", choices=("constant", "cosine"))
     reconstruct_batch_size: int = option(1, "calibration windows per optimizer step (1 measured better than 2: more "
                                          "steps for the same work)", minimum=1)
     reconstruct_holdout: int = option(4, "windows of the calibration text (apart from the calibration rows; never "

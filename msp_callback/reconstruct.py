@@ -10,8 +10,8 @@ For each block in order (`reconstruct`):
 2. the block is pruned at the plan's level by the criterion, exactly as `pruner.prune` does
    (SparseGPT's own weight update included) and its masks installed;
 3. its trainable tensors (the masked linears' stored originals, level-0 linears whole, norms and
-   biases) are trained with Adam (each tensor's step size relative to its own scale, see
-   `learning_rates`) on the squared error, relative to the target's, between the block's output
+   biases) are trained with Adam (by default each tensor's learning rate relative to its own
+   scale, see `learning_rates`) on the squared error, relative to the target's, between the block's output
    on the pruned model's inputs and the target, each channel first divided by its root-mean-square
    over the block's targets (``loss="channel"``, see `channel_scale`; ``"token"`` leaves the channels
    raw). A masked weight is used as ``original * mask``,
@@ -153,12 +153,16 @@ def channel_scale(targets: Sequence[Tensor]) -> Tensor:
 
 def learning_rates(params: Sequence[Tensor], lr: float, step: str = "relative") -> list[dict[str, Any]]:
     """Adam parameter groups: ``lr`` for every tensor (``step="absolute"``), or ``lr`` times each
-    tensor's root-mean-square, at least 1e-3 (``"relative"``, Adafactor's parameter scale), so that a
-    step moves every tensor by about the same fraction of its size. Measured weight scales: SmolLM2-135M's
-    block linears about 0.19, Gemma-3-270M's 0.04 (down_proj 0.02), its norms 1 to 400."""
+    tensor's root-mean-square when training starts, at least 1e-3 (``"relative"``, like Adafactor's
+    parameter scale), so that a step moves every tensor by a similar fraction of its size whatever the
+    model's weight scale. A masked linear's stored weight holds zeros where it is pruned, and they count:
+    at 3:4 its rate is about half that of its kept weights' own scale. Measured dense weight scales:
+    SmolLM2-135M's block linears about 0.19, Gemma-3-270M's 0.04 (down_proj 0.02), its norms 1 to 400."""
     if step == "absolute":
         return [{"params": list(params), "lr": lr}]
-    return [{"params": [p], "lr": lr * max(float(p.detach().float().pow(2).mean().sqrt()), 1e-3)} for p in params]
+    if step != "relative":
+        raise ReconstructionError(f"reconstruct_step {step!r} is unknown: use 'relative' or 'absolute'")
+    return [{"params": [p], "lr": lr * max(1e-3, float(p.detach().float().pow(2).mean().sqrt()))} for p in params]
 
 
 def _loss(block: nn.Module, steps: list[_Step], error: Callable[[Tensor, Tensor], Tensor]) -> float:

@@ -100,7 +100,7 @@ def test_cli_reconstruction_lowers_perplexity_and_resumes(tmp_path):
               "--calib-seqlen", "64", "--eval-seqlen", "128", "--eval-windows", "2", "--no-dense-eval", "--quiet",
               "--output", str(out)]
     assert main([*common, "--json", str(tmp_path / "plain.json")]) == 0
-    recon = ["--reconstruct-epochs", "2", "--reconstruct-holdout", "1", "--reconstruct-lr", "1e-4"]
+    recon = ["--reconstruct-epochs", "2", "--reconstruct-holdout", "1", "--reconstruct-lr", "5e-4"]
     assert main([*common, *recon, "--json", str(tmp_path / "r.json")]) == 0
     plain, result = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("plain", "r"))
     blocks = result["reconstruction"]["blocks"]

@@ -96,6 +96,8 @@ def test_relative_learning_rates_follow_each_tensors_scale():
     assert [g["params"][0] is t for g, t in zip(groups, [big, small, zero])] == [True] * 3
     assert [g["lr"] for g in groups] == pytest.approx([0.02, 0.005, 1e-5])  # root-mean-square, at least 1e-3
     assert learning_rates([big, small], 0.01, "absolute") == [{"params": [big, small], "lr": 0.01}]
+    with pytest.raises(ReconstructionError, match="'fast' is unknown"):
+        learning_rates([big], 0.01, "fast")
 
 
 @pytest.mark.parametrize("arch", ["gemma3_mixed", "gpt2", "opt"])
