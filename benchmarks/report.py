@@ -86,7 +86,8 @@ def main() -> None:
     if (r := load("reconstruct_earlier_defaults")) is not None:
         r["file"] = "reconstruct_earlier_defaults.json"
         out += reconstruct_section(r, load("recovery"), "Block-wise reconstruction with the earlier defaults "
-                                   "(loss on raw channels, absolute learning rate 3e-3)")
+                                   "(loss on raw channels, absolute learning rate 3e-3: rerun with --set "
+                                   "reconstruct_loss=token --set reconstruct_step=absolute --set reconstruct_lr=3e-3)")
     if (r := load("reconstruct_gemma3")) is not None and r["rows"]:
         r["file"] = "reconstruct_gemma3.json"
         out += reconstruct_section(r, None, "Block-wise reconstruction on a second model: Gemma-3-270M")
