@@ -213,7 +213,8 @@ class ReconstructSettings:
                                    choices=("relative", "absolute"))
     reconstruct_schedule: str = option("constant", "the learning rate over a block's training: constant, or cosine = "
                                        "decayed to 0 along a half cosine over all its epochs' steps (measured worse: "
-                                       "370 against 240 at Wanda 3:4, 4 epochs, raw channels, absolute lr 3e-3)", choices=("constant", "cosine"))
+                                       "370 against 240 at Wanda 3:4, 4 epochs, raw channels, absolute lr 3e-3)",
+                                       choices=("constant", "cosine"))
     reconstruct_batch_size: int = option(1, "calibration windows per optimizer step (1 measured better than 2: more "
                                          "steps for the same work)", minimum=1)
     reconstruct_holdout: int = option(4, "windows of the calibration text (apart from the calibration rows; never "
