@@ -135,6 +135,11 @@ class SearchSettings:
                                         "more than one window, else off)", minimum=0)
     screen_keep: float = option(0.5, "with screening: the fraction of screened individuals scored on every window",
                                 minimum=0.5, maximum=1.0)
+    max_level: int | None = option(None, "the most weights pruned of every M in any one unit (0..M; unset = M, or "
+                                   "M-1 when --reconstruct-epochs trains the blocks: a unit pruned whole keeps "
+                                   "nothing to train, measured worse than the uniform plan after reconstruction); at "
+                                   "--max-level N (3:4 with M-1) the uniform plan is the only one and the search is "
+                                   "skipped", minimum=0)
     cache_storage: str = option("auto", "where the level cache (dense copies plus ranks, or SparseGPT's pruned "
                                 "weights) lives: device, cpu (pinned beside a GPU), disk (memory-mapped files), or auto = "
                                 "the first with room", choices=STORAGES)
@@ -148,6 +153,13 @@ class SearchSettings:
         if screen is None:
             screen = 1 if self.search == "level-switch" and fitness_windows > 1 else 0
         return replace(self, screen_windows=screen)
+
+    def level_bound(self, n: int, m: int, reconstructing: bool) -> int:
+        """The highest level a unit may get at target N:M: ``max_level``, or when unset M (M-1, at
+        least N, when the blocks are reconstructed after pruning, so that every unit keeps weights to train)."""
+        if self.max_level is not None:
+            return self.max_level
+        return max(n, m - 1) if reconstructing else m
 
     def check_screening(self, fitness_windows: int) -> None:
         """Screening needs fewer screen windows than the fitness split has."""
@@ -352,6 +364,10 @@ def check(config: Any) -> None:
         if n == 0:
             raise ConfigError(f"sparsity (--sparsity) {config.sparsity} prunes nothing (N is the number pruned of every M): "
                               f"give N of at least 1, e.g. {max(1, m // 2)}:{m} ({max(1, m // 2) / m:.0%})")
+        max_level = getattr(config, "max_level", None)
+        if max_level is not None and not n <= max_level <= m:
+            raise ConfigError(f"max_level (--max-level) {max_level} must lie between the target's N and M ({n} and {m} "
+                              f"for {config.sparsity}): below N no plan meets the budget, above M is no level")
     for name, registry in (("criterion", CRITERIA), ("allocation", ALLOCATIONS)):
         value = getattr(config, name, None)
         if value is not None and value not in registry:
@@ -385,7 +401,7 @@ def _screens(c: Any) -> bool:
 
 
 SEARCH_ONLY = ("search", "granularity", "population", "generations", "survivors", "max_switches", "mutation_rate", "init",
-               "fitness", "fitness_batch_size", "screen_windows", "screen_keep", "cache_storage", "fitness_seqlen")
+               "fitness", "fitness_batch_size", "screen_windows", "screen_keep", "cache_storage", "fitness_seqlen", "max_level")
 RECONSTRUCTION_ONLY = ("reconstruct_target", "reconstruct_loss", "reconstruct_lr", "reconstruct_step", "reconstruct_schedule",
                        "reconstruct_batch_size", "reconstruct_holdout", "reconstruct_patience", "reconstruct_checkpoint")
 RECOVERY_ONLY = ("recover_method", "recover_loss", "recover_lr", "recover_batch_size", "recover_seqlen", "recover_windows",

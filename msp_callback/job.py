@@ -224,6 +224,7 @@ def _prune_and_measure(settings: PruneSettings, inputs: Inputs, start: float) ->
         plan.criterion = settings.criterion
     else:
         search = extract(settings, SearchSettings)
+        search.max_level = search.level_bound(n, m, reconstructing=settings.reconstruct_epochs > 0)
         if settings.offload == "disk" and search.cache_storage == "auto":
             search.cache_storage = "disk"  # the level cache follows the weights out of memory
         plan = make_plan(settings.allocation, model, n, m, settings.criterion, calibration=calibration,

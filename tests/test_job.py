@@ -98,6 +98,17 @@ def test_the_saved_model_is_the_final_one_after_reconstruction_and_recovery(tiny
     assert set(result["samples"]) == {"dense", "reconstructed", "recovered"}
 
 
+def test_with_reconstruction_the_search_prunes_no_block_whole(tiny, tmp_path):
+    """3:4 with reconstruction: levels at most 3 of 4 leave only the uniform plan, so no search runs;
+    --max-level 4 lets the search prune blocks whole again."""
+    search = ("--allocation", "msp", "--sparsity", "3:4", "--fitness-samples", "1", "--population", "2",
+              "--generations", "1", "--reconstruct-epochs", "1", "--reconstruct-holdout", "0")
+    result = _job(tiny, tmp_path / "run", *search)
+    assert set(result["levels"]) == {3} and result["allocation"] == "uniform" and "history" not in result
+    result = _job(tiny, tmp_path / "whole", *search, "--max-level", "4")
+    assert result["allocation"] == "msp" and "history" in result
+
+
 def test_save_model_none_saves_nothing(tiny, tmp_path):
     out = tmp_path / "run"
     result = _job(tiny, out, "--save-model", "none")

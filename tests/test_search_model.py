@@ -322,3 +322,50 @@ def test_auto_storage_counts_idle_allocator_memory_and_the_search_s_working_set(
     linears = [block_linears(b) for b in find_blocks(model)]
     assert LevelCache.scratch_bytes(linears, get_criterion("sparsegpt"), 4) > LevelCache.scratch_bytes(
         linears, get_criterion("wanda"), 4) > 128 * 64 * 4
+
+
+@pytest.mark.parametrize("search", ["level-switch", "paper"])
+def test_max_level_bounds_every_level_the_search_tries(search, monkeypatch):
+    """With max_level 3 of 4 no individual the search scores prunes a block whole."""
+    from msp_callback.search import fitness as fitness_module
+
+    scored = []
+    original = fitness_module.FITNESSES["ppl"]
+
+    def recording(*args, **kwargs):
+        fit = original(*args, **kwargs)
+        inner = fit.__call__
+
+        class Spy:
+            def __getattr__(self, name):
+                return getattr(fit, name)
+
+            def __call__(self, individuals):
+                scored.extend(list(i) for i in individuals)
+                return inner(individuals)
+
+        return Spy()
+
+    monkeypatch.setitem(fitness_module.FITNESSES, "ppl", recording)
+    plan = make_plan("msp", tiny_model("llama"), 2, 4, "wanda", calibration=token_batches(2), seed=2, progress=False,
+                     search=SearchSettings(search=search, population=6, generations=3, max_level=3))
+    assert scored and max(max(levels) for levels in scored) <= 3
+    assert max(plan.levels) <= 3 and sum(plan.levels) == 2 * 3
+
+
+def test_max_level_at_n_gives_the_uniform_plan_without_a_search(monkeypatch):
+    from msp_callback.search import runner
+
+    monkeypatch.setattr(runner, "LevelCache", None)  # building the search's cache would fail: it must not be built
+    plan = make_plan("msp", tiny_model("llama"), 3, 4, "wanda", calibration=token_batches(2), progress=False,
+                     search=SearchSettings(max_level=3))
+    assert plan.levels == [3, 3, 3] and plan.allocation == "uniform" and "search_skipped" in plan.metadata
+
+
+def test_the_level_bound_keeps_units_trainable_under_reconstruction():
+    settings = SearchSettings()
+    assert settings.level_bound(3, 4, reconstructing=False) == 4
+    assert settings.level_bound(3, 4, reconstructing=True) == 3
+    assert settings.level_bound(2, 4, reconstructing=True) == 3
+    assert settings.level_bound(4, 4, reconstructing=True) == 4  # N = M: nothing else meets the budget
+    assert SearchSettings(max_level=4).level_bound(2, 4, reconstructing=True) == 4  # asked for: kept

@@ -234,7 +234,8 @@ class MSPEngine:
                 log.warning("no rows left for a separate fitness split: the search scores on the calibration rows")
         n, m = parse_nm(cfg.sparsity)
         search = extract(cfg, SearchSettings)  # a callback's search resumes whenever its checkpoint exists
-        search = replace(search, resume=search.resume or search.search_checkpoint is not None)
+        search = replace(search, resume=search.resume or search.search_checkpoint is not None,
+                         max_level=search.level_bound(n, m, reconstructing=cfg.reconstruct_epochs > 0))
         was_training = model.training
         # Lightning runs some hooks under inference mode; masks made there could not be trained.
         with torch.inference_mode(False), torch.enable_grad():

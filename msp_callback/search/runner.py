@@ -46,7 +46,8 @@ def fixed_settings(settings: SearchSettings, n: int, m: int, seed: int, data: st
     fixed = {"search": settings.search, "granularity": settings.granularity, "fitness": settings.fitness,
              "screen_windows": settings.screen_windows,
              "screen_keep": settings.screen_keep if settings.screen_windows else None,
-             "sparsity": f"{n}:{m}", "population": settings.population, "init": settings.init, "seed": seed,
+             "sparsity": f"{n}:{m}", "max_level": settings.max_level,
+             "population": settings.population, "init": settings.init, "seed": seed,
              **(data_settings or {}), "data": data}
     if settings.search == "paper":
         fixed["mutation_rate"] = settings.mutation_rate
@@ -158,6 +159,17 @@ def search_plan(
     settings = settings.resolved(len(fitness_windows))
     model_print = fingerprint(model)
     layout = UnitLayout.of_model(model, settings.granularity)
+    top = m if settings.max_level is None else settings.max_level  # the searches' highest level
+    if not n <= top <= m:
+        raise PlanError(f"{label(SearchSettings, 'max_level')} {top} must lie between N={n} and M={m}: below N no "
+                        "plan meets the budget")
+    if top == n:  # every unit at most N and N on average: every unit at N
+        log.info("max_level %d = N: the uniform plan is the only one within it; no search", top)
+        return SparsityPlan.for_units(layout, n, m, [n] * layout.num_units, criterion=criterion, allocation="uniform",
+                                      fingerprint=model_print, metadata={"search": asdict(settings), "seed": seed,
+                                                                         "search_skipped": f"max_level {top} = N"})
+    if top < m:
+        log.info("search: no unit pruned more than %d of %d (max_level)", top, m)
     started = time.perf_counter()
     if level_cache is None:
         cache = LevelCache(model, criterion, m, calibration, progress=progress, storage=settings.cache_storage,
@@ -184,16 +196,16 @@ def search_plan(
     search: EvolutionarySearch | LevelSwitchSearch
     if settings.search == "paper":
         search = EvolutionarySearch(
-            n, m, model_print["num_blocks"], population_size=settings.population, generations=settings.generations,
+            n, top, model_print["num_blocks"], population_size=settings.population, generations=settings.generations,
             mutation_rate=settings.mutation_rate, seed=seed, init=settings.init,
             traces=list(traces) if traces is not None else None, trace_strength=settings.trace_strength,
             evaluate=evaluate,
         )
     else:
         search = LevelSwitchSearch(
-            n, m, layout.weights, offspring=settings.population, survivors=settings.survivors,
+            n, top, layout.weights, offspring=settings.population, survivors=settings.survivors,
             generations=settings.generations, max_switches=settings.max_switches, seed=seed,
-            starts=level_switch_starts(layout, n, m, settings, traces, seed), full=sharded, screen=screen_evaluate,
+            starts=level_switch_starts(layout, n, top, settings, traces, seed), full=sharded, screen=screen_evaluate,
             screen_tokens=screen_tokens, full_tokens=fitness.tokens,
         )
     checkpoint = Path(settings.search_checkpoint) if settings.search_checkpoint else None
