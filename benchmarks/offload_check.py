@@ -32,7 +32,8 @@ def settings_for(args: argparse.Namespace, folder: Path, offload: str):
     return PruneSettings(model=str(folder), sparsity=args.sparsity, criterion=args.criterion, allocation="msp",
                          calib_samples=args.calib_samples, calib_seqlen=args.calib_seqlen, fitness_samples=2,
                          fitness_seqlen=256, eval_windows=args.eval_windows, eval_seqlen=512, population=args.population,
-                         generations=args.generations, seed=0, offload=offload, progress=False)
+                         generations=args.generations, seed=0, offload=offload, reconstruct_epochs=0,
+                         progress=False)
 
 
 def weight_digests(model) -> dict[str, str]:

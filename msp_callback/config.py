@@ -200,8 +200,9 @@ class ReconstructSettings:
     """Block-wise reconstruction while pruning: each pruned block's kept weights trained to match the
     dense block's output, masks held."""
 
-    reconstruct_epochs: int = option(0, "passes over the calibration windows per block after it is pruned (0 = no "
-                                     "reconstruction)", minimum=0)
+    reconstruct_epochs: int = option(4, "passes over the calibration windows per block after it is pruned (0 = no "
+                                     "reconstruction, the plain prune; 4, the default, takes the default job's "
+                                     "SmolLM2-135M 3:4 from 877 to 364 in 5 minutes on 2 cores)", minimum=0)
     reconstruct_target: str = option("dense", "what a pruned block learns to output: dense = the dense model's own "
                                      "block output on the dense model's inputs (also corrects error carried from "
                                      "earlier blocks); pruned = the dense block's output on the pruned model's "
@@ -386,13 +387,28 @@ def check(config: Any) -> None:
 
 
 # ---------------------------------------------------------------------------- settings that others make unused
-def _searches(c: Any) -> bool:
-    return getattr(c, "allocation", "msp") == "msp" and not getattr(c, "plan", None)
+def _one_plan_left(c: Any) -> bool:
+    """The level bound leaves only the uniform plan (with reconstruction at 3:4 of 4: no block pruned whole)."""
+    if not hasattr(c, "sparsity") or not isinstance(c, SearchSettings):
+        return False
+    n, m = parse_nm(c.sparsity)
+    return c.level_bound(n, m, reconstructing=getattr(c, "reconstruct_epochs", 0) > 0) == n
+
+
+def runs_search(c: Any) -> bool:
+    """Whether a search runs: allocation msp, no saved plan, and more than one plan within the level bound."""
+    return getattr(c, "allocation", "msp") == "msp" and not getattr(c, "plan", None) and not _one_plan_left(c)
 
 
 def _no_search_why(c: Any) -> str:
-    doing = (f"--plan applies the saved plan {c.plan}" if getattr(c, "plan", None)
-             else f"--allocation {c.allocation} plans without one")
+    if getattr(c, "plan", None):
+        doing = f"--plan applies the saved plan {c.plan}"
+    elif getattr(c, "allocation", "msp") != "msp":
+        doing = f"--allocation {c.allocation} plans without one"
+    else:
+        return (f"is a setting of the MSP search, which this job does not run: with reconstruction no block is pruned "
+                f"whole, which at {c.sparsity} leaves only the uniform plan; drop it, or add --reconstruct-epochs 0 "
+                f"(the plain prune) or --max-level to search")
     return f"is a setting of the MSP search, which this job does not run ({doing}); drop it, or use --allocation msp"
 
 
@@ -409,8 +425,8 @@ RECOVERY_ONLY = ("recover_method", "recover_loss", "recover_lr", "recover_batch_
 
 # (settings, when the others leave them unused, why): the first rule that applies to a setting is the one reported.
 UNUSED: tuple[tuple[tuple[str, ...], typing.Callable[[Any], bool], typing.Callable[[Any], str]], ...] = (
-    (SEARCH_ONLY, lambda c: not _searches(c), _no_search_why),
-    (("fitness_samples",), lambda c: hasattr(c, "plan") and not _searches(c), _no_search_why),
+    (SEARCH_ONLY, lambda c: not runs_search(c), _no_search_why),
+    (("fitness_samples",), lambda c: hasattr(c, "plan") and not runs_search(c), _no_search_why),
     (("mutation_rate",), lambda c: c.search != "paper",
      lambda c: "is used only by the paper's search (--search paper); the level-switch search changes a plan by level "
                "switches (--max-switches): drop it, or add --search paper"),
@@ -420,7 +436,7 @@ UNUSED: tuple[tuple[tuple[str, ...], typing.Callable[[Any], bool], typing.Callab
     (("screen_keep",), lambda c: c.search != "paper" or not _screens(c),
      lambda c: "is used only by the paper's search when it screens (--search paper --screen-windows K; the level-switch "
                "search scores its best --survivors in full instead): drop it"),
-    (("trace_strength",), lambda c: getattr(c, "allocation", "msp") != "fisher" and not (_searches(c) and c.init == "trace"),
+    (("trace_strength",), lambda c: getattr(c, "allocation", "msp") != "fisher" and not (runs_search(c) and c.init == "trace"),
      lambda c: "is used only with Fisher-trace levels (--allocation fisher, or --init trace for the search): drop it"),
     (RECONSTRUCTION_ONLY, lambda c: not c.reconstruct_epochs,
      lambda c: "is only used with --reconstruct-epochs N (N > 0), and this job reconstructs no block: add it, or drop "

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .config import ConfigError, flag, ignored_settings, label
+from .config import ConfigError, flag, ignored_settings, label, runs_search
 from .export import ExportError, check_replaceable
 from .model_source import check_model_source
 from .plan import PlanError, SparsityPlan, nm_string, parse_nm
@@ -123,7 +123,7 @@ def check_job(settings: Any, given: dict[str, Any], output: str | os.PathLike, u
     if settings.compare_uniform:
         if not settings.plan and settings.allocation == "uniform":
             raise ConfigError("--compare-uniform with --allocation uniform compares uniform with itself: drop it")
-    searches = not settings.plan and settings.allocation == "msp"
+    searches = runs_search(settings)
     if settings.resume:
         if not searches and not settings.recover_steps and not settings.reconstruct_epochs:
             raise ConfigError("--resume continues an MSP search (--allocation msp, no --plan), a reconstruction "

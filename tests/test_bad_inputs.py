@@ -97,9 +97,10 @@ CLI_CASES = [
     (["--plan", "corrupt_plan.json"], "--plan corrupt_plan.json"),
     (["--plan", "plan_2of4.json", "--sparsity", "3:4"], "--sparsity 3:4 contradicts --plan"),
     (["--plan", "plan_2of4.json", "--allocation", "msp"], "--allocation"),
-    (["--resume", "--allocation", "msp", "--output", "new_run"], "--resume"),
-    (["--resume", "--allocation", "uniform"], "--resume"),
-    (["--resume", "--allocation", "msp", "--output", "damaged_run"], "damaged"),
+    (["--resume", "--allocation", "msp", "--output", "new_run", "--reconstruct-epochs", "0"], "--resume"),
+    (["--resume", "--allocation", "uniform", "--reconstruct-epochs", "0"], "--resume"),
+    (["--population", "8"], "with reconstruction no block is pruned whole, which at 3:4 leaves only the uniform plan"),
+    (["--resume", "--allocation", "msp", "--output", "damaged_run", "--reconstruct-epochs", "0"], "damaged"),
     (["--output", "a_file.txt"], "--output a_file.txt"),
     (["--output", "foreign"], "--output foreign"),
     (["--json", "json_dir"], "--json json_dir"),
@@ -125,13 +126,14 @@ CLI_CASES = [
     (["--reconstruct-epochs", "2", "--reconstruct-batch-size", "0"], "--reconstruct-batch-size"),
     (["--reconstruct-epochs", "2", "--reconstruct-patience", "0"], "--reconstruct-patience"),
     (["--reconstruct-epochs", "0", "--reconstruct-lr", "1e-3"], "--reconstruct-lr is only used with --reconstruct-epochs"),
-    (["--reconstruct-lr", "1e-3"], "--reconstruct-lr is only used with --reconstruct-epochs"),
+    (["--allocation", "uniform", "--reconstruct-epochs", "0", "--reconstruct-holdout", "2"], "--reconstruct-holdout is only used"),
     # options the other settings would leave unused (issue 30): refused, never dropped silently
-    (["--mutation-rate", "0.3"], "--mutation-rate is used only by the paper's search"),
-    (["--search", "paper", "--survivors", "3"], "--survivors is used only by the level-switch search"),
-    (["--search", "paper", "--max-switches", "2"], "--max-switches is used only by the level-switch search"),
-    (["--search", "paper", "--screen-keep", "0.75"], "--screen-keep is used only by the paper's search when it screens"),
-    (["--screen-keep", "0.75"], "--screen-keep is used only by the paper's search when it screens"),
+    (["--mutation-rate", "0.3", "--reconstruct-epochs", "0"], "--mutation-rate is used only by the paper's search"),
+    (["--search", "paper", "--survivors", "3", "--reconstruct-epochs", "0"], "--survivors is used only by the level-switch search"),
+    (["--search", "paper", "--max-switches", "2", "--reconstruct-epochs", "0"], "--max-switches is used only by the level-switch search"),
+    (["--search", "paper", "--screen-keep", "0.75", "--reconstruct-epochs", "0"],
+     "--screen-keep is used only by the paper's search when it screens"),
+    (["--screen-keep", "0.75", "--reconstruct-epochs", "0"], "--screen-keep is used only by the paper's search when it screens"),
     (["--allocation", "uniform", "--population", "8"], "--population is a setting of the MSP search"),
     (["--allocation", "owl", "--fitness-samples", "8"], "--fitness-samples is a setting of the MSP search"),
     (["--plan", "plan_2of4.json", "--generations", "3"], "--plan applies the saved plan"),
@@ -345,7 +347,7 @@ def test_shipped_recipes_leave_no_setting_unused():
 
 def test_the_callbacks_warn_about_settings_their_others_leave_unused(caplog):
     with caplog.at_level(logging.WARNING, logger="msp_callback.config"):
-        MSPCallback(mutation_rate=0.3)
+        MSPCallback(mutation_rate=0.3, reconstruct_epochs=0)
         MSPTrainerCallback(allocation="uniform", generations=3)
         MSPConfig(recover_lr=1e-3)
     assert "mutation_rate (--mutation-rate) is used only by the paper's search" in caplog.text
@@ -353,7 +355,7 @@ def test_the_callbacks_warn_about_settings_their_others_leave_unused(caplog):
     assert "recover_lr (--recover-lr) is a recovery setting" in caplog.text
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="msp_callback.config"):
-        MSPConfig(search="paper", mutation_rate=0.3, recover_steps=2, recover_lr=1e-3)  # all used
+        MSPConfig(search="paper", mutation_rate=0.3, recover_steps=2, recover_lr=1e-3, reconstruct_epochs=0)  # all used
     assert caplog.text == ""
 
 
@@ -395,7 +397,8 @@ def real_tokenizer():
 def test_errors_deep_in_data_sampling_name_the_option(workdir, caplog, monkeypatch, real_tokenizer, argv, names):
     (workdir / "short.txt").write_text(" ".join(["words"] * 300))
     monkeypatch.setattr("msp_callback.job.load_causal_lm", lambda *a, **k: (tiny_model("llama"), real_tokenizer))
-    small = ["--calib-seqlen", "16", "--fitness-seqlen", "16", "--eval-seqlen", "16"]  # the last one given wins
+    small = ["--calib-seqlen", "16", "--fitness-seqlen", "16", "--eval-seqlen", "16",  # the last one given wins
+             "--reconstruct-epochs", "0"]
     with caplog.at_level(logging.ERROR):
         code = main(["prune", "--calib-corpus", "short.txt", "--eval-corpus", "short.txt", "--quiet", *small, *argv])
     message = "".join(r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR)

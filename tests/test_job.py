@@ -70,7 +70,7 @@ def test_the_job_saves_a_model_plain_transformers_loads_with_its_sparsity_and_pe
     assert stats.per_block == result["measured_sparsity"]["per_block_pct"]
     assert _held_out_perplexity(tiny, plain) == result["pruned_ppl"]
 
-    assert set(result["samples"]) == {"dense", "pruned"} and summary["samples"] == result["samples"]
+    assert set(result["samples"]) == {"dense", "reconstructed"} and summary["samples"] == result["samples"]
     assert result["sample_prompt"] == "The capital of France is"
     assert all(isinstance(text, str) for text in result["samples"].values())
 
@@ -101,11 +101,11 @@ def test_the_saved_model_is_the_final_one_after_reconstruction_and_recovery(tiny
 def test_with_reconstruction_the_search_prunes_no_block_whole(tiny, tmp_path):
     """3:4 with reconstruction: levels at most 3 of 4 leave only the uniform plan, so no search runs;
     --max-level 4 lets the search prune blocks whole again."""
-    search = ("--allocation", "msp", "--sparsity", "3:4", "--fitness-samples", "1", "--population", "2",
-              "--generations", "1", "--reconstruct-epochs", "1", "--reconstruct-holdout", "0")
-    result = _job(tiny, tmp_path / "run", *search)
+    common = ("--allocation", "msp", "--sparsity", "3:4", "--reconstruct-epochs", "1", "--reconstruct-holdout", "0")
+    result = _job(tiny, tmp_path / "run", *common)
     assert set(result["levels"]) == {3} and result["allocation"] == "uniform" and "history" not in result
-    result = _job(tiny, tmp_path / "whole", *search, "--max-level", "4")
+    search = ("--fitness-samples", "1", "--population", "2", "--generations", "1")
+    result = _job(tiny, tmp_path / "whole", *common, *search, "--max-level", "4")
     assert result["allocation"] == "msp" and "history" in result
 
 

@@ -80,7 +80,8 @@ def test_cli_end_to_end(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["pruned_ppl"] == result["pruned_ppl"]
     assert (result["device"], result["dtype"]) == ("cpu", "float32")  # auto on a CPU
-    assert set(summary["samples"]) == {"dense", "pruned"} and summary["samples"]["dense"].strip()
+    assert set(summary["samples"]) == {"dense", "reconstructed"} and summary["samples"]["dense"].strip()
+    assert len(result["reconstruction"]["blocks"]) == 30  # the default job reconstructs every block
     # the model it made, in the run folder: plain transformers gives its sparsity and perplexity
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -99,7 +100,7 @@ def test_cli_reconstruction_lowers_perplexity_and_resumes(tmp_path):
     common = ["prune", "--allocation", "uniform", "--sparsity", "2:4", "--criterion", "wanda", "--calib-samples", "2",
               "--calib-seqlen", "64", "--eval-seqlen", "128", "--eval-windows", "2", "--no-dense-eval", "--quiet",
               "--output", str(out)]
-    assert main([*common, "--json", str(tmp_path / "plain.json")]) == 0
+    assert main([*common, "--reconstruct-epochs", "0", "--json", str(tmp_path / "plain.json")]) == 0
     recon = ["--reconstruct-epochs", "2", "--reconstruct-holdout", "1", "--reconstruct-lr", "5e-4"]
     assert main([*common, *recon, "--json", str(tmp_path / "r.json")]) == 0
     plain, result = (json.loads((tmp_path / f"{name}.json").read_text()) for name in ("plain", "r"))
@@ -114,7 +115,8 @@ def test_cli_reconstruction_lowers_perplexity_and_resumes(tmp_path):
 
 
 def test_cli_in_bf16(tmp_path):
-    code = main(["prune", "--allocation", "uniform", "--dtype", "bf16", "--sparsity", "2:4", "--criterion", "wanda", "--calib-samples", "1",
+    code = main(["prune", "--allocation", "uniform", "--dtype", "bf16", "--reconstruct-epochs", "0", "--sparsity", "2:4",
+                 "--criterion", "wanda", "--calib-samples", "1",
                  "--calib-seqlen", "64", "--eval-seqlen", "128", "--eval-windows", "2", "--quiet", "--save-model", "none",
                  "--output", str(tmp_path / "run"), "--json", str(tmp_path / "r.json")])
     assert code == 0
@@ -127,7 +129,8 @@ def test_cli_recovery_stage_holds_the_masks_and_lowers_perplexity(tmp_path):
     out = tmp_path / "run"
     code = main(["prune", "--allocation", "uniform", "--sparsity", "2:4", "--criterion", "magnitude", "--calib-samples", "1",
                  "--calib-seqlen", "64", "--eval-seqlen", "128", "--eval-windows", "2", "--no-dense-eval", "--quiet",
-                 "--recover-steps", "4", "--recover-batch-size", "2", "--recover-seqlen", "128", "--recover-lr", "1e-4",
+                 "--reconstruct-epochs", "0", "--recover-steps", "4", "--recover-batch-size", "2", "--recover-seqlen", "128",
+                 "--recover-lr", "1e-4",
                  "--save-model", "none",
                  "--output", str(out), "--json", str(tmp_path / "r.json")])
     assert code == 0
@@ -149,7 +152,8 @@ def test_cli_msp_search_writes_history_and_resumes(tmp_path):
     out = tmp_path / "msp"
     common = ["prune", "--allocation", "msp", "--population", "4", "--calib-samples", "1", "--calib-seqlen", "64",
               "--fitness-samples", "1", "--fitness-seqlen", "64", "--eval-seqlen", "64", "--eval-windows", "1",
-              "--no-dense-eval", "--quiet", "--save-model", "none", "--output", str(out), "--json", str(tmp_path / "r.json")]
+              "--no-dense-eval", "--quiet", "--save-model", "none", "--output", str(out), "--json", str(tmp_path / "r.json"),
+              "--reconstruct-epochs", "0"]
     assert main(common + ["--generations", "1", "--compare-uniform"]) == 0
     first = json.loads((tmp_path / "r.json").read_text())
     assert math.isfinite(first["uniform_ppl"]) and first["uniform_ppl"] != first["pruned_ppl"]
@@ -281,7 +285,7 @@ def test_cli_offloaded_to_disk_gives_the_same_result(tmp_path):
     # the search on offloaded weights is compared in tests/test_offload.py; here the job's own wiring
     common = ["prune", "--allocation", "uniform", "--sparsity", "2:4", "--criterion", "wanda", "--calib-samples", "1",
               "--calib-seqlen", "64",
-              "--eval-seqlen", "64", "--eval-windows", "2", "--no-dense-eval", "--quiet"]
+              "--eval-seqlen", "64", "--eval-windows", "2", "--no-dense-eval", "--quiet", "--reconstruct-epochs", "0"]
     results = []
     for extra in (["--save-model", "none"], ["--offload", "disk", "--offload-folder", str(tmp_path / "offload")]):
         name = "disk" if "--offload" in extra else "memory"
