@@ -23,6 +23,7 @@ from report_cost import (
 from report_models import (
     compact_export_section,
     export_speed_section,
+    kd_variants_section,
     reconstruct_diagnose_section,
     reconstruct_section,
     recovery_section,
@@ -91,6 +92,11 @@ def main() -> None:
     if (r := load("reconstruct_gemma3")) is not None and r["rows"]:
         r["file"] = "reconstruct_gemma3.json"
         out += reconstruct_section(r, None, "Block-wise reconstruction on a second model: Gemma-3-270M")
+    if (r := load("reconstruct_plans")) is not None:
+        r["file"] = "reconstruct_plans.json"
+        out += reconstruct_section(r, None, "Which plan after reconstruction: two blocks pruned whole")
+    if (r := load("kd_variants")) is not None:
+        out += kd_variants_section(r)
     if (r := load("reconstruct_diagnose")) is not None:
         out += reconstruct_diagnose_section(r)
     if (r := load("compact_export")) is not None:

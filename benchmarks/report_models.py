@@ -201,3 +201,18 @@ def _load(rows: list[dict]) -> str:
 def _ppl(row: dict) -> str:
     low, high = row["interval"]
     return f"{fmt(row['ppl'])} ({fmt(low)}-{fmt(high)})"
+
+
+def kd_variants_section(r: dict) -> list[str]:
+    """Distillation settings side by side from one reconstructed model (benchmarks/kd_variants.py)."""
+    lines = ["## Distillation on top of reconstruction: learning rate and windows a step", "",
+             f"`{r['command']}`: smollm2-135m, Wanda 3:4, {r['plan']} levels pruned with the default block-wise "
+             f"reconstruction (32 x 512 c4 calibration tokens) to {_ppl(r['reconstructed'])}; every variant starts "
+             f"from those weights: KD (sparse method, top-64 KL to the dense model, the same 128 c4 windows of 512 "
+             f"tokens) for at most {fmt(r['kd_minutes'])} minutes of training, then 40,960 held-out wikipedia tokens "
+             f"(95% bootstrap intervals over windows); {r['machine']}, one run each. {r.get('note', '')}", "",
+             "| windows a step | lr | + KD | steps | KD loss first -> last |", "|---:|---:|---:|---:|---|"]
+    for name, v in r["variants"].items():
+        batch, lr = name.split(":")
+        lines.append(f"| {batch} | {lr} | {_ppl(v)} | {v['steps']} | {v['first_loss']:.3f} -> {v['last_loss']:.3f} |")
+    return [*lines, ""]
