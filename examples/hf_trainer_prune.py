@@ -35,7 +35,8 @@ def main() -> None:
     dense = perplexity(model, windows, progress=False)
 
     msp = MSPTrainerCallback(sparsity=args.sparsity, allocation="msp", when="fit_end", calib_samples=16,
-                             population=args.population, generations=args.generations)
+                             population=args.population, generations=args.generations,
+                             reconstruct_epochs=0)  # the plain prune with the search (the default, 4, reconstructs)
     with tempfile.TemporaryDirectory() as out:
         targs = TrainingArguments(output_dir=out, max_steps=args.steps, per_device_train_batch_size=4, learning_rate=2e-5,
                                   report_to=[], save_strategy="no", use_cpu=True, logging_steps=5)

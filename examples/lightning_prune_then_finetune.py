@@ -31,7 +31,8 @@ def main() -> None:
     dense = module.perplexity(windows)
 
     msp = MSPCallback(sparsity=args.sparsity, allocation="msp", when="fit_start", calib_samples=16,
-                      population=args.population, generations=args.generations)
+                      population=args.population, generations=args.generations,
+                      reconstruct_epochs=0)  # the plain prune with the search (the default, 4, reconstructs instead)
 
     class Report(pl.Callback):  # perplexity right after pruning, before any training step
         def on_train_start(self, trainer, pl_module):
