@@ -417,7 +417,7 @@ def _screens(c: Any) -> bool:
 
 
 SEARCH_ONLY = ("search", "granularity", "population", "generations", "survivors", "max_switches", "mutation_rate", "init",
-               "fitness", "fitness_batch_size", "screen_windows", "screen_keep", "cache_storage", "fitness_seqlen", "max_level")
+               "fitness", "fitness_batch_size", "screen_windows", "screen_keep", "cache_storage", "fitness_seqlen")
 RECONSTRUCTION_ONLY = ("reconstruct_target", "reconstruct_loss", "reconstruct_lr", "reconstruct_step", "reconstruct_schedule",
                        "reconstruct_batch_size", "reconstruct_holdout", "reconstruct_patience", "reconstruct_checkpoint")
 RECOVERY_ONLY = ("recover_method", "recover_loss", "recover_lr", "recover_batch_size", "recover_seqlen", "recover_windows",
@@ -426,6 +426,8 @@ RECOVERY_ONLY = ("recover_method", "recover_loss", "recover_lr", "recover_batch_
 # (settings, when the others leave them unused, why): the first rule that applies to a setting is the one reported.
 UNUSED: tuple[tuple[tuple[str, ...], typing.Callable[[Any], bool], typing.Callable[[Any], str]], ...] = (
     (SEARCH_ONLY, lambda c: not runs_search(c), _no_search_why),
+    (("max_level",), lambda c: getattr(c, "allocation", "msp") != "msp" or bool(getattr(c, "plan", None)),
+     _no_search_why),  # a bound that leaves one plan is the user's choice of that plan, not an unused setting
     (("fitness_samples",), lambda c: hasattr(c, "plan") and not runs_search(c), _no_search_why),
     (("mutation_rate",), lambda c: c.search != "paper",
      lambda c: "is used only by the paper's search (--search paper); the level-switch search changes a plan by level "

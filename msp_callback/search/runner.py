@@ -159,7 +159,7 @@ def search_plan(
     settings = settings.resolved(len(fitness_windows))
     model_print = fingerprint(model)
     layout = UnitLayout.of_model(model, settings.granularity)
-    top = m if settings.max_level is None else settings.max_level  # the searches' highest level
+    top = settings.level_bound(n, m, reconstructing=False)  # the searches' highest level (callers resolve reconstruction)
     if not n <= top <= m:
         raise PlanError(f"{label(SearchSettings, 'max_level')} {top} must lie between N={n} and M={m}: below N no "
                         "plan meets the budget")
