@@ -22,15 +22,17 @@ shortest checks first, each in its own ``try`` (an error is recorded, the next c
 6. ``sparsegpt``: a uniform SparseGPT prune, twice: with TF32 off and on (same weights expected).
 7. ``kl_fitness``: a small search scored by KL to the dense model.
 8. ``recovery``: a few distillation steps (bf16 weights: float32 masters under autocast).
-9. ``pipeline``: dense perplexity, uniform Wanda 3:4, the MSP search and its prune, in ``--dtype``
-   and (on a GPU) float32, whose plan is compared with the CPU reference (results/gpu_check_cpu.json).
-10. ``offload``: the same stages on one ``--offload-size`` model in memory and with its blocks
+9. ``reconstruction``: block-wise reconstruction (Wanda 3:4, ``--reconstruct-epochs``) in ``--dtype``,
+   in memory and with the blocks offloaded: pruned weights zero in the stored tensors, each block's
+   error before -> after, stage time and peak memory, and how far the two forms' masks and weights agree.
+10. ``pipeline``: dense perplexity, uniform Wanda 3:4, the MSP search and its prune, in ``--dtype``
+    and (on a GPU) float32, whose plan is compared with the CPU reference (results/gpu_check_cpu.json).
+11. ``offload``: the same stages on one ``--offload-size`` model in memory and with its blocks
     offloaded to memory-mapped files (same plan expected, far less device memory).
 
 Both models of a comparison are built the same way: floating parameters in the dtype, buffers
 (the rotary ``inv_freq``) kept in float32, as ``from_pretrained`` and ``offload_to_disk`` leave
-them. Block-wise reconstruction is not in this branch and not checked. ``--budget`` (seconds)
-stops starting new checks in time for gpu_check.sh's 8-minute limit.
+them. ``--budget`` (seconds) stops starting new checks in time for gpu_check.sh's 8-minute limit.
 
 On a lent H200 (device tool), from the repository root:
     bash benchmarks/gpu_check.sh          # = PYTHONPATH=. python3 benchmarks/gpu_check.py --out $OUT, 8 min at most
@@ -347,6 +349,40 @@ class Checker:
         held = all(bool((m.weight[~mask_of(m)] == 0).all()) for _, m in masked_modules(model))
         record.update(losses=losses, masks_held=held, dtype_after=str(next(model.parameters()).dtype))
 
+    def reconstruction(self, record: dict) -> None:
+        """Wanda 3:4 with block-wise reconstruction, in memory and offloaded (see the module docstring)."""
+        from msp_callback.config import ReconstructSettings
+        from msp_callback.models import find_blocks, named_block_linears
+        from msp_callback.nm import mask_of, stored_weight
+        from msp_callback.plan import SparsityPlan
+        from msp_callback.reconstruct import reconstruct
+
+        settings = ReconstructSettings(reconstruct_epochs=self.args.reconstruct_epochs)
+        finals = {}
+        for form in ("in_memory", "offloaded"):
+            with tempfile.TemporaryDirectory() as folder:
+                model = self.model(offload_folder=folder if form == "offloaded" else None)
+                calibration, holdout, _ = self.data(model.config.vocab_size)
+                plan = SparsityPlan.uniform(3, 4, len(find_blocks(model)), criterion="wanda")
+                out = record[form] = {}
+                reports = self.stage(out, "reconstruct", lambda: reconstruct(
+                    model, plan, calibration, settings, holdout=[holdout], progress=False))
+                linears = named_block_linears(model)
+                out.update(blocks=len(reports), improved=sum(r.train_after < r.train_before for r in reports),
+                           train_before=[round(r.train_before, 4) for r in reports],
+                           train_after=[round(r.train_after, 4) for r in reports],
+                           holdout_after=[None if r.holdout_after is None else round(r.holdout_after, 4) for r in reports],
+                           pruned_stay_zero=all(not bool(stored_weight(m)[~mask_of(m)].any()) for m in linears.values()),
+                           dtype_after=str(next(iter(linears.values())).weight.dtype))
+                finals[form] = {name: (mask_of(m).cpu(), stored_weight(m).detach().float().cpu())
+                                for name, m in linears.items()}
+                model = linears = None  # the device memory freed before the next form
+                if self.device.type == "cuda":
+                    torch.cuda.empty_cache()
+        a, b = finals["in_memory"], finals["offloaded"]  # bit-equality is not expected on a GPU (atomics in backward)
+        record["same_masks_fraction"] = sum(torch.equal(a[k][0], b[k][0]) for k in a) / len(a)
+        record["max_weight_difference"] = max(float((a[k][1] - b[k][1]).abs().max()) for k in a)
+
     def pipeline(self, record: dict, dtype: torch.dtype, size: str | None = None, offload_folder: str | None = None) -> None:
         """Dense perplexity, uniform Wanda 3:4, then the MSP search and its prune, each stage timed."""
         from msp_callback.allocation import make_plan
@@ -395,6 +431,7 @@ def main() -> None:
     p.add_argument("--population", type=int, default=8)
     p.add_argument("--generations", type=int, default=3)
     p.add_argument("--recover-steps", type=int, default=5)
+    p.add_argument("--reconstruct-epochs", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--repeats", type=int, default=20, help="repeats of the 2:4 timing")
     p.add_argument("--offload-size", default="1b", choices=["", *sorted(SIZES)],
@@ -412,7 +449,7 @@ def main() -> None:
         "environment": env, "note": "random weights and random tokens: speed, memory and plan agreement, not quality"})
     check = Checker(args, device, report)
     for check_name in ("semi_structured_speed", "to_semi_structured", "export_reload", "fisher_traces", "sparsegpt",
-                       "kl_fitness", "recovery"):
+                       "kl_fitness", "recovery", "reconstruction"):
         check.run(check_name, getattr(check, check_name))
     report.data["semi_structured_2of4"] = report.data["checks"]["semi_structured_speed"]
     runs = report.data["runs"] = {}

@@ -6,7 +6,7 @@ import torch
 from msp_callback import offload as offload_module
 from msp_callback.config import ConfigError, MSPConfig, ReconstructSettings
 from msp_callback.models import find_blocks, named_block_linears
-from msp_callback.nm import check_pattern, mask_of
+from msp_callback.nm import check_pattern, mask_of, stored_weight
 from msp_callback.offload import offload_to_disk
 from msp_callback.plan import SparsityPlan
 from msp_callback.pruner import prune
@@ -41,6 +41,7 @@ def test_pruned_weights_stay_exactly_zero_and_kept_weights_train(criterion):
         level = plan.levels[int(name.split(".")[1])]
         check_pattern(mask.float(), level, 4, name, exact=True)  # the plan's level in every group
         assert not bool(module.weight[~mask].any()), name  # pruned: exactly zero
+        assert not bool(stored_weight(module)[~mask].any()), name  # in the trained tensor too, not only masked
         if name.startswith("blocks.0."):  # same inputs as plain pruning: the criterion's masks
             assert torch.equal(mask, mask_of(named_block_linears(pruned)[name])), name
     changed = [name for name, w in _weights(model).items() if not torch.equal(w, _weights(pruned)[name])]
@@ -107,7 +108,7 @@ def test_other_architectures_reconstruct(arch):
     reports = _run(model, plan)
     assert all(r.train_after <= r.train_before for r in reports)
     for name, module in named_block_linears(model).items():
-        assert not bool(module.weight[~mask_of(module)].any()), name
+        assert not bool(stored_weight(module)[~mask_of(module)].any()), name
 
 
 def test_held_out_windows_keep_the_best_epoch():
@@ -126,7 +127,7 @@ def test_bfloat16_blocks_train_in_float32_and_stay_bfloat16():
     assert all(p.dtype == torch.bfloat16 for p in model.parameters())
     assert all(r.train_after < r.train_before for r in reports)
     for name, module in named_block_linears(model).items():
-        assert not bool(module.weight[~mask_of(module)].any()), name
+        assert not bool(stored_weight(module)[~mask_of(module)].any()), name
 
 
 @pytest.mark.parametrize("always_copy", [False, True])
